@@ -1,0 +1,109 @@
+"""Runtime set-up of JAX for the numerical core: float64 and a hang-free CPU backend.
+
+float64
+    The core runs inside ``jax.enable_x64(True)`` (a context manager), so the user's
+    global ``jax_enable_x64`` setting is never changed: arrays made by their own code
+    outside our calls keep their default dtype.
+
+CPU thread-pool deadlock (jaxlib 0.10.x)
+    jaxlib 0.10.0-0.10.2 split *batched* LAPACK calls (Cholesky, triangular solves)
+    into chunks scheduled on XLA's intra-op CPU thread pool and block the calling pool
+    thread until they finish. When the XLA executor runs as many such calls at once as
+    the pool has threads (two on a 2-core machine), every thread waits for chunks that
+    no free thread can run: the process hangs at 0% CPU. Our EM iteration was seen to
+    hang this way (gdb: every ``tf_XLAEigen`` thread in ``jax::ParallelBatchMap`` under
+    ``lapack_dtrsm_ffi``). ``--xla_cpu_multi_thread_eigen=false`` does not help.
+    A one-thread pool runs the chunks inline, so :func:`ensure_safe_cpu_backend` creates
+    the CPU backend while the process is pinned to one CPU and restores the affinity
+    right after (XLA's pool is sized once, at creation, from the affinity). Later jaxlib releases compile that
+    parallel path out, and the guard is then skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import jax
+
+__all__ = ["x64", "ensure_safe_cpu_backend", "jaxlib_is_exposed", "GUARD_ENV"]
+
+GUARD_ENV = "MIMOSA_SKLEARN_CPU_GUARD"
+_state = {"checked": False}
+
+
+def jaxlib_is_exposed(version: str | None = None) -> bool:
+    """Whether this jaxlib schedules batched LAPACK chunks on the XLA pool (0.10.x)."""
+    import jaxlib
+
+    version = version or jaxlib.__version__
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        return False
+    return (major, minor) == (0, 10)
+
+
+def _backend_initialised() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)  # noqa: SLF001 - no public query exists
+    except Exception:  # pragma: no cover - private API moved
+        return True
+
+
+def ensure_safe_cpu_backend() -> None:
+    """Create JAX's CPU backend with a one-thread intra-op pool on exposed jaxlibs.
+
+    No-op when jaxlib is not exposed, when ``MIMOSA_SKLEARN_CPU_GUARD=0``, when the
+    process may only use one CPU anyway, or on the second call. If the backend already
+    exists (the user ran JAX code first) it cannot be rebuilt: a :class:`RuntimeWarning`
+    explains how to avoid the possible hang.
+    """
+    if _state["checked"]:
+        return
+    _state["checked"] = True
+    if os.environ.get(GUARD_ENV, "1") == "0" or not jaxlib_is_exposed():
+        return
+    if not hasattr(os, "sched_getaffinity"):  # pragma: no cover - non-Linux
+        return
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) <= 1:
+        return
+    if _backend_initialised():
+        warnings.warn(
+            "jaxlib 0.10.x can deadlock in batched linear algebra on a multi-threaded CPU "
+            "backend, and JAX's CPU backend was created before mimosa_sklearn could make "
+            "it safe. Import mimosa_sklearn before running other JAX code, or upgrade "
+            "jaxlib, or run the process on one CPU (taskset -c 0).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    try:
+        os.sched_setaffinity(0, {min(cpus)})
+        jax.devices("cpu")
+    finally:
+        # Threads started meanwhile inherited the pin: release them all (the pool's
+        # size is fixed at creation, so this keeps the fix and frees the cores).
+        for tid in _thread_ids():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+def _thread_ids() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # pragma: no cover - no procfs
+        return [0]
+
+
+@contextlib.contextmanager
+def x64():
+    """Run the enclosed JAX code in float64 without touching the global config."""
+    ensure_safe_cpu_backend()
+    with jax.enable_x64(True):
+        yield

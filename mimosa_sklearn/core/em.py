@@ -1,0 +1,222 @@
+"""The variational EM loop: VE-step, VM-step, ELBO and convergence.
+
+One EM iteration is a single jit-compiled function of fixed-shape arrays, so a fit
+compiles once per data shape; the outer loop runs in Python only to test convergence,
+report progress and recover from numerical failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .hyperposterior import Hyperposterior, hyperposterior
+from .likelihood import LOG_2PI, cluster_nlls, masked_factor, task_nlls
+from .linalg import masked_inverse
+from .memberships import entropy_term, responsibilities
+from .mstep import m_step, mixture_weights
+from .params import Params, TaskBatch, prior_on_grid, task_covariances
+
+__all__ = [
+    "EMResult",
+    "task_precisions",
+    "e_step",
+    "elbo",
+    "em_iteration",
+    "run_em",
+    "NumericalFailure",
+]
+
+
+class NumericalFailure(RuntimeError):
+    """Raised when an EM iteration keeps producing non-finite values."""
+
+
+def task_precisions(
+    params: Params, batch: TaskBatch, jitter: float
+) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt O N"]]:
+    """Masked task precisions ``Psi_i^{-1}`` and ``Psi_i^{-1} y_i`` (zero on padding)."""
+    covs = task_covariances(params, batch.x)  # (T, Kt, Ot, N, N)
+    t, kt, _, n, _ = covs.shape
+    o = batch.mask.shape[-1]
+    covs = jnp.broadcast_to(covs, (t, kt, o, n, n))
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)[:, None]  # (T, 1, O, N)
+    both = mask_t[..., :, None] & mask_t[..., None, :]
+    chol = masked_factor(jnp.where(both, covs, 0.0), mask_t, jitter)
+    prec = masked_inverse(chol, jnp.broadcast_to(mask_t, (t, kt, o, n)))
+    y_t = jnp.swapaxes(batch.y, 1, 2)[:, None]  # (T, 1, O, N)
+    weighted = jnp.einsum("tkonm,tkom->tkon", prec, jnp.broadcast_to(y_t, (t, kt, o, n)))
+    return prec, weighted
+
+
+def cluster_task_nll(
+    params: Params, post: Hyperposterior, batch: TaskBatch, jitter: float
+) -> Float[Array, "T K"]:
+    """``-l_ik``: full task NLL per (task, cluster), summed over outputs."""
+    covs = task_covariances(params, batch.x)
+    nll = task_nlls(batch.y, batch.mask, batch.mappings, post.mean, post.cov, covs, jitter)
+    return jnp.sum(nll, axis=-1)
+
+
+def e_step(
+    params: Params,
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    batch: TaskBatch,
+    jitter: float,
+    update_tau: bool | Array = True,
+) -> tuple[Hyperposterior, Float[Array, "T K"]]:
+    """VE-step: hyperposteriors with the current ``tau``, then new responsibilities.
+
+    ``update_tau`` may be a traced boolean, so skipping the first update does not cost
+    a second compilation.
+    """
+    prec, weighted = task_precisions(params, batch, jitter)
+    _, prior_mean, prior_chol = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
+    post = hyperposterior(tau, prec, weighted, batch.mappings, prior_chol, prior_mean)
+    if update_tau is False:
+        return post, tau
+    new_tau = responsibilities(weights, cluster_task_nll(params, post, batch, jitter))
+    return post, jnp.where(update_tau, new_tau, tau)
+
+
+def elbo(
+    params: Params,
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    batch: TaskBatch,
+    jitter: float,
+) -> Float[Array, ""]:
+    """Evidence lower bound (ALGORITHM.md §2.1), with the full KL constant."""
+    nll = cluster_task_nll(params, post, batch, jitter)  # (T, K)
+    w = batch.task_weight[:, None]
+    data_term = -jnp.sum(w * tau * nll) + entropy_term(w * tau, weights)
+    prior_cov, prior_mean, _ = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
+    g = batch.grid.shape[0]
+    # The prior covariances already carry their jitter: do not add it twice.
+    c_nll = cluster_nlls(post.mean, post.cov, prior_mean, prior_cov, 0.0, True)  # (K, O)
+    kl = c_nll - 0.5 * g * LOG_2PI - 0.5 * g - 0.5 * post.logdet
+    return data_term - jnp.sum(kl)
+
+
+@eqx.filter_jit
+def em_iteration(
+    params: Params,
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    batch: TaskBatch,
+    jitter: Float[Array, ""],
+    update_tau: Array,
+    max_steps: int,
+    tol: float,
+):
+    """One VE-step + VM-step + ELBO. Returns ``(params, weights, tau, post, elbo, steps)``."""
+    post, tau = e_step(params, weights, tau, batch, jitter, update_tau)
+    new_params, weights, steps = m_step(params, tau, post, batch, jitter, max_steps, tol)
+    value = elbo(new_params, weights, tau, post, batch, jitter)
+    return new_params, weights, tau, post, value, steps
+
+
+@eqx.filter_jit
+def final_e_step(params, weights, tau, batch, jitter):
+    """Hyperposteriors and responsibilities consistent with the final hyperparameters."""
+    post, tau = e_step(params, weights, tau, batch, jitter, True)
+    post, _ = e_step(params, weights, tau, batch, jitter, False)
+    return post, tau, elbo(params, weights, tau, post, batch, jitter)
+
+
+@dataclasses.dataclass
+class EMResult:
+    """Outcome of :func:`run_em`."""
+
+    params: Params
+    weights: np.ndarray
+    tau: np.ndarray
+    post: Hyperposterior
+    elbo: float
+    elbo_history: np.ndarray
+    n_iter: int
+    converged: bool
+    jitter: float
+
+
+def _finite(tree) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+def run_em(
+    params: Params,
+    tau: Float[Array, "T K"],
+    batch: TaskBatch,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    jitter: float = 1e-6,
+    max_steps: int = 50,
+    optimiser_tol: float = 1e-5,
+    skip_first_tau_update: bool = True,
+    callback: Callable[[int, float], None] | None = None,
+    max_jitter: float = 1e-1,
+) -> EMResult:
+    """Run variational EM until the relative ELBO change is below ``tol``.
+
+    Non-finite values (a failed Cholesky gives NaN in JAX) trigger a retry of the same
+    iteration with ten times the jitter and a :class:`RuntimeWarning`, up to
+    ``max_jitter``; beyond that :class:`NumericalFailure` is raised. The loop never
+    accepts a non-finite state.
+    """
+    weights = mixture_weights(tau, batch.task_weight)
+    history: list[float] = []
+    converged = False
+    n_iter = 0
+    post = None
+    while n_iter < max_iter:
+        update = jnp.asarray(not (skip_first_tau_update and n_iter == 0))
+        out = em_iteration(
+            params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol
+        )
+        new_params, new_weights, new_tau, post_i, value, _ = out
+        if not (np.isfinite(float(value)) and _finite((new_params, new_tau, post_i.mean))):
+            if jitter * 10 > max_jitter:
+                raise NumericalFailure(
+                    f"EM produced non-finite values at iteration {n_iter + 1} even with "
+                    f"jitter={jitter:g}; check the data for extreme scales."
+                )
+            jitter *= 10
+            warnings.warn(
+                f"Numerical failure at EM iteration {n_iter + 1}; retrying with jitter={jitter:g}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        params, weights, tau, post = new_params, new_weights, new_tau, post_i
+        n_iter += 1
+        history.append(float(value))
+        if callback is not None:
+            callback(n_iter, float(value))
+        if len(history) > 1:
+            change = abs(history[-1] - history[-2]) / max(abs(history[-1]), 1.0)
+            if change < tol:
+                converged = True
+                break
+    post, tau, value = final_e_step(params, weights, tau, batch, jnp.asarray(jitter))
+    return EMResult(
+        params=params,
+        weights=np.asarray(weights),
+        tau=np.asarray(tau),
+        post=post,
+        elbo=float(value),
+        elbo_history=np.asarray(history),
+        n_iter=n_iter,
+        converged=converged,
+        jitter=jitter,
+    )

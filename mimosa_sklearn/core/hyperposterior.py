@@ -1,0 +1,100 @@
+"""E-step for the K mean processes: the Gaussian hyperposteriors ``q(mu_k)`` on the grid.
+
+Whitened form (ALGORITHM.md §2.2a): with ``C_k = L L^T`` and the data precision
+``W_k = sum_i tau_ik P_i^T Psi_i^{-1} P_i``, ``M_k = I + L^T W_k L = R R^T`` has all
+eigenvalues >= 1 (its factorisation never fails), ``C_hat = V^T V`` with
+``V = R^{-1} L^T`` is symmetric PSD by construction, and ``C_k^{-1}`` is never formed.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from .linalg import cholesky, logdet_from_chol, scatter_matrix, scatter_vector, solve_lower
+
+__all__ = ["Hyperposterior", "hyperposterior", "cluster_index"]
+
+
+class Hyperposterior(eqx.Module):
+    """``q(mu_k) = N(mean_k, cov_k)`` on the grid, with the factors needed to extend it.
+
+    Attributes
+    ----------
+    mean : (K, O, G) hyperposterior means.
+    cov : (K, O, G, G) hyperposterior covariances.
+    prior_mean : (K, O, G) prior means ``m_k`` on the grid.
+    prior_chol : (K, O, G, G) lower factor ``L`` of the jittered prior covariance ``C_k``.
+    whitened_chol : (K, O, G, G) lower factor ``R`` of ``M_k = I + L^T W_k L``.
+    logdet : (K, O) ``log|C_hat_k|``.
+    """
+
+    mean: Float[Array, "K O G"]
+    cov: Float[Array, "K O G G"]
+    prior_mean: Float[Array, "K O G"]
+    prior_chol: Float[Array, "K O G G"]
+    whitened_chol: Float[Array, "K O G G"]
+    logdet: Float[Array, "K O"]
+
+
+def cluster_index(n_clusters: int, n_task_clusters: int) -> Array:
+    """Which cluster-axis entry of the task covariances cluster ``k`` uses."""
+    if n_task_clusters == n_clusters and n_task_clusters > 1:
+        return jnp.arange(n_clusters)
+    return jnp.zeros((n_clusters,), dtype=jnp.int32)
+
+
+def hyperposterior(
+    tau: Float[Array, "T K"],
+    precisions: Float[Array, "T Kt O N N"],
+    weighted_y: Float[Array, "T Kt O N"],
+    mappings: Int[Array, "T N"],
+    prior_chol: Float[Array, "Kp Op G G"],
+    prior_mean: Float[Array, "K Op G"],
+) -> Hyperposterior:
+    """Hyperposterior of every mean process given responsibilities and task precisions.
+
+    Parameters
+    ----------
+    tau : (T, K) responsibilities.
+    precisions : (T, Kt, O, N, N) masked task precisions ``Psi_i^{-1}`` (zero on padding).
+    weighted_y : (T, Kt, O, N) ``Psi_i^{-1} y_i`` (zero on padding).
+    mappings : (T, N) grid index of every task point (``G`` on padding).
+    prior_chol : (K*, O*, G, G) factor of the jittered prior covariances.
+    prior_mean : (K, O*, G) prior means on the grid.
+    """
+    t, kt, o, n, _ = precisions.shape
+    k = tau.shape[1]
+    g = prior_chol.shape[-1]
+    prior_chol = jnp.broadcast_to(prior_chol, (k, o, g, g))
+    prior_mean = jnp.broadcast_to(prior_mean, (k, o, g))
+    kidx = cluster_index(k, kt)
+    eye = jnp.eye(g, dtype=prior_chol.dtype)
+
+    def one(tau_k, prec_k, wy_k, chol, m):
+        # prec_k (T, N, N), wy_k (T, N): one cluster, one output.
+        w = scatter_matrix(tau_k[:, None, None] * prec_k, mappings, g)
+        b = scatter_vector(tau_k[:, None] * wy_k, mappings, g)
+        whitened = eye + chol.T @ w @ chol
+        r = cholesky(0.5 * (whitened + whitened.T))
+        v = solve_lower(r, chol.T)
+        cov = v.T @ v
+        mean = m + cov @ (b - w @ m)
+        logdet = logdet_from_chol(chol) - logdet_from_chol(r)
+        return mean, cov, r, logdet
+
+    over_outputs = jax.vmap(one, in_axes=(None, 1, 1, 0, 0))
+    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 0, 0))
+    mean, cov, r, logdet = over_clusters(
+        tau, precisions[:, kidx], weighted_y[:, kidx], prior_chol, prior_mean
+    )
+    return Hyperposterior(
+        mean=mean,
+        cov=cov,
+        prior_mean=prior_mean,
+        prior_chol=prior_chol,
+        whitened_chol=r,
+        logdet=logdet,
+    )

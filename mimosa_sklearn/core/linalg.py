@@ -1,0 +1,120 @@
+"""Masked Cholesky factorisations, solves and grid scatter/gather.
+
+Every function here is shape-static and safe to ``jit``/``vmap``. Padding is handled by
+the *identity trick*: padded rows and columns of a covariance are replaced by the
+identity before factorising, so the factor of a padded matrix is block-diagonal
+``diag(chol(S_RR), I)`` and padded entries contribute nothing to log-determinants,
+quadratic forms or traces.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = [
+    "add_jitter",
+    "mask_cov",
+    "cholesky",
+    "logdet_from_chol",
+    "solve_lower",
+    "cho_solve",
+    "masked_inverse",
+    "scatter_matrix",
+    "scatter_vector",
+    "gather_matrix",
+    "gather_vector",
+]
+
+
+def add_jitter(cov: Float[Array, "... N N"], jitter: float | Float[Array, ""]) -> Array:
+    """Add ``jitter`` times the mean diagonal to the diagonal (scale-free jitter)."""
+    n = cov.shape[-1]
+    scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)[..., None, None]
+    # A zero (or negative, through round-off) scale must still give a positive jitter.
+    scale = jnp.maximum(scale, 1.0)
+    return cov + jitter * scale * jnp.eye(n, dtype=cov.dtype)
+
+
+def mask_cov(
+    cov: Float[Array, "... N N"], mask: Bool[Array, "... N"], jitter: float | Array = 0.0
+) -> Array:
+    """Jitter the real block, then replace padded rows and columns by the identity.
+
+    The jitter is added *before* masking so that padded indices contribute exactly
+    ``log 1 = 0`` to the log-determinant.
+    """
+    n = cov.shape[-1]
+    eye = jnp.eye(n, dtype=cov.dtype)
+    both = mask[..., :, None] & mask[..., None, :]
+    jittered = cov + jitter * eye if jitter is not None else cov
+    return jnp.where(both, jittered, eye)
+
+
+def cholesky(cov: Float[Array, "... N N"]) -> Array:
+    """Lower Cholesky factor (NaN where the matrix is not positive definite)."""
+    return jnp.linalg.cholesky(cov)
+
+
+def logdet_from_chol(chol: Float[Array, "... N N"]) -> Array:
+    """``log|S|`` from a lower factor of ``S``."""
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+
+
+def solve_lower(chol: Float[Array, "... N N"], b: Array) -> Array:
+    """``L^{-1} b`` for a lower-triangular ``L`` (``b`` of shape ``(..., N, M)``)."""
+    return jsl.solve_triangular(chol, b, lower=True)
+
+
+def cho_solve(chol: Float[Array, "... N N"], b: Array) -> Array:
+    """``S^{-1} b`` given the lower factor of ``S`` (``b`` of shape ``(..., N, M)``)."""
+    tmp = jsl.solve_triangular(chol, b, lower=True)
+    return jsl.solve_triangular(jnp.swapaxes(chol, -1, -2), tmp, lower=False)
+
+
+def masked_inverse(chol: Float[Array, "... N N"], mask: Bool[Array, "... N"]) -> Array:
+    """``S_RR^{-1}`` embedded in an ``N x N`` zero matrix (padded rows/columns are 0).
+
+    ``chol`` is the factor of the identity-masked matrix; its inverse carries ones on
+    the padded diagonal, which must not leak into scatter-adds or traces.
+    """
+    n = chol.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=chol.dtype), chol.shape)
+    inv = cho_solve(chol, eye)
+    inv = 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
+    both = mask[..., :, None] & mask[..., None, :]
+    return jnp.where(both, inv, 0.0)
+
+
+def scatter_matrix(
+    blocks: Float[Array, "T N N"], mappings: Int[Array, "T N"], n_grid: int
+) -> Float[Array, "G G"]:
+    """``sum_i P_i^T blocks_i P_i``: scatter-add task blocks onto a ``G x G`` grid matrix.
+
+    Padded entries carry the sentinel index ``G`` and are dropped; callers also zero the
+    padded rows/columns of ``blocks`` so the result never depends on the index mode.
+    """
+    out = jnp.zeros((n_grid, n_grid), dtype=blocks.dtype)
+    rows = mappings[:, :, None]
+    cols = mappings[:, None, :]
+    return out.at[rows, cols].add(blocks, mode="drop")
+
+
+def scatter_vector(
+    vecs: Float[Array, "T N"], mappings: Int[Array, "T N"], n_grid: int
+) -> Float[Array, " G"]:
+    """``sum_i P_i^T vecs_i``: scatter-add task vectors onto the grid."""
+    out = jnp.zeros((n_grid,), dtype=vecs.dtype)
+    return out.at[mappings].add(vecs, mode="drop")
+
+
+def gather_vector(vec: Float[Array, "... G"], mapping: Int[Array, " N"]) -> Array:
+    """``P_i v``: restriction of a grid vector to a task's inputs (padding reads 0)."""
+    return jnp.take(vec, mapping, axis=-1, mode="fill", fill_value=0.0)
+
+
+def gather_matrix(mat: Float[Array, "... G G"], mapping: Int[Array, " N"]) -> Array:
+    """``P_i M P_i^T``: restriction of a grid matrix to a task's inputs (padding reads 0)."""
+    rows = jnp.take(mat, mapping, axis=-2, mode="fill", fill_value=0.0)
+    return jnp.take(rows, mapping, axis=-1, mode="fill", fill_value=0.0)

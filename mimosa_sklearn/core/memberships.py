@@ -1,0 +1,44 @@
+"""E-step for the task-to-cluster responsibilities, always in log space."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+__all__ = ["log_weights", "responsibilities", "log_responsibilities", "entropy_term"]
+
+# Floor for mixture weights: a weight of exactly 0 would pin log(pi) at -inf and make an
+# emptied cluster unrecoverable and its gradients NaN.
+_MIN_WEIGHT = 1e-12
+
+
+def log_weights(weights: Float[Array, " K"]) -> Float[Array, " K"]:
+    """``log(pi)`` with a floor so an empty cluster stays finite."""
+    return jnp.log(jnp.maximum(weights, _MIN_WEIGHT))
+
+
+def log_responsibilities(
+    weights: Float[Array, " K"], nll: Float[Array, "T K"]
+) -> Float[Array, "T K"]:
+    """``log tau_ik = log pi_k - nll_ik - logsumexp_l(log pi_l - nll_il)``.
+
+    ``nll`` is a per-(task, cluster) negative log-likelihood (already summed over
+    outputs, since every output of a task shares its cluster).
+    """
+    logits = log_weights(weights)[None, :] - nll
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def responsibilities(weights: Float[Array, " K"], nll: Float[Array, "T K"]) -> Float[Array, "T K"]:
+    """Responsibilities ``tau`` (rows sum to one) from per-cluster NLLs."""
+    tau = jnp.exp(log_responsibilities(weights, nll))
+    # Renormalise so rows sum to one to machine precision after exponentiation.
+    return tau / jnp.sum(tau, axis=-1, keepdims=True)
+
+
+def entropy_term(tau: Float[Array, "T K"], weights: Float[Array, " K"]) -> Float[Array, ""]:
+    """``sum_ik tau_ik log(pi_k / tau_ik)`` with the convention ``0 log(pi/0) = 0``."""
+    safe_tau = jnp.where(tau > 0, tau, 1.0)
+    terms = jnp.where(tau > 0, tau * (log_weights(weights)[None, :] - jnp.log(safe_tau)), 0.0)
+    return jnp.sum(terms)

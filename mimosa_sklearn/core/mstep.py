@@ -1,0 +1,173 @@
+"""VM-step: mixture weights in closed form, hyperparameters by L-BFGS (optimistix).
+
+With ``q`` fixed, the ELBO separates into a mean-process objective (``gamma``, prior
+mean parameters) and a task objective (``theta``, noise). Both are written through
+second moments (ALGORITHM.md §2.3), so one factorisation per distinct covariance is
+enough per evaluation. Positivity comes from kernax's log parametrisation and the
+log-noise, so the optimiser works on unconstrained reals.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Float, Int
+
+from .hyperposterior import Hyperposterior, cluster_index
+from .likelihood import masked_factor, moment_nll
+from .linalg import gather_matrix, gather_vector
+from .params import Params, TaskBatch, prior_on_grid, task_covariances
+
+__all__ = [
+    "mixture_weights",
+    "cluster_moments",
+    "cluster_objective",
+    "task_moments",
+    "task_objective",
+    "minimise",
+    "total_objective",
+    "m_step",
+]
+
+
+def mixture_weights(
+    tau: Float[Array, "T K"], task_weight: Float[Array, " T"]
+) -> Float[Array, " K"]:
+    """Closed-form mixture proportions ``pi_k = mean_i tau_ik`` over real tasks."""
+    return jnp.sum(task_weight[:, None] * tau, axis=0) / jnp.sum(task_weight)
+
+
+def cluster_moments(
+    post: Hyperposterior, prior_mean: Float[Array, "K Om G"], kc: int, oc: int
+) -> tuple[Float[Array, "Kc Oc G G"], Float[Array, "Kc Oc"]]:
+    """Second moments ``E_q[(mu_k - m_k)(mu_k - m_k)^T]`` summed over shared axes.
+
+    Returns the moments grouped by distinct prior covariance and the number of mean
+    processes in each group (the weight of the log-determinant).
+    """
+    k, o, g = post.mean.shape
+    resid = post.mean - jnp.broadcast_to(prior_mean, (k, o, g))
+    mom = post.cov + resid[..., :, None] * resid[..., None, :]
+    count = jnp.ones((k, o))
+    if kc == 1:
+        mom, count = jnp.sum(mom, axis=0, keepdims=True), jnp.sum(count, axis=0, keepdims=True)
+    if oc == 1:
+        mom, count = jnp.sum(mom, axis=1, keepdims=True), jnp.sum(count, axis=1, keepdims=True)
+    return mom, count
+
+
+def cluster_objective(
+    params: Params, post: Hyperposterior, grid: Float[Array, "G I"], grid_mask: Array, jitter: float
+) -> Float[Array, ""]:
+    """``sum_k J^mu_k``: expected NLL of the hyperposteriors under their priors."""
+    _, mean, chol = prior_on_grid(params, grid, grid_mask, jitter)
+    kc, oc, g, _ = chol.shape
+    mom, count = cluster_moments(post, mean, kc, oc)
+    return jnp.sum(moment_nll(chol, mom, count, jnp.asarray(g, chol.dtype)))
+
+
+def task_moments(
+    batch: TaskBatch, tau: Float[Array, "T K"], post: Hyperposterior, n_task_clusters: int
+) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt"]]:
+    """Per-task second moments ``S_i = sum_k tau_ik E_q[(y_i - mu_k)(y_i - mu_k)^T]``.
+
+    With cluster-specific task covariances (``Kt = K``) the moments stay per cluster,
+    each weighted by ``tau_ik``; the returned weights multiply the log-determinants.
+    """
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+
+    def per_task(y_i, m_i, map_i, tau_i):
+        mu = gather_vector(post.mean, map_i)  # (K, O, N)
+        cov_hat = gather_matrix(post.cov, map_i)  # (K, O, N, N)
+        resid = jnp.where(m_i[None], y_i.T[None] - mu, 0.0)
+        both = m_i[:, :, None] & m_i[:, None, :]
+        mom = jnp.where(both[None], cov_hat + resid[..., :, None] * resid[..., None, :], 0.0)
+        weighted = tau_i[:, None, None, None] * mom
+        if n_task_clusters == 1:
+            return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,))
+        return weighted, tau_i
+
+    return jax.vmap(per_task)(batch.y, mask_t, batch.mappings, tau)
+
+
+def task_objective(
+    params: Params,
+    batch: TaskBatch,
+    moments: Float[Array, "T Kt O N N"],
+    weights: Float[Array, "T Kt"],
+    jitter: float,
+) -> Float[Array, ""]:
+    """``sum_i J^f_i``: expected NLL of the tasks given the mean-process posteriors."""
+    covs = task_covariances(params, batch.x)  # (T, Kt, Ot, N, N)
+    t, kt, _, n, _ = covs.shape
+    o = batch.mask.shape[-1]
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)[:, None]  # (T, 1, O, N)
+    covs = jnp.broadcast_to(covs, (t, kt, o, n, n))
+    both = mask_t[..., :, None] & mask_t[..., None, :]
+    chol = masked_factor(jnp.where(both, covs, 0.0), mask_t, jitter)
+    n_real = jnp.sum(mask_t, axis=-1).astype(covs.dtype)  # (T, 1, O)
+    return jnp.sum(moment_nll(chol, moments, weights[..., None], n_real))
+
+
+def minimise(fn, dynamic, args, max_steps: int, tol: float):
+    """Minimise ``fn(dynamic, args)`` over the pytree ``dynamic`` with L-BFGS.
+
+    The result is only accepted when it does not increase the objective, so a
+    generalised EM step stays monotone even when L-BFGS stops early or fails.
+    Returns the new pytree, its objective value and the number of steps taken.
+    """
+    solver = optx.LBFGS(rtol=tol, atol=tol)
+    sol = optx.minimise(fn, solver, dynamic, args, max_steps=max_steps, throw=False)
+    before = fn(dynamic, args)
+    after = fn(sol.value, args)
+    better = jnp.isfinite(after) & (after <= before)
+    new = jax.tree.map(lambda a, b: jnp.where(better, a, b), sol.value, dynamic)
+    return new, jnp.where(better, after, before), sol.stats["num_steps"]
+
+
+def total_objective(
+    params: Params,
+    post: Hyperposterior,
+    batch: TaskBatch,
+    moments: Float[Array, "T Kt O N N"],
+    mweights: Float[Array, "T Kt"],
+    jitter: float,
+) -> Float[Array, ""]:
+    """``sum_k J^mu_k + sum_i J^f_i``: the two VM-step objectives are separable, so one
+    L-BFGS run on their sum optimises both (and compiles one solver instead of two)."""
+    return cluster_objective(params, post, batch.grid, batch.grid_mask, jitter) + task_objective(
+        params, batch, moments, mweights, jitter
+    )
+
+
+def m_step(
+    params: Params,
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    batch: TaskBatch,
+    jitter: float,
+    max_steps: int,
+    tol: float,
+) -> tuple[Params, Float[Array, " K"], Int[Array, ""]]:
+    """One VM-step: new mixture weights and hyperparameters.
+
+    Returns the new parameters, the weights and the number of L-BFGS steps taken.
+    """
+    weights = mixture_weights(tau, batch.task_weight)
+    moments, mweights = task_moments(batch, tau, post, params.log_noise.shape[1])
+    dynamic, static = eqx.partition(params, eqx.is_inexact_array)
+
+    def fn(dyn, args):
+        return total_objective(eqx.combine(dyn, static), *args)
+
+    new_dyn, _, n_steps = minimise(
+        fn, dynamic, (post, batch, moments, mweights, jitter), max_steps, tol
+    )
+    return eqx.combine(new_dyn, static), weights, n_steps
+
+
+def cluster_index_for(params: Params, n_clusters: int) -> Array:
+    """Cluster-axis index of the task hyperparameters used by each cluster."""
+    return cluster_index(n_clusters, params.log_noise.shape[1])

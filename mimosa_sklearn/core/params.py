@@ -1,0 +1,180 @@
+"""Hyperparameter containers and batched kernel evaluation.
+
+Hyperparameter sharing is encoded in the *leading axes* of the kernel leaves (the
+seed's convention): a mean-process kernel whose leaves have leading shape ``(K*, O*)``
+is shared across clusters when ``K* = 1`` and across outputs when ``O* = 1``; task
+kernels carry ``(T*, K*, O*)``. Size-1 axes are broadcast, never replicated, so each
+distinct covariance is evaluated once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+__all__ = [
+    "Params",
+    "stack_module",
+    "to_float64",
+    "batch_shape",
+    "index_module",
+    "eval_kernel",
+    "eval_mean",
+    "task_batch_shape",
+    "TaskBatch",
+    "task_covariances",
+    "task_kernel_cross",
+    "prior_on_grid",
+]
+
+
+class Params(eqx.Module):
+    """All trainable hyperparameters of a MagmaClust model.
+
+    Attributes
+    ----------
+    mean_kernel : eqx.Module
+        kernax kernel of the mean processes, leaves with leading axes ``(K*, O*)``.
+    prior_mean : eqx.Module
+        kernax mean function of the mean processes, leaves with leading ``(K, O*)``.
+    task_kernel : eqx.Module
+        kernax kernel of the task deviations, leaves with leading ``(T*, K*, O*)``.
+    log_noise : Array
+        ``(T*, K*, O*)`` log noise variances of the tasks.
+    """
+
+    mean_kernel: eqx.Module
+    prior_mean: eqx.Module
+    task_kernel: eqx.Module
+    log_noise: Float[Array, "Tt Kt Ot"]
+
+
+def to_float64(module):
+    """Cast every floating leaf to float64 (kernels built with x64 off hold float32)."""
+    return jax.tree.map(
+        lambda leaf: jnp.asarray(leaf, dtype=jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
+        module,
+    )
+
+
+def stack_module(module, shape: tuple[int, ...]):
+    """Broadcast every inexact leaf of ``module`` to ``shape + leaf.shape``."""
+    return jax.tree.map(
+        lambda leaf: (
+            jnp.broadcast_to(jnp.asarray(leaf, jnp.float64), shape + jnp.shape(leaf))
+            if eqx.is_inexact_array(leaf)
+            else leaf
+        ),
+        module,
+    )
+
+
+def batch_shape(module, n_axes: int) -> tuple[int, ...]:
+    """Leading ``n_axes`` axes shared by the inexact leaves of a stacked module."""
+    leaves = jax.tree.leaves(eqx.filter(module, eqx.is_inexact_array))
+    if not leaves:
+        return (1,) * n_axes
+    return tuple(leaves[0].shape[:n_axes])
+
+
+def task_batch_shape(params: Params) -> tuple[int, int, int]:
+    """``(T*, K*, O*)`` of the task hyperparameters."""
+    return tuple(params.log_noise.shape)  # type: ignore[return-value]
+
+
+def index_module(module, index):
+    """Index the leading axes of every inexact leaf (``module[index]``)."""
+    return jax.tree.map(lambda leaf: leaf[index] if eqx.is_inexact_array(leaf) else leaf, module)
+
+
+def _vmap_leading(fn: Callable, module, n_axes: int):
+    """Call ``fn(unbatched_module)`` for every index of the ``n_axes`` leading axes."""
+    dynamic, static = eqx.partition(module, eqx.is_inexact_array)
+
+    def call(dyn):
+        return fn(eqx.combine(dyn, static))
+
+    for _ in range(n_axes):
+        call = jax.vmap(call)
+    return call(dynamic)
+
+
+def eval_kernel(
+    kernel, n_axes: int, x1: Float[Array, "N I"], x2: Float[Array, "M I"]
+) -> Float[Array, "... N M"]:
+    """Evaluate a stacked kernel on ``(x1, x2)``: output ``batch + (N, M)``."""
+    return _vmap_leading(lambda k: k(x1, x2), kernel, n_axes)
+
+
+def eval_mean(mean, n_axes: int, x: Float[Array, "N I"]) -> Float[Array, "... N"]:
+    """Evaluate a stacked mean function on ``x``: output ``batch + (N,)``."""
+
+    def one(m):
+        return jnp.broadcast_to(m(x), (x.shape[0],))
+
+    return _vmap_leading(one, mean, n_axes)
+
+
+class TaskBatch(eqx.Module):
+    """Padded training tasks as the core sees them (no NaN anywhere).
+
+    Attributes
+    ----------
+    x : (T, N, I) inputs; padded rows hold a finite placeholder.
+    y : (T, N, O) outputs; 0 where not observed.
+    mask : (T, N, O) ``True`` where an output is observed.
+    mappings : (T, N) grid index of every row (``G`` on padded rows).
+    grid : (G, I) sorted unique training inputs, padded with placeholder points.
+    grid_mask : (G,) ``True`` on real grid points. Padded grid points get an identity
+        prior (exactly as padded task rows), which leaves the ELBO and the M-step
+        unchanged, so grids of different sizes can share one compiled program.
+    task_weight : (T,) 1 for real tasks, 0 for padded (dummy) tasks.
+    """
+
+    x: Float[Array, "T N I"]
+    y: Float[Array, "T N O"]
+    mask: Array
+    mappings: Array
+    grid: Float[Array, "G I"]
+    grid_mask: Array
+    task_weight: Float[Array, " T"]
+
+
+def task_covariances(params: Params, x: Float[Array, "T N I"]) -> Float[Array, "T Kt Ot N N"]:
+    """Task covariances ``Psi_i = s_theta(t_i, t_i) + sigma^2 I`` (noise included)."""
+    tt = params.log_noise.shape[0]
+    n = x.shape[1]
+    eye = jnp.eye(n, dtype=x.dtype)
+    if tt == 1:
+        kernel = index_module(params.task_kernel, 0)
+        covs = jax.vmap(lambda xi: eval_kernel(kernel, 2, xi, xi))(x)
+    else:
+        covs = jax.vmap(lambda k, xi: eval_kernel(k, 2, xi, xi))(params.task_kernel, x)
+    noise = jnp.exp(params.log_noise)
+    noise = jnp.broadcast_to(noise, (x.shape[0],) + noise.shape[1:])
+    return covs + noise[..., None, None] * eye
+
+
+def task_kernel_cross(kernel, x1: Float[Array, "N I"], x2: Float[Array, "M I"]) -> Array:
+    """Noise-free task kernel of ONE task (leaves ``(K*, O*)``): ``(K*, O*, N, M)``."""
+    return eval_kernel(kernel, 2, x1, x2)
+
+
+def prior_on_grid(
+    params: Params, grid: Float[Array, "G I"], grid_mask: Array, jitter: float
+) -> tuple[Float[Array, "Kc Oc G G"], Float[Array, "K Om G"], Float[Array, "Kc Oc G G"]]:
+    """Prior covariances (jittered, identity on padded grid points), their lower factors
+    and the prior means (0 on padded grid points)."""
+    from .likelihood import jitter_amount
+    from .linalg import mask_cov
+
+    cov = eval_kernel(params.mean_kernel, 2, grid, grid)
+    eps = jitter_amount(cov, jitter)[..., None, None]
+    cov = mask_cov(cov, grid_mask, eps)
+    chol = jnp.linalg.cholesky(cov)
+    mean = jnp.where(grid_mask, eval_mean(params.prior_mean, 2, grid), 0.0)
+    return cov, mean, chol

@@ -1,0 +1,264 @@
+"""Posterior predictive distributions for training tasks and new tasks.
+
+The hyperposterior ``q(mu_k)`` lives on the training grid; any other input is reached
+by GP conditioning on the grid (ALGORITHM.md §4.1a), reusing the factors ``L`` of the
+prior covariance and ``R`` of the whitened precision, so no refit is ever needed.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Bool, Float
+
+from .hyperposterior import Hyperposterior, cluster_index
+from .likelihood import LOG_2PI, masked_factor
+from .linalg import cho_solve, logdet_from_chol, solve_lower
+from .memberships import log_weights
+from .params import Params, eval_kernel, eval_mean, index_module
+
+__all__ = [
+    "extend_hyperposterior",
+    "task_params_of",
+    "predict_training_task",
+    "new_task_log_marginal",
+    "predict_new_task",
+    "fit_new_task_params",
+    "mixture_moments",
+]
+
+
+def extend_hyperposterior(
+    params: Params,
+    post: Hyperposterior,
+    grid: Float[Array, "G I"],
+    grid_mask: Bool[Array, " G"],
+    x: Float[Array, "M I"],
+) -> tuple[Float[Array, "K O M"], Float[Array, "K O M M"]]:
+    """Hyperposterior of every mean process at arbitrary inputs ``x``.
+
+    With ``C = L L^T`` and ``Z = L^{-1} C(G, x)``: ``mean = m(x) + Z^T L^{-1}(m_hat - m)``
+    and ``cov = C(x, x) - Z^T Z + (R^{-1} Z)^T (R^{-1} Z)``.
+    """
+    k, o, g = post.mean.shape
+    m = x.shape[0]
+    cross = eval_kernel(params.mean_kernel, 2, x, grid)  # (Kc, Oc, M, G)
+    cross = jnp.where(grid_mask, cross, 0.0)
+    cross = jnp.broadcast_to(cross, (k, o, m, g))
+    kxx = jnp.broadcast_to(eval_kernel(params.mean_kernel, 2, x, x), (k, o, m, m))
+    mx = jnp.broadcast_to(eval_mean(params.prior_mean, 2, x), (k, o, m))
+    z = solve_lower(post.prior_chol, jnp.swapaxes(cross, -1, -2))  # (K, O, G, M)
+    alpha = solve_lower(post.prior_chol, (post.mean - post.prior_mean)[..., None])[..., 0]
+    mean = mx + jnp.einsum("kogm,kog->kom", z, alpha)
+    u = solve_lower(post.whitened_chol, z)
+    cov = kxx - jnp.swapaxes(z, -1, -2) @ z + jnp.swapaxes(u, -1, -2) @ u
+    return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+
+
+def task_params_of(params: Params, index) -> tuple[object, Float[Array, "Kt Ot"]]:
+    """Task kernel and log-noise of one task (leaves ``(K*, O*)``)."""
+    tt = params.log_noise.shape[0]
+    i = index if tt > 1 else 0
+    return index_module(params.task_kernel, i), params.log_noise[i]
+
+
+def _task_blocks(kernel, log_noise, x, n_clusters: int, n_outputs: int):
+    """Noise-free task kernel ``(K, O, M, M)`` and noise ``(K, O)`` for one task."""
+    s = eval_kernel(kernel, 2, x, x)  # (Kt, Ot, M, M)
+    kidx = cluster_index(n_clusters, s.shape[0])
+    s = s[kidx]
+    noise = jnp.exp(log_noise)[kidx]
+    m = x.shape[0]
+    return (
+        jnp.broadcast_to(s, (n_clusters, n_outputs, m, m)),
+        jnp.broadcast_to(noise, (n_clusters, n_outputs)),
+    )
+
+
+def mixture_moments(
+    tau: Float[Array, " K"], means: Float[Array, "K O P"], covs: Float[Array, "K O P P"]
+) -> tuple[Float[Array, "O P"], Float[Array, "O P P"]]:
+    """Mean and covariance of a Gaussian mixture (law of total covariance)."""
+    mean = jnp.einsum("k,kop->op", tau, means)
+    dev = means - mean[None]
+    cov = jnp.einsum("k,kopq->opq", tau, covs + dev[..., :, None] * dev[..., None, :])
+    return mean, cov
+
+
+def predict_training_task(
+    params: Params,
+    post: Hyperposterior,
+    grid: Float[Array, "G I"],
+    grid_mask: Bool[Array, " G"],
+    task_index,
+    tau: Float[Array, " K"],
+    x_obs: Float[Array, "N I"],
+    y_obs: Float[Array, "N O"],
+    mask_obs: Bool[Array, "N O"],
+    x_pred: Float[Array, "P I"],
+    jitter: float,
+    include_noise: bool,
+) -> tuple[Float[Array, "O P"], Float[Array, "O P P"]]:
+    """Variational predictive of a training task (ALGORITHM.md §4.2).
+
+    ``f_i | mu_k, y_i`` is GP conditioning on ``y_i - mu_k(t_i)``; averaging over
+    ``q(mu_k)`` does not count ``y_i`` twice (it is already inside ``q``).
+    """
+    k, o, _ = post.mean.shape
+    p, n = x_pred.shape[0], x_obs.shape[0]
+    x_all = jnp.concatenate([x_pred, x_obs], axis=0)
+    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_all)
+    kernel, log_noise = task_params_of(params, task_index)
+    s, noise = _task_blocks(kernel, log_noise, x_all, k, o)
+    mask_t = mask_obs.T  # (O, N)
+    both = mask_t[:, :, None] & mask_t[:, None, :]
+
+    def one(mu_ko, cov_ko, s_ko, noise_ko, y_o, m_o, both_o):
+        s_oo = jnp.where(both_o, s_ko[p:, p:], 0.0) + noise_ko * jnp.eye(n)
+        chol = masked_factor(s_oo, m_o, jitter)
+        s_op = jnp.where(m_o[:, None], s_ko[p:, :p], 0.0)
+        b = jnp.swapaxes(cho_solve(chol, s_op), 0, 1)  # (P, N)
+        resid = jnp.where(m_o, y_o - mu_ko[p:], 0.0)
+        mean = mu_ko[:p] + b @ resid
+        c_pp, c_po, c_oo = cov_ko[:p, :p], cov_ko[:p, p:], cov_ko[p:, p:]
+        c_po = jnp.where(m_o[None, :], c_po, 0.0)
+        c_oo = jnp.where(both_o, c_oo, 0.0)
+        var = c_pp - b @ c_po.T - c_po @ b.T + b @ c_oo @ b.T + s_ko[:p, :p] - b @ s_op
+        if include_noise:
+            var = var + noise_ko * jnp.eye(p)
+        return mean, 0.5 * (var + var.T)
+
+    over_o = jax.vmap(one, in_axes=(0, 0, 0, 0, 1, 0, 0))
+    means, covs = jax.vmap(over_o, in_axes=(0, 0, 0, 0, None, None, None))(
+        mu, cov, s, noise, y_obs, mask_t, both
+    )
+    return mixture_moments(tau, means, covs)
+
+
+def _new_task_terms(
+    params_task: tuple[object, Array],
+    mu: Float[Array, "K O M"],
+    cov: Float[Array, "K O M M"],
+    x_all: Float[Array, "M I"],
+    y_obs: Float[Array, "N O"],
+    mask_obs: Bool[Array, "N O"],
+    n_pred: int,
+    jitter: float,
+):
+    """Per-(cluster, output) Gaussian conditioning of a new task on its observations.
+
+    Returns predictive means ``(K, O, P)``, noise-free covariances ``(K, O, P, P)``,
+    the log marginal likelihoods ``(K, O)`` of the observations and the noise ``(K, O)``.
+    """
+    k, o, _ = mu.shape
+    p = n_pred
+    n = y_obs.shape[0]
+    kernel, log_noise = params_task
+    s, noise = _task_blocks(kernel, log_noise, x_all, k, o)
+    mask_t = mask_obs.T
+    both = mask_t[:, :, None] & mask_t[:, None, :]
+
+    def one(mu_ko, cov_ko, s_ko, noise_ko, y_o, m_o, both_o):
+        gam = cov_ko + s_ko
+        g_oo = jnp.where(both_o, gam[p:, p:], 0.0) + noise_ko * jnp.eye(n)
+        chol = masked_factor(g_oo, m_o, jitter)
+        g_op = jnp.where(m_o[:, None], gam[p:, :p], 0.0)
+        z = solve_lower(chol, g_op)  # (N, P)
+        resid = jnp.where(m_o, y_o - mu_ko[p:], 0.0)
+        a = solve_lower(chol, resid[:, None])[:, 0]
+        mean = mu_ko[:p] + z.T @ a
+        var = gam[:p, :p] - z.T @ z
+        logml = -0.5 * (a @ a + logdet_from_chol(chol) + jnp.sum(m_o) * LOG_2PI)
+        return mean, 0.5 * (var + var.T), logml
+
+    over_o = jax.vmap(one, in_axes=(0, 0, 0, 0, 1, 0, 0))
+    means, covs, logml = jax.vmap(over_o, in_axes=(0, 0, 0, 0, None, None, None))(
+        mu, cov, s, noise, y_obs, mask_t, both
+    )
+    return means, covs, logml, noise
+
+
+def new_task_log_marginal(
+    params_task, weights, mu_obs, cov_obs, x_obs, y_obs, mask_obs, jitter
+) -> tuple[Float[Array, ""], Float[Array, " K"]]:
+    """``log sum_k pi_k N(y*; m_hat_k(t*), Gamma_k)`` and the memberships ``tau*``."""
+    _, _, logml, _ = _new_task_terms(
+        params_task, mu_obs, cov_obs, x_obs, y_obs, mask_obs, 0, jitter
+    )
+    logits = log_weights(weights) + jnp.sum(logml, axis=-1)
+    total = jax.nn.logsumexp(logits)
+    tau = jnp.exp(logits - total)
+    return total, tau / jnp.sum(tau)
+
+
+def predict_new_task(
+    params: Params,
+    post: Hyperposterior,
+    grid: Float[Array, "G I"],
+    grid_mask: Bool[Array, " G"],
+    params_task,
+    weights: Float[Array, " K"],
+    x_obs: Float[Array, "N I"],
+    y_obs: Float[Array, "N O"],
+    mask_obs: Bool[Array, "N O"],
+    x_pred: Float[Array, "P I"],
+    jitter: float,
+    include_noise: bool,
+) -> tuple[Float[Array, "O P"], Float[Array, "O P P"], Float[Array, " K"]]:
+    """Mixture predictive of a new task from its observed points (ALGORITHM.md §4.1).
+
+    Memberships come from the marginal likelihood ``N(y*; m_hat_k, Psi* + C_hat_k)``;
+    with no observation they equal the mixture weights and the prediction is the prior
+    mixture of the mean processes plus the task kernel.
+    """
+    p = x_pred.shape[0]
+    x_all = jnp.concatenate([x_pred, x_obs], axis=0)
+    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_all)
+    means, covs, logml, noise = _new_task_terms(
+        params_task, mu, cov, x_all, y_obs, mask_obs, p, jitter
+    )
+    logits = log_weights(weights) + jnp.sum(logml, axis=-1)
+    tau = jax.nn.softmax(logits)
+    if include_noise:
+        covs = covs + noise[..., None, None] * jnp.eye(p)
+    mean, cov_mix = mixture_moments(tau, means, covs)
+    return mean, cov_mix, tau
+
+
+def fit_new_task_params(
+    params: Params,
+    post: Hyperposterior,
+    grid: Float[Array, "G I"],
+    grid_mask: Bool[Array, " G"],
+    params_task0,
+    weights: Float[Array, " K"],
+    x_obs: Float[Array, "N I"],
+    y_obs: Float[Array, "N O"],
+    mask_obs: Bool[Array, "N O"],
+    jitter: float,
+    max_steps: int,
+    tol: float,
+):
+    """Hyperparameters of a new task maximising its mixture marginal likelihood.
+
+    Direct L-BFGS on ``-log sum_k pi_k N(y*; m_hat_k(t*), Psi_theta + C_hat_k(t*))``
+    (equivalent to the EM of the R reference, ALGORITHM.md §4.1b); the start is kept if
+    the optimiser does not improve on it.
+    """
+    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_obs)
+    dynamic, static = eqx.partition(params_task0, eqx.is_inexact_array)
+
+    def fn(dyn, args):
+        pt = eqx.combine(dyn, static)
+        total, _ = new_task_log_marginal(pt, weights, mu, cov, x_obs, y_obs, mask_obs, jitter)
+        return -total
+
+    sol = optx.minimise(
+        fn, optx.LBFGS(rtol=tol, atol=tol), dynamic, None, max_steps=max_steps, throw=False
+    )
+    before, after = fn(dynamic, None), fn(sol.value, None)
+    better = jnp.isfinite(after) & (after <= before)
+    best = jax.tree.map(lambda a, b: jnp.where(better, a, b), sol.value, dynamic)
+    return eqx.combine(best, static)

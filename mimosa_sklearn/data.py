@@ -1,0 +1,584 @@
+"""Conversion of ragged task rows into padded, grid-indexed arrays.
+
+A multi-task data set arrives as ``n`` rows, each carrying a task id, an input
+vector and (optionally) an output vector. Tasks have very different numbers of
+rows, so the JAX core works on *padded* arrays of shape ``(T, N, ...)`` where
+``T`` is the number of tasks and ``N`` the largest task size (optionally rounded
+up so that compiled functions are reused across data sets of similar sizes).
+
+Every real row is also mapped to a point of a shared input *grid*: the sorted
+unique input rows of the data. MagmaClust's mean processes live on that grid,
+and the per-task mappings let the core gather grid quantities for each task.
+Floating-point noise in the inputs (``0.1 + 0.2`` versus ``0.3``) would create
+spurious distinct grid points, so inputs are first *snapped*: values closer
+than a relative tolerance are merged.
+
+This module is pure NumPy (no pandas, no JAX) and fully vectorised: there is no
+Python-level loop over rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "TaskData",
+    "build_grid",
+    "build_task_data",
+    "encode_task_ids",
+    "map_to_grid",
+    "pad_values",
+    "snap_inputs",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class TaskData:
+    """Padded, grid-indexed view of a ragged multi-task data set.
+
+    Instances are built by :func:`build_task_data`; the fields are plain NumPy
+    arrays. ``T`` is the number of tasks, ``N`` the padded task length, ``I``
+    the input dimension, ``O`` the number of outputs, ``G`` the grid size and
+    ``n`` the number of caller rows.
+
+    Parameters
+    ----------
+    inputs : ndarray of shape (T, N, I), dtype float64
+        Snapped inputs of every task, in caller row order inside each task;
+        NaN on padded rows. For rows on the grid the values are exactly the
+        corresponding grid rows.
+    outputs : ndarray of shape (T, N, O), dtype float64, or None
+        Outputs, NaN on padded rows and wherever an output is missing. None
+        when the data were built without outputs.
+    mappings : ndarray of shape (T, N), dtype int64
+        Index into ``grid`` of each row's input; ``G`` on padded rows and
+        ``-1`` for real rows that are not on a user-supplied grid.
+    grid : ndarray of shape (G, I), dtype float64
+        Unique input rows sorted lexicographically (column 0 first).
+    task_codes : ndarray of shape (n,), dtype int64
+        Task index (``0 .. T-1``) of each caller row, in caller row order.
+    row_pos : ndarray of shape (n,), dtype int64
+        Position (``0 .. N-1``) of each caller row inside its padded task.
+    n_points : ndarray of shape (T,), dtype int64
+        Number of real rows of each task.
+    """
+
+    inputs: np.ndarray
+    outputs: np.ndarray | None
+    mappings: np.ndarray
+    grid: np.ndarray
+    task_codes: np.ndarray
+    row_pos: np.ndarray
+    n_points: np.ndarray
+
+    @property
+    def n_tasks(self) -> int:
+        """int: Number of tasks ``T``."""
+        return int(self.inputs.shape[0])
+
+    @property
+    def n_max(self) -> int:
+        """int: Padded task length ``N``."""
+        return int(self.inputs.shape[1])
+
+    @property
+    def n_inputs(self) -> int:
+        """int: Input dimension ``I``."""
+        return int(self.inputs.shape[2])
+
+    @property
+    def n_outputs(self) -> int:
+        """int: Number of outputs ``O`` (0 when built without outputs)."""
+        return 0 if self.outputs is None else int(self.outputs.shape[2])
+
+    @property
+    def n_grid(self) -> int:
+        """int: Number of grid points ``G``."""
+        return int(self.grid.shape[0])
+
+    @property
+    def row_mask(self) -> np.ndarray:
+        """ndarray of shape (T, N), bool: True on real (non-padded) rows."""
+        return np.arange(self.n_max) < self.n_points[:, None]
+
+    @property
+    def obs_mask(self) -> np.ndarray:
+        """ndarray of shape (T, N, O), bool: True where an output is observed.
+
+        An output is observed when its row is real and its value is not NaN.
+        The last axis has length 0 when the data were built without outputs.
+        """
+        if self.outputs is None:
+            return np.zeros((self.n_tasks, self.n_max, 0), dtype=bool)
+        return self.row_mask[:, :, None] & ~np.isnan(self.outputs)
+
+    def to_rows(self, values: np.ndarray) -> np.ndarray:
+        """Gather padded per-task values back into caller row order.
+
+        Parameters
+        ----------
+        values : array-like of shape (T, N, ...)
+            Values laid out like :attr:`inputs` (e.g. predictions).
+
+        Returns
+        -------
+        ndarray of shape (n, ...)
+            ``values[task_codes[r], row_pos[r]]`` for every caller row ``r``.
+
+        Raises
+        ------
+        ValueError
+            If the two leading dimensions of ``values`` are not ``(T, N)``.
+        """
+        values = np.asarray(values)
+        if values.shape[:2] != (self.n_tasks, self.n_max):
+            raise ValueError(
+                f"values must have leading shape {(self.n_tasks, self.n_max)}, "
+                f"got shape {values.shape}"
+            )
+        return values[self.task_codes, self.row_pos]
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print every array in full.
+        return (
+            f"TaskData(n_tasks={self.n_tasks}, n_max={self.n_max}, n_inputs={self.n_inputs}, "
+            f"n_outputs={self.n_outputs}, n_grid={self.n_grid}, n_rows={self.task_codes.size})"
+        )
+
+
+# --------------------------------------------------------------------------- task ids
+
+
+def _is_missing_scalar(value: Any) -> bool:
+    """Return True for None, float NaN and pandas/NumPy missing-value sentinels."""
+    if value is None:
+        return True
+    if isinstance(value, float | np.floating | complex | np.complexfloating):
+        return bool(np.isnan(value))
+    if isinstance(value, np.datetime64 | np.timedelta64):
+        return bool(np.isnat(value))
+    # pandas.NA / pandas.NaT without importing pandas: identified by type name.
+    return type(value).__name__ in {"NAType", "NaTType"}
+
+
+_is_missing_vec = np.frompyfunc(_is_missing_scalar, 1, 1)
+
+
+def _missing_mask(ids: np.ndarray) -> np.ndarray:
+    """Boolean mask of missing ids, dispatched on dtype to stay vectorised."""
+    kind = ids.dtype.kind
+    if kind in "fc":
+        return np.isnan(ids)
+    if kind in "mM":
+        return np.isnat(ids)
+    if kind == "O":
+        # Object arrays may hold None, NaN or pd.NA, whose comparisons do not
+        # reduce to plain booleans; a ufunc over a scalar predicate is robust.
+        return _is_missing_vec(ids).astype(bool) if ids.size else np.zeros(0, dtype=bool)
+    return np.zeros(ids.shape, dtype=bool)
+
+
+def encode_task_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encode task ids as integer codes in first-seen order.
+
+    Parameters
+    ----------
+    ids : array-like of shape (n,)
+        Task id of every row: strings, integers, floats or arbitrary hashable
+        objects (e.g. the values of a pandas categorical converted with
+        ``np.asarray``). A ``(n, 1)`` column is accepted and flattened.
+
+    Returns
+    -------
+    codes : ndarray of shape (n,), dtype int64
+        Code of each row; task ``t`` is the ``t``-th distinct id met when
+        reading the rows from top to bottom.
+    uniques : ndarray of shape (T,)
+        The distinct ids in first-seen order (same dtype as ``ids``).
+
+    Raises
+    ------
+    ValueError
+        If ``ids`` is not one-dimensional, or if an id is missing (None, NaN,
+        NaT or ``pd.NA``); the message names the first offending row.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim == 2 and ids.shape[1] == 1:
+        ids = ids[:, 0]
+    if ids.ndim != 1:
+        raise ValueError(f"task ids must be one-dimensional, got shape {ids.shape}")
+    if ids.size == 0:
+        return np.zeros(0, dtype=np.int64), ids.copy()
+    if ids.dtype.kind == "O":
+        # Hashing object ids is much faster than sorting them (Python-level
+        # comparisons), and missing values need only be looked for among the
+        # distinct ids.
+        try:
+            codes, uniques = _encode_by_hash(ids)
+        except TypeError:
+            codes, uniques = _encode_by_sorting(ids)
+        bad = _missing_mask(uniques)
+        if bad.any():
+            row = int(np.flatnonzero(bad[codes])[0])
+            raise ValueError(f"task id is missing (None/NaN) at row {row}")
+        return codes, uniques
+    missing = _missing_mask(ids)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ValueError(f"task id is missing (None/NaN) at row {row}")
+    return _encode_by_sorting(ids)
+
+
+def _encode_by_sorting(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First-seen encoding through ``np.unique`` (ids must be orderable)."""
+    try:
+        uniq, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    except TypeError as exc:
+        raise ValueError(f"task ids must be hashable or mutually orderable: {exc}") from exc
+    # np.unique sorts; re-rank the distinct ids by their first occurrence.
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size, dtype=np.int64)
+    return rank[inverse.reshape(-1)], uniq[order]
+
+
+def _encode_by_hash(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First-seen encoding of hashable ids through a dict (C-level iteration)."""
+    values = ids.tolist()
+    # dict.fromkeys keeps first-seen order; raises TypeError on unhashable ids.
+    lookup = {value: code for code, value in enumerate(dict.fromkeys(values))}
+    codes = np.fromiter(map(lookup.__getitem__, values), dtype=np.int64, count=len(values))
+    # Codes are already in first-seen order, so sorted unique codes give first rows.
+    _, first = np.unique(codes, return_index=True)
+    return codes, ids[first]
+
+
+# --------------------------------------------------------------------------- inputs and grid
+
+
+def _as_2d_float(a: Any, name: str) -> np.ndarray:
+    """Convert to a float64 array of shape (n, d); a 1-D array becomes one column."""
+    try:
+        arr = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from exc
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {arr.shape}")
+    return arr
+
+
+def snap_inputs(x: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Merge input values that differ only by floating-point noise.
+
+    Each column is sorted; consecutive sorted values whose gap is at most
+    ``rtol * scale`` (``scale`` = largest finite absolute value of that column,
+    or 1 when it is 0) form a run, and every value of a run is replaced by the
+    run's first (smallest) value. Runs chain (single linkage), so a long
+    sequence of tiny steps collapses to one value; with the default tolerance
+    this only merges representation noise such as ``0.1 + 0.2`` vs ``0.3``.
+
+    Parameters
+    ----------
+    x : array-like of shape (n,) or (n, I)
+        Inputs. NaN values are left untouched (each stays its own run).
+    rtol : float, default=1e-9
+        Relative merge tolerance; 0 merges exact duplicates only (no-op).
+
+    Returns
+    -------
+    ndarray of the same shape as ``x``, dtype float64
+        Snapped inputs.
+    """
+    if rtol < 0:
+        raise ValueError(f"rtol must be non-negative, got {rtol}")
+    arr = np.asarray(x, dtype=np.float64)
+    squeeze = arr.ndim == 1
+    arr2 = arr[:, None] if squeeze else arr
+    if arr2.ndim != 2:
+        raise ValueError(f"x must be 1-D or 2-D, got shape {arr.shape}")
+    n = arr2.shape[0]
+    if n == 0:
+        return arr.copy()
+    finite_abs = np.where(np.isfinite(arr2), np.abs(arr2), 0.0)
+    scale = finite_abs.max(axis=0)
+    tol = rtol * np.where(scale > 0, scale, 1.0)
+    order = np.argsort(arr2, axis=0, kind="stable")
+    s = np.take_along_axis(arr2, order, axis=0)
+    # `~(gap <= tol)` (not `gap > tol`) so that NaN gaps start a new run.
+    new_run = np.ones_like(s, dtype=bool)
+    new_run[1:] = ~(np.diff(s, axis=0) <= tol)
+    # Index of the first element of each element's run: running max of run starts.
+    starts = np.where(new_run, np.arange(n)[:, None], 0)
+    np.maximum.accumulate(starts, axis=0, out=starts)
+    snapped_sorted = np.take_along_axis(s, starts, axis=0)
+    out = np.empty_like(arr2)
+    np.put_along_axis(out, order, snapped_sorted, axis=0)
+    return out[:, 0] if squeeze else out
+
+
+def _row_keys(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense lexicographic rank of each row of ``x`` (n, I).
+
+    Returns the rank of every row (equal rows share a rank, ranks follow the
+    lexicographic order with column 0 most significant) and, for each rank,
+    the index of one row holding it. Columns are combined one at a time and
+    re-densified, so the combined key never exceeds ``n**2`` (no overflow).
+    """
+    key = np.zeros(x.shape[0], dtype=np.int64)
+    for j in range(x.shape[1]):  # loop over input dimensions, not rows
+        _, col = np.unique(x[:, j], return_inverse=True)
+        col = col.reshape(-1).astype(np.int64)
+        combined = key * (int(col.max(initial=0)) + 1) + col
+        _, key = np.unique(combined, return_inverse=True)
+        key = key.reshape(-1).astype(np.int64)
+    _, first = np.unique(key, return_index=True)
+    return key, first
+
+
+def build_grid(x: np.ndarray) -> np.ndarray:
+    """Sorted unique input rows.
+
+    Parameters
+    ----------
+    x : array-like of shape (n,) or (n, I)
+        Inputs, already snapped with :func:`snap_inputs` and finite.
+
+    Returns
+    -------
+    ndarray of shape (G, I), dtype float64
+        Distinct rows of ``x`` in lexicographic order (column 0 first).
+    """
+    arr = _as_2d_float(x, "x")
+    if arr.shape[0] == 0:
+        return arr.copy()
+    _, first = _row_keys(arr)
+    return arr[first]
+
+
+def _lookup_rows(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Index of each row of ``x`` in ``grid`` by exact match, -1 when absent."""
+    n_grid = grid.shape[0]
+    keys, _ = _row_keys(np.concatenate([grid, x], axis=0))
+    table = np.full(int(keys.max(initial=-1)) + 1, -1, dtype=np.int64)
+    # Reversed assignment so that, for duplicated grid rows, the first one wins.
+    table[keys[:n_grid][::-1]] = np.arange(n_grid - 1, -1, -1, dtype=np.int64)
+    return table[keys[n_grid:]]
+
+
+def map_to_grid(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Index of each input row in the grid.
+
+    Parameters
+    ----------
+    x : array-like of shape (n,) or (n, I)
+        Snapped inputs.
+    grid : array-like of shape (G,) or (G, I)
+        Grid, e.g. from :func:`build_grid`.
+
+    Returns
+    -------
+    ndarray of shape (n,), dtype int64
+        ``grid[result[r]] == x[r]`` for every row ``r`` (exact equality).
+
+    Raises
+    ------
+    ValueError
+        If the input dimensions differ, or if a row of ``x`` is not a grid row
+        (the message names the first such row).
+    """
+    arr = _as_2d_float(x, "x")
+    grd = _as_2d_float(grid, "grid")
+    if arr.shape[1] != grd.shape[1]:
+        raise ValueError(f"x has {arr.shape[1]} input columns but grid has {grd.shape[1]}")
+    idx = _lookup_rows(arr, grd)
+    off = idx < 0
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(f"input row {row} ({arr[row].tolist()}) is not on the grid")
+    return idx
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def _first_bad_row(bad: np.ndarray) -> int | None:
+    """Index of the first row with any True entry, or None."""
+    rows = bad.reshape(bad.shape[0], -1).any(axis=1)
+    return int(np.argmax(rows)) if rows.any() else None
+
+
+def build_task_data(
+    task_codes: np.ndarray,
+    n_tasks: int,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    grid: np.ndarray | None = None,
+    n_bucket: int | None = None,
+    rtol: float = 1e-9,
+) -> TaskData:
+    """Pad ragged task rows into ``(T, N, ...)`` arrays indexed on a grid.
+
+    Parameters
+    ----------
+    task_codes : array-like of int, shape (n,)
+        Task code of every row, in ``0 .. n_tasks-1`` (see
+        :func:`encode_task_ids`). Tasks without rows are allowed (fully padded).
+    n_tasks : int
+        Number of tasks ``T``.
+    x : array-like of shape (n,) or (n, I)
+        Inputs; must be finite. Duplicated inputs inside a task are kept.
+    y : array-like of shape (n,) or (n, O), optional
+        Outputs; NaN marks a missing output (the row is kept), infinities are
+        rejected.
+    grid : array-like of shape (G,) or (G, I), optional
+        Grid to map the inputs onto (e.g. the training grid when predicting).
+        When None, the grid is the set of distinct snapped inputs. When given,
+        it is returned unchanged and rows whose snapped input is not a grid row
+        get mapping ``-1`` (the core handles such points by GP conditioning).
+    n_bucket : int, optional
+        When given, the padded length ``N`` (largest task size) is rounded up
+        to a multiple of ``n_bucket`` so that compiled functions are reused for
+        data sets of similar sizes.
+    rtol : float, default=1e-9
+        Relative tolerance of :func:`snap_inputs`. With a user grid, inputs and
+        grid are snapped together so that inputs within tolerance of a grid
+        point map to it.
+
+    Returns
+    -------
+    TaskData
+        Padded arrays; rows keep their caller order inside each task.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes or lengths, task codes out of range, non-finite
+        inputs, infinite outputs or a non-finite grid; messages name the first
+        offending row.
+    """
+    codes = np.asarray(task_codes)
+    if codes.ndim != 1:
+        raise ValueError(f"task_codes must be one-dimensional, got shape {codes.shape}")
+    if codes.size and not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"task_codes must be integers, got dtype {codes.dtype}")
+    codes = codes.astype(np.int64, copy=False)
+    n_tasks = int(n_tasks)
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be at least 1, got {n_tasks}")
+    n = codes.size
+    if n == 0:
+        raise ValueError("cannot build task data from zero rows")
+    bad_code = (codes < 0) | (codes >= n_tasks)
+    if bad_code.any():
+        row = int(np.argmax(bad_code))
+        raise ValueError(f"task code {codes[row]} at row {row} is outside [0, {n_tasks})")
+
+    xa = _as_2d_float(x, "x")
+    if xa.shape[0] != n:
+        raise ValueError(f"x has {xa.shape[0]} rows but task_codes has {n}")
+    row = _first_bad_row(~np.isfinite(xa))
+    if row is not None:
+        raise ValueError(f"x must be finite; row {row} contains {xa[row].tolist()}")
+    ya: np.ndarray | None = None
+    if y is not None:
+        ya = _as_2d_float(y, "y")
+        if ya.shape[0] != n:
+            raise ValueError(f"y has {ya.shape[0]} rows but task_codes has {n}")
+        row = _first_bad_row(np.isinf(ya))
+        if row is not None:
+            raise ValueError(f"y must not contain infinities; row {row} is {ya[row].tolist()}")
+    if n_bucket is not None and int(n_bucket) < 1:
+        raise ValueError(f"n_bucket must be a positive integer, got {n_bucket}")
+
+    n_in = xa.shape[1]
+    if grid is None:
+        xs = snap_inputs(xa, rtol)
+        mapping, first = _row_keys(xs)
+        grd = xs[first]
+    else:
+        grd = _as_2d_float(grid, "grid")
+        if grd.shape[1] != n_in:
+            raise ValueError(f"x has {n_in} input columns but grid has {grd.shape[1]}")
+        grow = _first_bad_row(~np.isfinite(grd))
+        if grow is not None:
+            raise ValueError(f"grid must be finite; grid row {grow} is {grd[grow].tolist()}")
+        # Snap jointly so that inputs within tolerance of a grid point hit it.
+        both = snap_inputs(np.concatenate([grd, xa], axis=0), rtol)
+        mapping = _lookup_rows(both[grd.shape[0] :], both[: grd.shape[0]])
+        xs = both[grd.shape[0] :]
+    n_grid = grd.shape[0]
+    on_grid = mapping >= 0
+    # On-grid rows take the grid's exact values (so grid[mapping] == inputs).
+    xs = np.where(on_grid[:, None], grd[np.where(on_grid, mapping, 0)], xs)
+
+    n_points = np.bincount(codes, minlength=n_tasks).astype(np.int64)
+    n_max = int(n_points.max())
+    if n_bucket is not None:
+        n_max = math.ceil(n_max / int(n_bucket)) * int(n_bucket)
+    # Stable sort by task keeps caller order inside each task.
+    order = np.argsort(codes, kind="stable")
+    starts = np.cumsum(n_points) - n_points
+    row_pos = np.empty(n, dtype=np.int64)
+    row_pos[order] = np.arange(n, dtype=np.int64) - starts[codes[order]]
+
+    inputs = np.full((n_tasks, n_max, n_in), np.nan)
+    inputs[codes, row_pos] = xs
+    mappings = np.full((n_tasks, n_max), n_grid, dtype=np.int64)
+    mappings[codes, row_pos] = mapping
+    outputs: np.ndarray | None = None
+    if ya is not None:
+        outputs = np.full((n_tasks, n_max, ya.shape[1]), np.nan)
+        outputs[codes, row_pos] = ya
+    return TaskData(
+        inputs=inputs,
+        outputs=outputs,
+        mappings=mappings,
+        grid=grd,
+        task_codes=codes,
+        row_pos=row_pos,
+        n_points=n_points,
+    )
+
+
+def pad_values(td: TaskData, values: np.ndarray) -> np.ndarray:
+    """Pad per-row values into the ``(T, N, ...)`` layout of ``td``.
+
+    Parameters
+    ----------
+    td : TaskData
+        Layout to follow.
+    values : array-like of shape (n, ...)
+        One entry per caller row (e.g. test outputs or sample weights).
+
+    Returns
+    -------
+    ndarray of shape (T, N, ...)
+        Values placed at their padded positions, NaN elsewhere. Integer and
+        boolean values are promoted to float64 so that NaN can mark padding;
+        floating and complex values keep their dtype.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` does not have one entry per row of ``td``.
+    """
+    vals = np.asarray(values)
+    n = td.task_codes.size
+    if vals.ndim == 0 or vals.shape[0] != n:
+        raise ValueError(f"values must have {n} rows, got shape {vals.shape}")
+    if vals.dtype.kind in "fc":
+        dtype = vals.dtype
+    elif vals.dtype.kind in "biu":
+        dtype = np.dtype(np.float64)
+    else:
+        raise ValueError(f"values must be numeric, got dtype {vals.dtype}")
+    out = np.full((td.n_tasks, td.n_max, *vals.shape[1:]), np.nan, dtype=dtype)
+    out[td.task_codes, td.row_pos] = vals
+    return out

@@ -1,0 +1,1109 @@
+"""scikit-learn estimator for MagmaClust (multi-task GPs with clustered mean processes).
+
+This module is the sklearn-facing layer only: it validates inputs, converts rows of
+``(task id, inputs) -> outputs`` into padded per-task arrays (:mod:`mimosa_sklearn.data`),
+and calls the numpy-in/numpy-out facade :mod:`mimosa_sklearn.engine`. It holds no
+model math.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import pickle
+import re
+import sys
+import warnings
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from .data import build_task_data, encode_task_ids
+
+if TYPE_CHECKING:
+    from .engine import Context
+
+__all__ = ["MagmaClusterRegressor"]
+
+# Marker of estimator attributes stored as cloudpickle bytes inside a pickle.
+_CLOUDPICKLED = "__cloudpickled__"
+# Attributes that may hold equinox modules deep inside containers.
+_ALWAYS_CLOUDPICKLED = ("_contexts",)
+
+
+def _engine():
+    """Import the JAX engine lazily so that ``import mimosa_sklearn`` stays light."""
+    from . import engine
+
+    return engine
+
+
+def _is_equinox_module(value: Any) -> bool:
+    """True for equinox modules, without importing equinox when nobody else did."""
+    eqx = sys.modules.get("equinox")
+    return eqx is not None and isinstance(value, eqx.Module)
+
+
+def _compat_key(version: str) -> tuple[int, ...]:
+    """Part of a version that must match for pickles to load (semver; 0.x: the minor)."""
+    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
+    parts += [0] * (2 - len(parts))
+    return (parts[0],) if parts[0] >= 1 else (0, parts[1])
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Validated rows of ``X``: task ids, float inputs and how to name things in errors."""
+
+    ids: np.ndarray  # (n,) task id of each row
+    inputs: np.ndarray  # (n, I) float64, finite
+    input_names: list[str]  # names of the input columns
+    index: pd.Index | None  # row labels of a DataFrame X
+
+
+class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
+    """Multi-task Gaussian-process regression with clustered mean processes (MagmaClust).
+
+    Each task (a curve: the rows of ``X`` sharing a task id) is a Gaussian process whose
+    mean is one of ``n_clusters`` latent mean processes, themselves Gaussian processes.
+    Fitting runs a variational EM that learns the mean processes, the kernel
+    hyperparameters, the mixture weights and the task-to-cluster memberships. The model
+    then forecasts training tasks, tasks never seen (from the cluster mixture), and new
+    tasks observed through a few points (:meth:`condition`).
+
+    Parameters
+    ----------
+    n_clusters : int, default=3
+        Number of clusters ``K`` (mean processes). ``n_clusters=1`` is Magma (one
+        shared mean process). Must not exceed the number of training tasks.
+    task_col : str, int or None, default="ID"
+        Task-id column of ``X``. With a DataFrame it is a column *name* (resolved by
+        name, never by position, since ``ColumnTransformer`` reorders columns); with an
+        array it is an integer column position. Every other column is an input
+        dimension. ``None``: all rows form one task (GP regression with a learned mean).
+        Keeping the ids inside ``X`` lets the estimator go through ``Pipeline``,
+        ``GridSearchCV`` and ``cross_val_score``; pass ``groups=X[task_col]`` to
+        ``GroupKFold`` to hold whole tasks out.
+    mean_kernel : kernax kernel or None, default=None
+        Covariance of the mean processes. None: a data-driven ``variance * SE`` kernel
+        (ARD length scales with several inputs).
+    task_kernel : kernax kernel or None, default=None
+        Covariance of each task around its mean process. None: as for ``mean_kernel``.
+    prior_mean : kernax mean or None, default=None
+        Prior mean of the mean processes. None: a learned constant per cluster.
+    shared_task_hps : bool, default=True
+        All tasks share the task-kernel and noise hyperparameters (otherwise each task
+        has its own).
+    shared_cluster_hps : bool, default=True
+        All mean processes share the mean-kernel hyperparameters.
+    cluster_specific_task_hps : bool, default=False
+        Task hyperparameters differ between clusters.
+    shared_output_hps : bool, default=True
+        With several outputs, all outputs share their hyperparameters.
+    correlated_outputs : bool, default=False
+        Model correlations between outputs. Not available yet: ``True`` raises
+        ``NotImplementedError`` in :meth:`fit`; outputs are independent given the
+        memberships.
+    grid : array-like of shape (G, n_inputs) or None, default=None
+        Inputs on which the mean processes are represented. None: the union of the
+        training inputs. A user grid is not available yet and raises
+        ``NotImplementedError`` in :meth:`fit`.
+    normalize_y : bool, default=True
+        Standardise each output (observed values) before fitting; predictions are
+        returned in the original units.
+    max_iter : int, default=100
+        Maximum number of EM iterations.
+    tol : float, default=1e-4
+        Convergence threshold on the relative change of the ELBO.
+    n_init : int, default=1
+        Number of initialisations; the fit with the best ELBO is kept.
+    init : {"kmeans", "random"}, default="kmeans"
+        Initialisation of the memberships.
+    jitter : float, default=1e-6
+        Diagonal added to covariance matrices before their Cholesky factorisation.
+    random_state : int, RandomState instance or None, default=None
+        Drives every random choice (initialisation; sampling when
+        :meth:`sample_y` gets no ``random_state``). Pass an int for reproducible fits.
+    verbose : int, default=0
+        0: silent. 1 or more: a progress bar over EM iterations showing the ELBO.
+
+    Attributes
+    ----------
+    task_ids_ : ndarray of shape (n_tasks_,)
+        Training task ids, in order of first appearance.
+    n_tasks_ : int
+        Number of training tasks.
+    weights_ : ndarray of shape (n_clusters,)
+        Mixture weights of the clusters.
+    memberships_ : DataFrame of shape (n_tasks_, n_clusters)
+        Posterior cluster memberships of the training tasks (rows sum to 1), indexed by
+        task id.
+    labels_ : ndarray of shape (n_tasks_,)
+        Most likely cluster of each training task.
+    elbo_ : ndarray of shape (n_iter_,)
+        ELBO after each EM iteration.
+    n_iter_ : int
+        Number of EM iterations run.
+    converged_ : bool
+        Whether the EM met ``tol`` before ``max_iter``.
+    hyperparameters_ : dict of str to ndarray
+        Fitted hyperparameters, named ``"<group>.<name>"`` (e.g.
+        ``"mean_kernel.length_scale"``, ``"noise"``), with leading axes following the
+        sharing layout. Values are in the model's units: inputs as given, outputs
+        standardised when ``normalize_y=True``.
+    mean_processes_ : DataFrame
+        Long table of the mean processes' hyperposterior on the training grid: the input
+        columns, ``cluster``, ``output``, ``mean`` and ``std`` (original output units).
+        Computed on first access.
+    model_ : FittedMagma
+        The fitted engine model.
+    n_features_in_ : int
+        Number of columns of ``X`` seen during fit (task column included).
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names of ``X``; only when ``X`` was a DataFrame with string names.
+
+    See Also
+    --------
+    sklearn.gaussian_process.GaussianProcessRegressor : single-task GP regression.
+    mimosa_sklearn.metrics.make_forecast_scorer : scores held-out tasks by forecasting.
+
+    Notes
+    -----
+    Predictions for a task come from the posterior given *that task's* training rows,
+    so a task is a unit: hold tasks out with ``GroupKFold`` rather than rows with
+    ``KFold``. With JAX, ``n_jobs=1`` is advised in ``GridSearchCV``/``cross_val_score``
+    (JAX is multithreaded and each worker would recompile).
+
+    References
+    ----------
+    A. Leroy, P. Latouche, B. Guedj and S. Gey, "Cluster-Specific Predictions with
+    Multi-Task Gaussian Processes", Journal of Machine Learning Research, 24(5), 2023.
+
+    Examples
+    --------
+    >>> from mimosa_sklearn import MagmaClusterRegressor
+    >>> from mimosa_sklearn.datasets import load_synth_dev
+    >>> X, y = load_synth_dev()
+    >>> model = MagmaClusterRegressor(n_clusters=3, random_state=0).fit(X, y)
+    >>> X_new, y_new = load_synth_dev("test_observed")
+    >>> model = model.condition(X_new, y_new)
+    >>> X_future, _ = load_synth_dev("test_target")
+    >>> mean, std = model.predict(X_future, return_std=True)
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "task_col": [None, Hashable],
+        "mean_kernel": [None, callable],
+        "task_kernel": [None, callable],
+        "prior_mean": [None, callable],
+        "shared_task_hps": ["boolean"],
+        "shared_cluster_hps": ["boolean"],
+        "cluster_specific_task_hps": ["boolean"],
+        "shared_output_hps": ["boolean"],
+        "correlated_outputs": ["boolean"],
+        "grid": [None, "array-like"],
+        "normalize_y": ["boolean"],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
+        "init": [StrOptions({"kmeans", "random"})],
+        "jitter": [Interval(numbers.Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_clusters: int = 3,
+        *,
+        task_col: Hashable | None = "ID",
+        mean_kernel: Any = None,
+        task_kernel: Any = None,
+        prior_mean: Any = None,
+        shared_task_hps: bool = True,
+        shared_cluster_hps: bool = True,
+        cluster_specific_task_hps: bool = False,
+        shared_output_hps: bool = True,
+        correlated_outputs: bool = False,
+        grid: Any = None,
+        normalize_y: bool = True,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        n_init: int = 1,
+        init: str = "kmeans",
+        jitter: float = 1e-6,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.task_col = task_col
+        self.mean_kernel = mean_kernel
+        self.task_kernel = task_kernel
+        self.prior_mean = prior_mean
+        self.shared_task_hps = shared_task_hps
+        self.shared_cluster_hps = shared_cluster_hps
+        self.cluster_specific_task_hps = cluster_specific_task_hps
+        self.shared_output_hps = shared_output_hps
+        self.correlated_outputs = correlated_outputs
+        self.grid = grid
+        self.normalize_y = normalize_y
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init = init
+        self.jitter = jitter
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ sklearn plumbing
+
+    def __sklearn_tags__(self):
+        """Estimator tags: multi-output regressor whose task ids may be strings."""
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = self.task_col is not None
+        tags.input_tags.allow_nan = False
+        tags.regressor_tags.poor_score = self.task_col is not None
+        tags.target_tags.single_output = True
+        tags.target_tags.multi_output = True
+        return tags
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state; kernax kernels (not stdlib-picklable) travel as cloudpickle bytes."""
+        from joblib.externals import cloudpickle
+
+        state = dict(super().__getstate__())
+        for key, value in state.items():
+            if _is_equinox_module(value) or (key in _ALWAYS_CLOUDPICKLED and value):
+                state[key] = (_CLOUDPICKLED, cloudpickle.dumps(value))
+        state["_mimosa_version"] = _package_version()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled estimator, refusing pickles from incompatible versions."""
+        state = dict(state)
+        saved = state.pop("_mimosa_version", None)
+        current = _package_version()
+        if saved is not None and _compat_key(saved) != _compat_key(current):
+            raise pickle.UnpicklingError(
+                f"This {type(self).__name__} was pickled with mimosa_sklearn {saved} and "
+                f"cannot be loaded with mimosa_sklearn {current} (incompatible versions). "
+                f"Install mimosa_sklearn=={saved} to load it, or refit the model."
+            )
+        for key, value in state.items():
+            if isinstance(value, tuple) and len(value) == 2 and value[0] == _CLOUDPICKLED:
+                state[key] = pickle.loads(value[1])
+        super().__setstate__(state)
+
+    # ------------------------------------------------------------------ input validation
+
+    def _task_col_label(self) -> str:
+        """Name of the task column in outputs (tables, error messages)."""
+        return self.task_col if isinstance(self.task_col, str) else "task"
+
+    def _validate_rows(self, X: Any, y: Any = "no_validation", *, reset: bool) -> _Rows:
+        """Validate ``X`` (and the presence of ``y``) and split it into ids and inputs."""
+        if isinstance(X, pd.DataFrame):
+            return self._rows_from_frame(X, y, reset=reset)
+        return self._rows_from_array(X, y, reset=reset)
+
+    def _rows_from_frame(self, X: pd.DataFrame, y: Any, *, reset: bool) -> _Rows:
+        n_rows, n_cols = X.shape
+        if n_cols == 0:
+            raise ValueError(
+                f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+            )
+        validate_data(self, X, y, reset=reset, skip_check_array=True)
+        if n_rows == 0:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
+            )
+        columns = list(X.columns)
+        if self.task_col is None:
+            ids = np.zeros(n_rows, dtype=np.int64)
+            input_pos, input_cols = list(range(n_cols)), columns
+        else:
+            matches = [j for j, c in enumerate(columns) if _same_label(c, self.task_col)]
+            if not matches:
+                raise ValueError(self._missing_task_col_message(columns))
+            if len(matches) > 1:
+                raise ValueError(f"X has {len(matches)} columns named {self.task_col!r}")
+            ids = X.iloc[:, matches[0]].to_numpy()
+            input_pos = [j for j in range(n_cols) if j != matches[0]]
+            input_cols = [columns[j] for j in input_pos]
+            if not input_cols:
+                raise ValueError(
+                    f"X has 1 feature(s) (shape={X.shape}): only the task column "
+                    f"{self.task_col!r}; at least one input column is required."
+                )
+        inputs = np.empty((n_rows, len(input_cols)), dtype=np.float64)
+        for j, (pos, col) in enumerate(zip(input_pos, input_cols, strict=True)):
+            # Loop over input columns (not rows); positions survive duplicated names.
+            column = X.iloc[:, pos]
+            if not (pd.api.types.is_numeric_dtype(column.dtype) or column.dtype == object):
+                raise TypeError(self._non_numeric_message(col, f"dtype {column.dtype}"))
+            try:
+                inputs[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(self._non_numeric_message(col, str(exc))) from exc
+        names = [str(c) for c in input_cols]
+        self._check_finite_inputs(inputs, names, X.index)
+        return _Rows(_check_ids(ids, X.index), inputs, names, X.index)
+
+    def _rows_from_array(self, X: Any, y: Any, *, reset: bool) -> _Rows:
+        arr = check_array(
+            X,
+            dtype=None,
+            accept_sparse=False,
+            ensure_all_finite=False,
+            input_name="X",
+            estimator=self,
+        )
+        validate_data(self, arr, y, reset=reset, skip_check_array=True)
+        n_rows, n_cols = arr.shape
+        if self.task_col is None:
+            ids = np.zeros(n_rows, dtype=np.int64)
+            input_pos = np.arange(n_cols)
+        else:
+            if not isinstance(self.task_col, numbers.Integral) or isinstance(self.task_col, bool):
+                raise ValueError(
+                    f"task_col={self.task_col!r} is a column name, but X is a "
+                    f"{type(X).__name__} without column names. Pass X as a pandas "
+                    "DataFrame, or set task_col to the integer position of the task "
+                    "column (or None for a single task)."
+                )
+            if not -n_cols <= self.task_col < n_cols:
+                raise ValueError(
+                    f"task_col={self.task_col} is out of range for X with {n_cols} columns"
+                )
+            pos = int(self.task_col) % n_cols
+            ids = arr[:, pos]
+            input_pos = np.delete(np.arange(n_cols), pos)
+            if input_pos.size == 0:
+                raise ValueError(
+                    f"X has 1 feature(s) (shape={arr.shape}): only the task column "
+                    f"task_col={self.task_col}; at least one input column is required."
+                )
+        names = [str(j) for j in input_pos]
+        raw = arr[:, input_pos]
+        try:
+            inputs = np.array(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            inputs = np.empty(raw.shape, dtype=np.float64)
+            for j in range(raw.shape[1]):  # find the offending input column
+                try:
+                    inputs[:, j] = raw[:, j].astype(np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(self._non_numeric_message(int(input_pos[j]), str(exc))) from exc
+        self._check_finite_inputs(inputs, names, None)
+        return _Rows(_check_ids(ids, None), inputs, names, None)
+
+    def _non_numeric_message(self, col: Hashable, detail: str) -> str:
+        where = "" if self.task_col is None else f" other than the task column {self.task_col!r}"
+        return (
+            f"Input column {col!r} of X is not numeric ({detail}). Every column of X{where} "
+            "is an input dimension and must be numeric: encode or drop it first."
+        )
+
+    def _missing_task_col_message(self, columns: list[Hashable]) -> str:
+        msg = f"task_col={self.task_col!r} is not a column of X (columns: {columns[:10]!r})."
+        prefixed = [c for c in columns if isinstance(c, str) and c.endswith(f"__{self.task_col}")]
+        if prefixed:
+            msg += (
+                f" Column {prefixed[0]!r} looks like a ColumnTransformer output with "
+                "prefixed names: build it with ColumnTransformer(..., "
+                "verbose_feature_names_out=False) so that the task column keeps its name."
+            )
+        return msg
+
+    @staticmethod
+    def _check_finite_inputs(inputs: np.ndarray, names: list[str], index: pd.Index | None) -> None:
+        bad = ~np.isfinite(inputs)
+        if not bad.any():
+            return
+        row, col = np.argwhere(bad)[0]
+        kind = "NaN" if np.isnan(inputs[row, col]) else "infinity"
+        label = "" if index is None else f" (index {index[row]!r})"
+        raise ValueError(
+            f"Input X contains {kind} in column {names[col]!r} at row {row}{label}. Inputs "
+            "must be finite: drop or impute these rows (missing *outputs* may be NaN)."
+        )
+
+    def _validate_y(self, y: Any, n_rows: int) -> tuple[np.ndarray, bool, list[str]]:
+        """Outputs as float64 (n, O) (NaN = missing), whether y was 1-D, output names."""
+        names: list[str] | None = None
+        if isinstance(y, pd.Series):
+            names = [str(y.name) if y.name is not None else "y"]
+        elif isinstance(y, pd.DataFrame):
+            names = [str(c) for c in y.columns]
+        arr = check_array(
+            y,
+            ensure_2d=False,
+            dtype=np.float64,
+            ensure_all_finite=False,
+            ensure_min_samples=0,
+            input_name="y",
+            estimator=self,
+        )
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"y must be 1-D or 2-D, got shape {arr.shape}")
+        if arr.shape[0] != n_rows:
+            raise ValueError(
+                f"X has {n_rows} rows but y has {arr.shape[0]}: they must have the same "
+                "number of rows."
+            )
+        is_1d = arr.ndim == 1
+        y2 = np.array(arr, dtype=np.float64).reshape(n_rows, -1)  # a copy: never alias y
+        if y2.shape[1] == 0:
+            raise ValueError("y has no output column")
+        if names is None or len(names) != y2.shape[1]:
+            names = ["y"] if is_1d else [str(o) for o in range(y2.shape[1])]
+        inf = np.isinf(y2)
+        if inf.any():
+            row, col = np.argwhere(inf)[0]
+            where = "" if is_1d else f" (output {names[col]!r})"
+            raise ValueError(f"Input y contains infinity at row {row}{where}")
+        return y2, is_1d, names
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> MagmaClusterRegressor:
+        """Fit the model with variational EM.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            One row per observation: the task-id column ``task_col`` and the inputs
+            (every other column, numeric and finite).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Outputs; NaN marks a missing output, but every task needs at least one
+            observed value.
+
+        Returns
+        -------
+        self : MagmaClusterRegressor
+            The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            On invalid data (the message names the offending column, row or task), or
+            when ``n_clusters`` exceeds the number of tasks.
+        NotImplementedError
+            For ``correlated_outputs=True`` or a user ``grid`` (not available yet).
+        """
+        if self.correlated_outputs:
+            raise NotImplementedError("correlated_outputs=True is not available yet.")
+        if self.grid is not None:
+            raise NotImplementedError("A user-supplied grid is not available yet (use grid=None).")
+        rows = self._validate_rows(X, y, reset=True)
+        y2, is_1d, output_names = self._validate_y(y, rows.ids.shape[0])
+        codes, task_ids = encode_task_ids(rows.ids)
+        n_tasks = task_ids.shape[0]
+        if self.n_clusters > n_tasks:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than the number of training tasks "
+                f"({n_tasks}); set n_clusters to at most {n_tasks}."
+            )
+        self._check_observed(y2, codes, task_ids, output_names)
+
+        if self.normalize_y:
+            mean = np.nanmean(y2, axis=0)
+            std = np.nanstd(y2, axis=0)
+            std = np.where((std > 0) & np.isfinite(std), std, 1.0)
+        else:
+            mean, std = np.zeros(y2.shape[1]), np.ones(y2.shape[1])
+        td = build_task_data(codes, n_tasks, rows.inputs, (y2 - mean) / std)
+
+        engine = _engine()
+        config = engine.FitConfig(
+            n_clusters=int(self.n_clusters),
+            mean_kernel=self.mean_kernel,
+            task_kernel=self.task_kernel,
+            prior_mean=self.prior_mean,
+            shared_task_hps=bool(self.shared_task_hps),
+            shared_cluster_hps=bool(self.shared_cluster_hps),
+            cluster_specific_task_hps=bool(self.cluster_specific_task_hps),
+            shared_output_hps=bool(self.shared_output_hps),
+            max_iter=int(self.max_iter),
+            tol=float(self.tol),
+            n_init=int(self.n_init),
+            init=self.init,
+            jitter=float(self.jitter),
+            seed=int(check_random_state(self.random_state).randint(2**31 - 1)),
+        )
+        with _progress(self.verbose, self.max_iter) as callback:
+            try:
+                model = engine.fit_magma(
+                    td.inputs, td.outputs, td.mappings, td.grid, config, callback=callback
+                )
+            except engine.NumericalFailure as exc:
+                exc.add_note(
+                    "Hint: try a larger `jitter`, `normalize_y=True`, fewer clusters, or "
+                    "rescaling the inputs (e.g. StandardScaler in a ColumnTransformer)."
+                )
+                raise
+
+        self.model_ = model
+        self.task_ids_ = task_ids
+        self.n_tasks_ = n_tasks
+        self.weights_ = np.asarray(model.weights, dtype=np.float64).copy()
+        tau = np.asarray(model.tau, dtype=np.float64)
+        self.memberships_ = pd.DataFrame(
+            tau,
+            index=pd.Index(task_ids, name=self._task_col_label()),
+            columns=pd.RangeIndex(tau.shape[1], name="cluster"),
+        )
+        self.labels_ = tau.argmax(axis=1)
+        self.elbo_ = np.asarray(model.elbo_history, dtype=np.float64).copy()
+        self.n_iter_ = int(model.n_iter)
+        self.converged_ = bool(model.converged)
+        self.hyperparameters_ = {
+            k: np.array(v, dtype=np.float64) for k, v in model.hyperparameters().items()
+        }
+        self._y_train_mean = mean
+        self._y_train_std = std
+        self._y_1d = is_1d
+        self._output_names = output_names
+        self._input_names = rows.input_names
+        self._contexts: dict[Hashable, Context] = {}
+        self._mean_processes: pd.DataFrame | None = None
+        if not self.converged_:
+            warnings.warn(
+                f"MagmaClust EM did not converge within max_iter={self.max_iter} "
+                f"iterations (tol={self.tol}). Increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    @staticmethod
+    def _check_observed(
+        y2: np.ndarray, codes: np.ndarray, task_ids: np.ndarray, output_names: list[str]
+    ) -> None:
+        """Every task and every output needs at least one observed value."""
+        observed = ~np.isnan(y2)
+        if not observed.any():
+            raise ValueError(
+                "Input y contains NaN only: no output is observed. NaN marks a missing "
+                "output; every task needs at least one observed value."
+            )
+        never = np.flatnonzero(~observed.any(axis=0))
+        if never.size:
+            raise ValueError(f"Output {output_names[never[0]]!r} of y is never observed (all NaN)")
+        per_task = np.bincount(codes, weights=observed.any(axis=1), minlength=task_ids.size)
+        empty = np.flatnonzero(per_task == 0)
+        if empty.size:
+            shown = ", ".join(repr(t) for t in task_ids[empty[:5]].tolist())
+            more = f" and {empty.size - 5} more" if empty.size > 5 else ""
+            raise ValueError(
+                f"Task(s) {shown}{more} have no observed output (all y values are NaN): "
+                "drop these tasks."
+            )
+
+    # ------------------------------------------------------------------ fitted views
+
+    @property
+    def mean_processes_(self) -> pd.DataFrame:
+        """DataFrame: hyperposterior of the mean processes on the training grid.
+
+        Columns: the input columns, ``cluster``, ``output``, ``mean`` and ``std`` (the
+        hyperposterior standard deviation), in the original output units. One row per
+        (cluster, output, grid point).
+        """
+        check_is_fitted(self, "model_")
+        if self._mean_processes is None:
+            grid = np.asarray(self.model_.grid, dtype=np.float64)
+            mean, var = self.model_.mean_processes(grid)
+            mean = np.asarray(mean) * self._y_train_std[:, None] + self._y_train_mean[:, None]
+            std = np.sqrt(np.clip(np.asarray(var), 0.0, None)) * self._y_train_std[:, None]
+            k, o, g = np.meshgrid(*(np.arange(s) for s in mean.shape), indexing="ij")
+            table = {name: grid[g.ravel(), j] for j, name in enumerate(self._input_names)}
+            table["cluster"] = k.ravel()
+            table["output"] = np.asarray(self._output_names, dtype=object)[o.ravel()]
+            table["mean"] = mean.ravel()
+            table["std"] = std.ravel()
+            self._mean_processes = pd.DataFrame(table)
+        return self._mean_processes
+
+    # ------------------------------------------------------------------ conditioning
+
+    def condition(self, X: Any, y: Any) -> MagmaClusterRegressor:
+        """Add new tasks from a few observed points, without refitting.
+
+        Computes the cluster memberships of each new task (and its own hyperparameters
+        when task hyperparameters are not shared) so that :meth:`predict`,
+        :meth:`predict_proba` and :meth:`sample_y` forecast it from these points.
+        Conditioning a task again replaces its previous observations.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Observed rows of the new tasks, with the same columns as in :meth:`fit`.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Their outputs (NaN = missing; each task needs one observed value).
+
+        Returns
+        -------
+        self : MagmaClusterRegressor
+            The estimator, now able to forecast these tasks.
+
+        Raises
+        ------
+        ValueError
+            If a task id was seen during fit (training tasks are already conditioned on
+            their data: give the new task a new id), or on invalid data.
+        """
+        check_is_fitted(self, "model_")
+        contexts = self._condition_contexts(X, y, allow_training_ids=False, allow_empty=False)
+        self._contexts.update(contexts)
+        return self
+
+    def _condition_contexts(
+        self, X: Any, y: Any, *, allow_training_ids: bool, allow_empty: bool
+    ) -> dict[Hashable, Context]:
+        """Per-task engine contexts of the tasks in ``X`` (nothing is stored)."""
+        rows = self._validate_rows(X, y, reset=False)
+        y2, _, _ = self._validate_y(y, rows.ids.shape[0])
+        if y2.shape[1] != self._y_train_mean.shape[0]:
+            raise ValueError(
+                f"y has {y2.shape[1]} output(s) but the model was fitted with "
+                f"{self._y_train_mean.shape[0]}"
+            )
+        codes, ids = encode_task_ids(rows.ids)
+        if not allow_training_ids:
+            seen = pd.Index(self.task_ids_).get_indexer(ids) >= 0
+            if seen.any():
+                shown = ", ".join(repr(t) for t in ids[seen][:5].tolist())
+                raise ValueError(
+                    f"Task(s) {shown} were seen during fit; condition() adds new tasks. "
+                    "Give the new observations a task id not used in training."
+                )
+        observed = np.bincount(codes, weights=(~np.isnan(y2)).any(axis=1), minlength=ids.size)
+        if not allow_empty and (observed == 0).any():
+            shown = ", ".join(repr(t) for t in ids[observed == 0][:5].tolist())
+            raise ValueError(f"Task(s) {shown} have no observed output (all y values are NaN)")
+        keep = observed > 0
+        if not keep.any():
+            return {}
+        if not keep.all():
+            rows_kept = keep[codes]
+            remap = np.cumsum(keep) - 1
+            codes, ids = remap[codes[rows_kept]], ids[keep]
+            rows = dataclasses.replace(rows, inputs=rows.inputs[rows_kept])
+            y2 = y2[rows_kept]
+        y_norm = (y2 - self._y_train_mean) / self._y_train_std
+        td = build_task_data(codes, ids.size, rows.inputs, y_norm)
+        context = self.model_.condition(td.inputs, td.outputs)
+        return {task: self._slice_context(context, i) for i, task in enumerate(ids.tolist())}
+
+    def _slice_context(self, context: Context, i: int) -> Context:
+        """The ``i``-th task of a multi-task context, without its padded rows."""
+        real = ~np.isnan(np.asarray(context.x)[i, :, 0])  # padded rows are NaN
+        n_ctx = context.x.shape[0]
+        params = _tree_map(
+            lambda leaf: leaf[i : i + 1] if _leading(leaf) == n_ctx else leaf,
+            context.task_params,
+        )
+        return dataclasses.replace(
+            context,
+            x=np.asarray(context.x)[i : i + 1, real],
+            y=np.asarray(context.y)[i : i + 1, real],
+            tau=np.asarray(context.tau)[i : i + 1],
+            task_params=params,
+        )
+
+    def _stack_contexts(self, contexts: list[Context]) -> Context:
+        """One engine context for several single-task contexts (padded to a common size)."""
+        n_max = max(c.x.shape[1] for c in contexts)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.pad(a, ((0, 0), (0, n_max - a.shape[1]), (0, 0)), constant_values=np.nan)
+
+        params = contexts[0].task_params
+        if len(contexts) > 1:
+            params = _tree_map(_concat_leaves, *(c.task_params for c in contexts))
+        return dataclasses.replace(
+            contexts[0],
+            x=np.concatenate([pad(np.asarray(c.x)) for c in contexts]),
+            y=np.concatenate([pad(np.asarray(c.y)) for c in contexts]),
+            tau=np.concatenate([np.asarray(c.tau) for c in contexts]),
+            task_params=params,
+        )
+
+    # ------------------------------------------------------------------ prediction
+
+    def _task_sources(
+        self, ids: np.ndarray, contexts: dict[Hashable, Context]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each task among training tasks and among ``contexts`` (-1: absent).
+
+        A task present in ``contexts`` is predicted from its context even if it was also
+        a training task (only possible through the private forecasting path).
+        """
+        ctx_idx = pd.Index(list(contexts), dtype=object).get_indexer(ids)
+        train_idx = pd.Index(self.task_ids_).get_indexer(ids)
+        train_idx[ctx_idx >= 0] = -1
+        return train_idx, ctx_idx
+
+    def _predict_tasks(
+        self,
+        rows: _Rows,
+        contexts: dict[Hashable, Context],
+        *,
+        full_cov: bool,
+        include_noise: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+        """Engine predictions per task (model units): mean, var or cov, tau, layout."""
+        codes, ids = encode_task_ids(rows.ids)
+        td = build_task_data(codes, ids.size, rows.inputs)
+        x = td.inputs
+        n_tasks, n_max, n_out = x.shape[0], x.shape[1], self._y_train_mean.shape[0]
+        train_idx, ctx_idx = self._task_sources(ids, contexts)
+        mean = np.zeros((n_tasks, n_max, n_out))
+        second = np.zeros((n_tasks, n_out, n_max, n_max) if full_cov else (n_tasks, n_max, n_out))
+        tau = np.zeros((n_tasks, self.weights_.shape[0]))
+        kw = {"include_noise": include_noise, "full_cov": full_cov}
+        groups: list[tuple[np.ndarray, Callable[[np.ndarray], tuple]]] = [
+            (train_idx >= 0, lambda m: self.model_.predict_train(train_idx[m], x[m], **kw)),
+            (
+                (train_idx < 0) & (ctx_idx >= 0),
+                lambda m: self.model_.predict_context(
+                    self._stack_contexts([contexts[t] for t in ids[m].tolist()]), x[m], **kw
+                ),
+            ),
+            (
+                (train_idx < 0) & (ctx_idx < 0),
+                lambda m: self.model_.predict_context(None, x[m], **kw),
+            ),
+        ]
+        for mask, run in groups:
+            if mask.any():
+                m_mean, m_second, m_tau = run(mask)
+                mean[mask], second[mask], tau[mask] = m_mean, m_second, m_tau
+        return mean, second, tau, td
+
+    def predict(
+        self,
+        X: Any,
+        return_std: bool = False,
+        return_cov: bool = False,
+        include_noise: bool = True,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior predictive mean (and std or covariance) of every row.
+
+        Rows of a training task use that task's posterior; rows of tasks added with
+        :meth:`condition` use their observed points; rows of tasks never seen get the
+        cluster-mixture prediction (mixture weights as memberships). Rows of one task
+        are predicted jointly; results come back in the caller's row order.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Rows to predict, with the columns used in :meth:`fit`.
+        return_std : bool, default=False
+            Also return the predictive standard deviation.
+        return_cov : bool, default=False
+            Also return the predictive covariance between rows. Covariances between rows
+            of *different* tasks are not computed and are returned as 0.
+        include_noise : bool, default=True
+            Predict noisy observations (True) or the latent curve (False).
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predictive mean; 1-D when ``y`` was 1-D at fit.
+        y_std : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Only with ``return_std``.
+        y_cov : ndarray of shape (n_samples, n_samples) or (n_samples, n_samples, n_outputs)
+            Only with ``return_cov``; block-diagonal across tasks.
+        """
+        check_is_fitted(self, "model_")
+        if return_std and return_cov:
+            raise RuntimeError("At most one of return_std or return_cov can be requested.")
+        rows = self._validate_rows(X, reset=False)
+        return self._predict_rows(
+            rows,
+            self._contexts,
+            return_std=return_std,
+            return_cov=return_cov,
+            include_noise=include_noise,
+        )
+
+    def _predict_rows(
+        self,
+        rows: _Rows,
+        contexts: dict[Hashable, Context],
+        *,
+        return_std: bool,
+        return_cov: bool,
+        include_noise: bool,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        mean, second, _, td = self._predict_tasks(
+            rows, contexts, full_cov=return_cov, include_noise=include_noise
+        )
+        mu, sd = self._y_train_mean, self._y_train_std
+        y_mean = self._shape_out(td.to_rows(mean) * sd + mu)
+        if return_cov:
+            codes, pos = td.task_codes, td.row_pos
+            i, j = np.nonzero(codes[:, None] == codes[None, :])
+            cov = np.zeros((codes.size, codes.size, sd.size))
+            cov[i, j] = second[codes[i], :, pos[i], pos[j]] * sd**2
+            return y_mean, (cov[..., 0] if self._y_1d else cov)
+        if return_std:
+            var = np.clip(td.to_rows(second), 0.0, None)
+            return y_mean, self._shape_out(np.sqrt(var) * sd)
+        return y_mean
+
+    def _shape_out(self, values: np.ndarray) -> np.ndarray:
+        """(n, O) -> (n,) when ``y`` was 1-D at fit."""
+        return values[:, 0] if self._y_1d else values
+
+    def _forecast(self, X_obs: Any, y_obs: Any, X_new: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Predict ``X_new`` after conditioning on ``(X_obs, y_obs)``, storing nothing.
+
+        Used by :func:`mimosa_sklearn.metrics.make_forecast_scorer`. Task ids may be
+        training ids (they are then treated as new tasks); tasks without observed points
+        get the cluster-mixture prediction.
+        """
+        check_is_fitted(self, "model_")
+        contexts: dict[Hashable, Context] = {}
+        if len(X_obs):
+            contexts = self._condition_contexts(
+                X_obs, y_obs, allow_training_ids=True, allow_empty=True
+            )
+        rows = self._validate_rows(X_new, reset=False)
+        return self._predict_rows(
+            rows, contexts, return_std=True, return_cov=False, include_noise=True
+        )
+
+    def _row_memberships(self, rows: _Rows) -> np.ndarray:
+        """(n, K) memberships of each row's task, without calling the engine."""
+        codes, ids = encode_task_ids(rows.ids)
+        train_idx, ctx_idx = self._task_sources(ids, self._contexts)
+        tau = np.broadcast_to(self.weights_, (ids.size, self.weights_.size)).copy()
+        known = train_idx >= 0
+        tau[known] = self.memberships_.to_numpy()[train_idx[known]]
+        cond = (train_idx < 0) & (ctx_idx >= 0)
+        if cond.any():
+            tau[cond] = np.concatenate([self._contexts[t].tau for t in ids[cond].tolist()])
+        return tau[codes]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Cluster memberships of each row's task.
+
+        Training tasks get their fitted memberships, conditioned tasks the memberships
+        computed by :meth:`condition`, and unseen tasks the mixture weights. This is a
+        clustering output of a regressor: sklearn scorers that expect a classifier's
+        ``predict_proba`` will not (and must not) use it.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Rows, with the columns used in :meth:`fit`.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters)
+            Memberships; each row sums to 1.
+        """
+        check_is_fitted(self, "model_")
+        return self._row_memberships(self._validate_rows(X, reset=False))
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Coefficient of determination R² of :meth:`predict`, ignoring NaN targets.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Test rows.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            True outputs; NaN entries are left out.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Row weights.
+
+        Returns
+        -------
+        score : float
+            R² (averaged uniformly over outputs).
+        """
+        from .metrics import _masked_r2
+
+        y_pred = self.predict(X)
+        y_true, _, _ = self._validate_y(y, y_pred.shape[0])
+        return _masked_r2(y_true, y_pred.reshape(y_true.shape), sample_weight)
+
+    def sample_y(
+        self,
+        X: Any,
+        n_samples: int = 1,
+        random_state: int | np.random.RandomState | None = None,
+        *,
+        include_noise: bool = True,
+    ) -> np.ndarray:
+        """Draw joint samples of the predictive distribution at ``X``.
+
+        Rows of one task are sampled jointly (Gaussian with the predictive mean and
+        covariance); different tasks are independent.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples_X, n_features)
+            Rows to sample at.
+        n_samples : int, default=1
+            Number of samples per row.
+        random_state : int, RandomState instance or None, default=None
+            Seed of the draws; an int gives reproducible samples.
+        include_noise : bool, default=True
+            Sample noisy observations (True) or the latent curve (False).
+
+        Returns
+        -------
+        y_samples : ndarray of shape (n_samples_X, n_samples) or (n_samples_X, n_outputs, n_samples)
+            Samples; 2-D when ``y`` was 1-D at fit.
+        """
+        check_is_fitted(self, "model_")
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        rows = self._validate_rows(X, reset=False)
+        mean, cov, _, td = self._predict_tasks(
+            rows, self._contexts, full_cov=True, include_noise=include_noise
+        )
+        seed = int(check_random_state(random_state).randint(2**31 - 1))
+        draws = np.asarray(self.model_.sample(mean, cov, int(n_samples), seed))
+        draws = td.to_rows(draws)  # (n, O, S)
+        draws = draws * self._y_train_std[:, None] + self._y_train_mean[:, None]
+        return draws[:, 0, :] if self._y_1d else draws
+
+    def predict_frame(
+        self, X: Any, *, include_noise: bool = True, level: float = 0.95
+    ) -> pd.DataFrame:
+        """Predictions as a table, convenient in notebooks and for plotting.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Rows to predict.
+        include_noise : bool, default=True
+            Predict noisy observations (True) or the latent curve (False).
+        level : float, default=0.95
+            Probability of the central interval ``[lower, upper]``.
+
+        Returns
+        -------
+        frame : DataFrame
+            The task column (unless ``task_col=None``), the input columns, then ``mean``,
+            ``std``, ``lower``, ``upper`` (one set per output, suffixed ``_<name>``, when
+            ``y`` had several columns) and ``cluster``, the most likely cluster of the
+            row's task. Indexed like ``X`` when it is a DataFrame.
+        """
+        from scipy.stats import norm
+
+        check_is_fitted(self, "model_")
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level}")
+        rows = self._validate_rows(X, reset=False)
+        mean, var, tau, td = self._predict_tasks(
+            rows, self._contexts, full_cov=False, include_noise=include_noise
+        )
+        sd = self._y_train_std
+        y_mean = td.to_rows(mean) * sd + self._y_train_mean
+        y_std = np.sqrt(np.clip(td.to_rows(var), 0.0, None)) * sd
+        z = float(norm.ppf(0.5 + level / 2))
+        table: dict[str, Any] = {}
+        if self.task_col is not None:
+            table[self._task_col_label()] = rows.ids
+        for j, name in enumerate(rows.input_names):
+            table[name] = rows.inputs[:, j]
+        for o, name in enumerate(self._output_names):
+            suffix = "" if self._y_1d or len(self._output_names) == 1 else f"_{name}"
+            table[f"mean{suffix}"] = y_mean[:, o]
+            table[f"std{suffix}"] = y_std[:, o]
+            table[f"lower{suffix}"] = y_mean[:, o] - z * y_std[:, o]
+            table[f"upper{suffix}"] = y_mean[:, o] + z * y_std[:, o]
+        table["cluster"] = tau.argmax(axis=1)[td.task_codes]
+        return pd.DataFrame(table, index=rows.index)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _same_label(column: Hashable, label: Hashable) -> bool:
+    """Column label equality that never broadcasts (labels may be arrays or tuples)."""
+    try:
+        return bool(column == label) and type(column) is not bool
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_ids(ids: np.ndarray, index: pd.Index | None) -> np.ndarray:
+    """Reject infinite numeric task ids (missing ids are caught by encode_task_ids)."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind in "fc":
+        bad = np.isinf(ids)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            label = "" if index is None else f" (index {index[row]!r})"
+            raise ValueError(f"Input X contains infinity in the task column at row {row}{label}")
+    return ids
+
+
+def _leading(leaf: Any) -> int | None:
+    shape = getattr(leaf, "shape", ())
+    return shape[0] if len(shape) else None
+
+
+def _concat_leaves(*leaves: Any) -> Any:
+    """Concatenate per-task array leaves along the task axis; keep other leaves.
+
+    Leaves stay numpy arrays: the engine pads numpy leaves to its task bucket.
+    """
+    if _leading(leaves[0]) is None:
+        return leaves[0]
+    return np.concatenate([np.asarray(leaf) for leaf in leaves], axis=0)
+
+
+def _tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
+    import jax
+
+    return jax.tree_util.tree_map(fn, *trees)
+
+
+class _progress:
+    """Context manager yielding the EM callback: a tqdm bar when verbose, else None."""
+
+    def __init__(self, verbose: int, total: int) -> None:
+        self.verbose = verbose
+        self.total = total
+        self.bar: Any = None
+
+    def __enter__(self) -> Callable[[int, float], None] | None:
+        if not self.verbose:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc="MagmaClust EM", unit="iter")
+
+        def callback(iteration: int, elbo: float) -> None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"ELBO={float(elbo):.6g}")
+
+        return callback
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

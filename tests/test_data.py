@@ -1,0 +1,334 @@
+"""Tests for mimosa_sklearn.data (ragged rows <-> padded task arrays)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mimosa_sklearn.data import (
+    TaskData,
+    build_grid,
+    build_task_data,
+    encode_task_ids,
+    map_to_grid,
+    pad_values,
+    snap_inputs,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+@st.composite
+def ragged_data(draw):
+    """Random ragged multi-task data: very unequal sizes, duplicates, NaN holes, shuffled rows."""
+    n_tasks = draw(st.integers(1, 50))
+    sizes = draw(
+        st.lists(
+            st.one_of(st.integers(1, 3), st.integers(1, 60)), min_size=n_tasks, max_size=n_tasks
+        )
+    )
+    n_in = draw(st.integers(1, 3))
+    n_out = draw(st.integers(1, 3))
+    id_kind = draw(st.sampled_from(["str", "int", "object"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    jitter = draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    n = int(sum(sizes))
+    task_of_row = np.repeat(np.arange(n_tasks), sizes)
+    perm = rng.permutation(n)
+    task_of_row = task_of_row[perm]  # unsorted: tasks interleaved
+    # Few distinct, exactly representable values so that duplicates are common.
+    x = rng.integers(-3, 4, size=(n, n_in)) * 0.25
+    if jitter:
+        # Floating-point noise that snapping must remove.
+        x = x + rng.choice([0.0, 1e-13, -1e-13], size=x.shape)
+    y = rng.normal(size=(n, n_out))
+    y[rng.random((n, n_out)) < 0.2] = np.nan
+    labels = rng.permutation(n_tasks * 7)[:n_tasks]  # arbitrary, non-contiguous ids
+    if id_kind == "str":
+        ids = np.array([f"id{v}" for v in labels])[task_of_row]
+    elif id_kind == "int":
+        ids = labels[task_of_row]
+    else:
+        ids = np.array([f"s{v}" if v % 2 else int(v) for v in labels], dtype=object)[task_of_row]
+    return ids, x, y
+
+
+def _check_invariants(td: TaskData, codes: np.ndarray, x: np.ndarray, y: np.ndarray | None):
+    n = codes.size
+    T, N = td.n_tasks, td.n_max
+    assert td.inputs.shape == (T, N, x.shape[1])
+    assert td.inputs.dtype == np.float64
+    assert td.mappings.shape == (T, N) and td.mappings.dtype == np.int64
+    assert td.task_codes.dtype == np.int64 and td.row_pos.dtype == np.int64
+    np.testing.assert_array_equal(td.n_points, np.bincount(codes, minlength=T))
+    assert N == td.n_points.max()
+    mask = td.row_mask
+    assert mask.sum() == n
+    # Real rows point at their grid row; padding points at G.
+    G = td.n_grid
+    assert np.all(td.mappings[~mask] == G)
+    assert np.all((td.mappings[mask] >= 0) & (td.mappings[mask] < G))
+    np.testing.assert_array_equal(td.grid[td.mappings[mask]], td.inputs[mask])
+    assert np.isnan(td.inputs[~mask]).all()
+    # Grid: unique rows, lexicographically sorted.
+    assert len(np.unique(td.grid, axis=0)) == G
+    order = np.lexsort(td.grid.T[::-1])
+    np.testing.assert_array_equal(order, np.arange(G))
+    # Round trip, order preserving.
+    np.testing.assert_array_equal(td.to_rows(td.mappings) < G, np.ones(n, dtype=bool))
+    np.testing.assert_allclose(td.to_rows(td.inputs), x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(td.task_codes, codes)
+    sort = np.lexsort((np.arange(n), codes))
+    starts = np.cumsum(td.n_points) - td.n_points
+    np.testing.assert_array_equal(td.row_pos[sort], np.arange(n) - starts[codes[sort]])
+    if y is None:
+        assert td.outputs is None and td.n_outputs == 0
+        assert td.obs_mask.shape == (T, N, 0)
+    else:
+        np.testing.assert_array_equal(td.to_rows(td.outputs), y)  # NaN compare equal
+        assert np.isnan(td.outputs[~mask]).all()
+        np.testing.assert_array_equal(td.obs_mask, mask[:, :, None] & ~np.isnan(td.outputs))
+        assert td.obs_mask.sum() == np.isfinite(y).sum()
+
+
+# --------------------------------------------------------------------------- property tests
+
+
+@settings(max_examples=60, deadline=None)
+@given(ragged_data())
+def test_round_trip_random_ragged(data):
+    ids, x, y = data
+    codes, uniques = encode_task_ids(ids)
+    assert list(uniques) == list(dict.fromkeys(ids.tolist()))
+    td = build_task_data(codes, len(uniques), x, y)
+    _check_invariants(td, codes, x, y)
+    # pad_values is the inverse of to_rows.
+    np.testing.assert_array_equal(td.to_rows(pad_values(td, y)), y)
+    # Same inputs (up to snapping) share a grid point.
+    xs = snap_inputs(x)
+    rows = td.to_rows(td.mappings)
+    _, inv = np.unique(xs, axis=0, return_inverse=True)
+    _, inv_map = np.unique(rows, return_inverse=True)
+    np.testing.assert_array_equal(inv.reshape(-1), inv_map.reshape(-1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(ragged_data(), st.integers(1, 17))
+def test_bucket_and_no_outputs(data, n_bucket):
+    ids, x, _ = data
+    codes, uniques = encode_task_ids(ids)
+    td = build_task_data(codes, len(uniques), x, n_bucket=n_bucket)
+    n_max = np.bincount(codes).max()
+    assert td.n_max % n_bucket == 0
+    assert n_max <= td.n_max < n_max + n_bucket
+    assert td.outputs is None
+    np.testing.assert_allclose(td.to_rows(td.inputs), x, rtol=1e-9, atol=1e-12)
+    assert np.all(td.mappings[~td.row_mask] == td.n_grid)
+
+
+# --------------------------------------------------------------------------- encode_task_ids
+
+
+def test_encode_first_seen_order():
+    codes, uniques = encode_task_ids(np.array(["b", "a", "b", "c", "a"]))
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(uniques, ["b", "a", "c"])
+    codes, uniques = encode_task_ids(np.array([30, 10, 30, 20]))
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2])
+    np.testing.assert_array_equal(uniques, [30, 10, 20])
+    assert codes.dtype == np.int64
+
+
+def test_encode_float_object_and_categorical_ids():
+    codes, uniques = encode_task_ids(np.array([2.5, 1.0, 2.5]))
+    np.testing.assert_array_equal(codes, [0, 1, 0])
+    np.testing.assert_array_equal(uniques, [2.5, 1.0])
+    # Mixed, mutually unorderable ids.
+    codes, uniques = encode_task_ids(np.array([3, "a", 3, 1.5, "a"], dtype=object))
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
+    assert list(uniques) == [3, "a", 1.5]
+    cat = pd.Categorical(["z", "y", "z", "x"], categories=["x", "y", "z"])
+    codes, uniques = encode_task_ids(np.asarray(cat))
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2])
+    assert list(uniques) == ["z", "y", "x"]
+    codes, uniques = encode_task_ids(pd.Series(["u", "v", "u"], dtype="string").to_numpy())
+    np.testing.assert_array_equal(codes, [0, 1, 0])
+    # A single column is accepted.
+    codes, _ = encode_task_ids(np.array([[5], [6], [5]]))
+    np.testing.assert_array_equal(codes, [0, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        np.array(["a", "b", None, "a"], dtype=object),
+        np.array(["a", "b", np.nan, "a"], dtype=object),
+        np.array(["a", "b", pd.NA, "a"], dtype=object),
+        np.array([1.0, 2.0, np.nan, 1.0]),
+    ],
+)
+def test_encode_missing_id_names_row(ids):
+    with pytest.raises(ValueError, match="row 2"):
+        encode_task_ids(ids)
+
+
+def test_encode_rejects_2d():
+    with pytest.raises(ValueError, match="one-dimensional"):
+        encode_task_ids(np.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------------- snapping and grid
+
+
+def test_snap_merges_float_noise():
+    x = np.array([0.1 + 0.2, 0.3, 0.5, 0.30000001])
+    assert 0.1 + 0.2 != 0.3
+    s = snap_inputs(x)
+    assert s[0] == s[1] == 0.3
+    assert s[3] == 0.30000001  # a real difference is kept
+    assert s[2] == 0.5
+    np.testing.assert_array_equal(snap_inputs(x, rtol=0.0), x)
+
+
+def test_snap_keeps_nan_and_shape():
+    x = np.array([[1.0, np.nan], [1.0 + 1e-15, 2.0], [np.nan, 2.0]])
+    s = snap_inputs(x)
+    assert s.shape == x.shape
+    assert np.isnan(s[0, 1]) and np.isnan(s[2, 0])
+    assert s[0, 0] == s[1, 0] == 1.0
+
+
+def test_float_noise_maps_to_same_grid_point():
+    td = build_task_data(np.array([0, 1, 1]), 2, np.array([0.1 + 0.2, 0.3, 1.0]))
+    assert td.n_grid == 2
+    assert td.mappings[0, 0] == td.mappings[1, 0] == 0
+    assert td.inputs[0, 0, 0] == td.inputs[1, 0, 0] == td.grid[0, 0]
+
+
+def test_build_grid_lexicographic_multi_dim():
+    x = np.array([[1.0, 2.0], [0.0, 5.0], [1.0, -1.0], [0.0, 5.0], [-0.0, 1.0]])
+    grid = build_grid(x)
+    np.testing.assert_array_equal(grid, [[0.0, 1.0], [0.0, 5.0], [1.0, -1.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(map_to_grid(x, grid), [3, 1, 2, 1, 0])
+    np.testing.assert_array_equal(build_grid(np.array([3.0, 1.0, 3.0])), [[1.0], [3.0]])
+
+
+def test_map_to_grid_raises_off_grid():
+    grid = np.array([[0.0], [1.0]])
+    with pytest.raises(ValueError, match="row 1"):
+        map_to_grid(np.array([0.0, 0.5]), grid)
+    with pytest.raises(ValueError, match="columns"):
+        map_to_grid(np.zeros((2, 2)), grid)
+
+
+def test_duplicated_inputs_inside_task_are_kept():
+    td = build_task_data(np.array([0, 0, 0]), 1, np.array([2.0, 1.0, 2.0]), np.array([1, 2, 3]))
+    assert td.n_points[0] == 3
+    np.testing.assert_array_equal(td.mappings[0], [1, 0, 1])
+    np.testing.assert_array_equal(td.outputs[0, :, 0], [1.0, 2.0, 3.0])
+
+
+# --------------------------------------------------------------------------- build_task_data
+
+
+def test_bucket_rounding():
+    codes = np.repeat([0, 1], [37, 3])
+    x = np.arange(40.0)
+    assert build_task_data(codes, 2, x).n_max == 37
+    assert build_task_data(codes, 2, x, n_bucket=16).n_max == 48
+    assert build_task_data(codes, 2, x, n_bucket=37).n_max == 37
+    assert build_task_data(codes, 2, x, n_bucket=1).n_max == 37
+    with pytest.raises(ValueError, match="n_bucket"):
+        build_task_data(codes, 2, x, n_bucket=0)
+
+
+def test_rows_all_nan_outputs_are_kept():
+    y = np.array([[np.nan, np.nan], [1.0, np.nan], [np.nan, np.nan]])
+    td = build_task_data(np.array([0, 0, 1]), 2, np.array([0.0, 1.0, 0.0]), y)
+    assert td.row_mask.sum() == 3
+    np.testing.assert_array_equal(td.obs_mask.sum(axis=(1, 2)), [1, 0])
+    np.testing.assert_array_equal(td.to_rows(td.outputs), y)
+
+
+def test_task_without_rows_is_fully_padded():
+    td = build_task_data(np.array([0, 2, 2]), 3, np.array([0.0, 1.0, 2.0]))
+    np.testing.assert_array_equal(td.n_points, [1, 0, 2])
+    assert not td.row_mask[1].any()
+    assert np.all(td.mappings[1] == td.n_grid)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_inputs_name_row(bad):
+    x = np.zeros((5, 2))
+    x[3, 1] = bad
+    with pytest.raises(ValueError, match="row 3"):
+        build_task_data(np.zeros(5, dtype=int), 1, x)
+
+
+def test_infinite_outputs_name_row_but_nan_allowed():
+    y = np.array([0.0, np.nan, np.inf, 1.0])
+    with pytest.raises(ValueError, match="row 2"):
+        build_task_data(np.zeros(4, dtype=int), 1, np.arange(4.0), y)
+    y[2] = np.nan
+    build_task_data(np.zeros(4, dtype=int), 1, np.arange(4.0), y)
+
+
+def test_shape_errors():
+    codes = np.zeros(4, dtype=int)
+    with pytest.raises(ValueError, match="x has 3 rows"):
+        build_task_data(codes, 1, np.arange(3.0))
+    with pytest.raises(ValueError, match="y has 5 rows"):
+        build_task_data(codes, 1, np.arange(4.0), np.arange(5.0))
+    with pytest.raises(ValueError, match="row 2"):
+        build_task_data(np.array([0, 1, 2, 0]), 2, np.arange(4.0))
+    with pytest.raises(ValueError, match="integers"):
+        build_task_data(np.zeros(4), 1, np.arange(4.0))
+    with pytest.raises(ValueError, match="zero rows"):
+        build_task_data(np.zeros(0, dtype=int), 1, np.zeros((0, 1)))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        build_task_data(codes, 1, np.zeros((4, 1, 1)))
+    with pytest.raises(ValueError, match="columns"):
+        build_task_data(codes, 1, np.zeros((4, 2)), grid=np.zeros((3, 1)))
+
+
+def test_user_grid_off_grid_rows_get_minus_one():
+    train = build_task_data(np.array([0, 0, 1]), 2, np.array([0.0, 0.5, 1.0]))
+    x_new = np.array([0.5, 0.75, 0.1 + 0.2 + 0.7, 2.0])  # 0.1+0.2+0.7 != 1.0 exactly
+    td = build_task_data(np.array([0, 0, 1, 1]), 2, x_new, grid=train.grid)
+    np.testing.assert_array_equal(td.grid, train.grid)
+    np.testing.assert_array_equal(td.to_rows(td.mappings), [1, -1, 2, -1])
+    mask = td.row_mask
+    on = mask & (td.mappings >= 0)
+    np.testing.assert_array_equal(td.grid[td.mappings[on]], td.inputs[on])
+    np.testing.assert_allclose(td.to_rows(td.inputs)[:, 0], x_new)
+    with pytest.raises(ValueError, match="finite"):
+        build_task_data(np.array([0]), 1, np.array([0.0]), grid=np.array([[np.nan]]))
+
+
+def test_pad_values_and_to_rows():
+    codes = np.array([1, 0, 1, 1])
+    td = build_task_data(codes, 2, np.arange(4.0))
+    padded = pad_values(td, np.array([10, 20, 30, 40]))
+    assert padded.dtype == np.float64 and padded.shape == (2, 3)
+    np.testing.assert_array_equal(padded, [[20, np.nan, np.nan], [10, 30, 40]])
+    vec = pad_values(td, np.arange(8.0).reshape(4, 2))
+    assert vec.shape == (2, 3, 2)
+    np.testing.assert_array_equal(td.to_rows(vec), np.arange(8.0).reshape(4, 2))
+    with pytest.raises(ValueError, match="4 rows"):
+        pad_values(td, np.arange(3.0))
+    with pytest.raises(ValueError, match="leading shape"):
+        td.to_rows(np.zeros((3, 3)))
+
+
+def test_properties_and_repr():
+    td = build_task_data(
+        np.array([0, 1, 1]), 2, np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]), np.ones((3, 3))
+    )
+    assert (td.n_tasks, td.n_max, td.n_inputs, td.n_outputs, td.n_grid) == (2, 2, 2, 3, 2)
+    assert "n_tasks=2" in repr(td)
+    with pytest.raises(AttributeError):
+        td.grid = None  # frozen
