@@ -22,7 +22,7 @@ from .core import predict as core_predict
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.hyperposterior import Hyperposterior
 from .core.init import data_scales, init_responsibilities
-from .core.params import Params, TaskBatch, index_module
+from .core.params import Params, TaskBatch
 from .kernels import (
     SharingLayout,
     build_params,
@@ -599,8 +599,3 @@ def fit_magma(
                 best = fitted
     assert best is not None
     return best
-
-
-def task_slice(params: Params, index) -> Params:  # pragma: no cover - debugging helper
-    """Parameters restricted to one task (for inspection)."""
-    return index_module(params, index)

@@ -58,6 +58,26 @@ def _compat_key(version: str) -> tuple[int, ...]:
     return (parts[0],) if parts[0] >= 1 else (0, parts[1])
 
 
+def _cloudpickle() -> Any:
+    """cloudpickle: a dependency of joblib >= 1.6, vendored by older joblib."""
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - joblib < 1.6
+        from joblib.externals import cloudpickle
+    return cloudpickle
+
+
+def _is_cloudpickled(value: Any) -> bool:
+    """True for the ``(marker, bytes)`` pairs written by ``__getstate__``."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0] == _CLOUDPICKLED
+        and isinstance(value[1], bytes)
+    )
+
+
 def _package_version() -> str:
     from . import __version__
 
@@ -283,8 +303,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle state; kernax kernels (not stdlib-picklable) travel as cloudpickle bytes."""
-        from joblib.externals import cloudpickle
-
+        cloudpickle = _cloudpickle()
         state = dict(super().__getstate__())
         for key, value in state.items():
             if _is_equinox_module(value) or (key in _ALWAYS_CLOUDPICKLED and value):
@@ -304,7 +323,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 f"Install mimosa_sklearn=={saved} to load it, or refit the model."
             )
         for key, value in state.items():
-            if isinstance(value, tuple) and len(value) == 2 and value[0] == _CLOUDPICKLED:
+            if _is_cloudpickled(value):
                 state[key] = pickle.loads(value[1])
         super().__setstate__(state)
 

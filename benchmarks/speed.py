@@ -1,0 +1,127 @@
+"""Speed benchmark: MagmaClust fit/predict time and memory against baselines.
+
+Run ``python benchmarks/speed.py [--tasks 100 1000 10000] [--iters 10]``.
+
+For each number of tasks T (about 30 points each, on a 201-point input grid, K = 3,
+a fixed number of EM iterations) it prints, side by side in one process:
+
+- our fit time cold (first call in the process, compile included) and warm (same
+  shapes again), predict time for 1000 new tasks (condition on 10 points, forecast 20),
+  and peak resident memory;
+- per-task scikit-learn ``GaussianProcessRegressor`` on the same tasks (the usual
+  baseline: one independent GP per curve), as a ratio to our warm fit;
+- ``mimosa-ml`` (import name ``mimosa``) at the same number of iterations, when it is
+  installed (optional: ``pip install --pre mimosa-ml``), as a ratio to ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+
+from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn.datasets import make_magma_data
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _data(n_tasks: int, seed: int):
+    return make_magma_data(
+        n_tasks=n_tasks, n_points=30, n_clusters=3, grid_size=201, random_state=seed
+    )
+
+
+def _time_fit(n_tasks: int, iters: int, seed: int = 0):
+    X, y, _ = _data(n_tasks, seed)
+    est = MagmaClusterRegressor(n_clusters=3, max_iter=iters, tol=0.0, random_state=0)
+    t0 = time.perf_counter()
+    est.fit(X, y)
+    cold = time.perf_counter() - t0
+    X2, y2, _ = _data(n_tasks, seed + 1)
+    est2 = MagmaClusterRegressor(n_clusters=3, max_iter=iters, tol=0.0, random_state=0)
+    t0 = time.perf_counter()
+    est2.fit(X2, y2)
+    warm = time.perf_counter() - t0
+    return est2, cold, warm
+
+
+def _time_predict(est, n_new: int = 1000, seed: int = 123) -> float:
+    X, y, _ = _data(n_new, seed)
+    X = X.assign(ID="new_" + X["ID"].astype(str))
+    order = X.groupby("ID").cumcount()
+    obs = order < 10
+    target = (order >= 10) & (order < 30)
+    t0 = time.perf_counter()
+    est.condition(X[obs], y[obs])
+    est.predict(X[target], return_std=True)
+    return time.perf_counter() - t0
+
+
+def _time_sklearn_gpr(n_tasks: int, seed: int = 0, max_tasks: int = 200) -> float:
+    """Per-task GPR fit time, measured on up to ``max_tasks`` tasks and scaled to T."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    X, y, _ = _data(min(n_tasks, max_tasks), seed)
+    t0 = time.perf_counter()
+    for _, rows in X.groupby("ID", sort=False).groups.items():
+        kernel = ConstantKernel() * RBF() + WhiteKernel()
+        gpr = GaussianProcessRegressor(kernel, normalize_y=True)
+        gpr.fit(X.loc[rows, ["Input"]].to_numpy(), y.loc[rows].to_numpy())
+    return (time.perf_counter() - t0) * n_tasks / min(n_tasks, max_tasks)
+
+
+def _time_mimosa_ml(n_tasks: int, iters: int, seed: int = 0) -> float | None:
+    try:
+        import mimosa  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        from _mimosa_ml_baseline import fit_mimosa_ml
+    except ImportError:
+        return None
+    X, y, _ = _data(n_tasks, seed)
+    fit_mimosa_ml(X, y, iters)  # compile
+    X, y, _ = _data(n_tasks, seed + 1)
+    t0 = time.perf_counter()
+    fit_mimosa_ml(X, y, iters)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args(argv)
+    rows = []
+    for t in args.tasks:
+        est, cold, warm = _time_fit(t, args.iters)
+        pred = _time_predict(est)
+        gpr = _time_sklearn_gpr(t)
+        mml = _time_mimosa_ml(t, args.iters)
+        rows.append((t, cold, warm, pred, _peak_rss_gib(), gpr, mml))
+        print(f"T={t}: cold {cold:.1f}s warm {warm:.1f}s predict {pred:.1f}s", flush=True)
+    print()
+    print(
+        "| tasks | fit cold (s) | fit warm (s) | predict 1000 new (s) | peak RSS (GiB) "
+        "| per-task GPR (s) | GPR / ours | mimosa-ml / ours |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t, cold, warm, pred, rss, gpr, mml in rows:
+        ratio = "not installed" if mml is None else f"{mml / warm:.1f}x"
+        print(
+            f"| {t} | {cold:.1f} | {warm:.1f} | {pred:.1f} | {rss:.2f} | {gpr:.1f} "
+            f"| {gpr / warm:.1f}x | {ratio} |"
+        )
+    print(f"\n{args.iters} EM iterations, K=3, ~30 points per task, 201-point grid.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

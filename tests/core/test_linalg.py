@@ -1,0 +1,104 @@
+"""Masked factorisations and grid scatter/gather against dense numpy (ALGORITHM.md §3.3-3.4)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from core_reference import embed, random_mask, selection, spd
+
+from mimosa_sklearn.core import linalg
+
+G, N, T = 9, 6, 4
+
+
+def _mappings(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(T, N) mappings with padding (sentinel G) at random slots, and the row mask."""
+    maps = np.full((T, N), G, dtype=np.int32)
+    mask = np.zeros((T, N), dtype=bool)
+    for i in range(T):
+        n_i = int(rng.integers(1, N + 1))
+        mask[i] = random_mask(rng, N, n_i)
+        maps[i, mask[i]] = rng.choice(G, n_i, replace=False)
+    assert not mask.all(axis=1).all(), "some padding must exist"
+    return maps, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scatter_matrix_and_vector_equal_dense_sums(seed):
+    rng = np.random.default_rng(seed)
+    maps, mask = _mappings(rng)
+    blocks = rng.standard_normal((T, N, N))
+    vecs = rng.standard_normal((T, N))
+    # Garbage in padded rows/columns: the sentinel index must drop it.
+    expected_m = np.zeros((G, G))
+    expected_v = np.zeros(G)
+    for i in range(T):
+        p = selection(maps[i], mask[i], G)
+        expected_m += p.T @ blocks[i][np.ix_(mask[i], mask[i])] @ p
+        expected_v += p.T @ vecs[i][mask[i]]
+    got_m = linalg.scatter_matrix(jnp.asarray(blocks), jnp.asarray(maps), G)
+    got_v = linalg.scatter_vector(jnp.asarray(vecs), jnp.asarray(maps), G)
+    np.testing.assert_allclose(np.asarray(got_m), expected_m, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(np.asarray(got_v), expected_v, rtol=0, atol=1e-13)
+    # Tasks share grid points here, so the scatter really accumulates.
+    assert np.bincount(maps[mask], minlength=G).max() > 1
+
+
+def test_gather_matrix_and_vector_equal_dense_restriction():
+    rng = np.random.default_rng(2)
+    maps, mask = _mappings(rng)
+    mat = rng.standard_normal((3, G, G))
+    vec = rng.standard_normal((3, G))
+    for i in range(T):
+        p = selection(maps[i], mask[i], G)
+        got_m = np.asarray(linalg.gather_matrix(jnp.asarray(mat), jnp.asarray(maps[i])))
+        got_v = np.asarray(linalg.gather_vector(jnp.asarray(vec), jnp.asarray(maps[i])))
+        for b in range(3):
+            np.testing.assert_allclose(got_m[b][np.ix_(mask[i], mask[i])], p @ mat[b] @ p.T)
+            np.testing.assert_allclose(got_v[b][mask[i]], p @ vec[b])
+        # Padded entries read exactly zero (no clamping to the last grid point).
+        assert np.all(got_m[:, ~mask[i], :] == 0) and np.all(got_m[:, :, ~mask[i]] == 0)
+        assert np.all(got_v[:, ~mask[i]] == 0)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_masked_inverse_is_embedded_inverse_of_real_block(seed):
+    rng = np.random.default_rng(seed)
+    n_real = int(rng.integers(2, N))
+    mask = random_mask(rng, N, n_real)
+    cov = spd(rng, N)
+    cov[~mask, :] = np.nan  # whatever the padded entries hold
+    cov[:, ~mask] = np.nan
+    expected = embed(np.linalg.inv(cov[np.ix_(mask, mask)]), mask)
+    masked = linalg.mask_cov(jnp.asarray(cov), jnp.asarray(mask))
+    chol = linalg.cholesky(masked)
+    got = np.asarray(linalg.masked_inverse(chol, jnp.asarray(mask)))
+    np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
+    np.testing.assert_array_equal(got, got.T)
+    # The factor is diag(chol(S_RR), I) up to the permutation: its log-determinant is the
+    # real block's.
+    _, logdet = np.linalg.slogdet(cov[np.ix_(mask, mask)])
+    np.testing.assert_allclose(float(linalg.logdet_from_chol(chol)), logdet, rtol=1e-12)
+
+
+def test_mask_cov_jitters_real_block_only_and_cho_solve_solves():
+    rng = np.random.default_rng(6)
+    mask = random_mask(rng, N, 4)
+    cov = spd(rng, N)
+    masked = np.asarray(linalg.mask_cov(jnp.asarray(cov), jnp.asarray(mask), 0.25))
+    expected = np.eye(N)
+    expected[np.ix_(mask, mask)] = cov[np.ix_(mask, mask)] + 0.25 * np.eye(4)
+    np.testing.assert_array_equal(masked, expected)
+    b = rng.standard_normal((N, 2))
+    x = np.asarray(linalg.cho_solve(linalg.cholesky(jnp.asarray(cov)), jnp.asarray(b)))
+    np.testing.assert_allclose(cov @ x, b, atol=1e-12)
+
+
+def test_add_jitter_is_relative_to_mean_diagonal_with_unit_floor():
+    big = np.diag([4.0, 8.0])
+    small = np.diag([1e-3, 1e-3])
+    np.testing.assert_allclose(np.asarray(linalg.add_jitter(jnp.asarray(big), 0.1)),
+                               big + 0.6 * np.eye(2))
+    np.testing.assert_allclose(np.asarray(linalg.add_jitter(jnp.asarray(small), 0.1)),
+                               small + 0.1 * np.eye(2))
