@@ -347,7 +347,17 @@ def reference_rows(references: dict) -> list[dict]:
 # ------------------------------------------------------------------------- output
 
 COLUMNS = ["method", "K", "RMSE", "NLPD", "cov95", "ARI", "fit s", "predict s"]
-FORMATS = {"RMSE": ".3f", "NLPD": ".3f", "cov95": ".3f", "ARI": ".3f", "fit s": ".1f"}
+FORMATS = {
+    "RMSE": ".3f",
+    "NLPD": ".3f",
+    "cov95": ".3f",
+    "ARI": ".3f",
+    "fit s": ".1f",
+    "predict s": ".2f",
+    "elbo": ".2f",
+    "penalty": ".2f",
+    "vbic": ".2f",
+}
 
 
 def _cell(column: str, value) -> str:
@@ -355,8 +365,6 @@ def _cell(column: str, value) -> str:
         return "n/a"
     if column in FORMATS:
         return format(float(value), FORMATS[column])
-    if column == "predict s":
-        return format(float(value), ".2f")
     return str(value)
 
 
@@ -394,7 +402,8 @@ def _machine() -> str:
 
     return (
         f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"JAX {jax.__version__} ({jax.default_backend()})"
+        f"JAX {jax.__version__} ({jax.default_backend()}); 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f}"
     )
 
 
@@ -495,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("")
     lines += [
         f"Machine: {_machine()}. Total benchmark time: {total:.0f} s.",
-        f"Command: `python benchmarks/accuracy.py {' '.join(argv or sys.argv[1:])}`",
+        f"Command: `{' '.join(['python benchmarks/accuracy.py', *(argv or sys.argv[1:])])}`",
         "",
     ]
     text = "\n".join(lines)

@@ -15,8 +15,8 @@ CPU thread-pool deadlock (jaxlib 0.10.x)
     ``lapack_dtrsm_ffi``). ``--xla_cpu_multi_thread_eigen=false`` does not help.
     A one-thread pool runs the chunks inline, so :func:`ensure_safe_cpu_backend` creates
     the CPU backend while the process is pinned to one CPU and restores the affinity
-    right after (XLA's pool is sized once, at creation, from the affinity). Later jaxlib releases compile that
-    parallel path out, and the guard is then skipped.
+    right after (XLA's pool is sized once, at creation, from the affinity). Later
+    jaxlib releases compile that parallel path out, and the guard is then skipped.
 """
 
 from __future__ import annotations

@@ -71,9 +71,13 @@ class Context:
 
 
 def bucket(n: int, step: int) -> int:
-    """Round ``n`` up to a multiple of ``step`` (at least ``step``) so that data sets of
-    similar size share one compiled program."""
-    return max(step, int(math.ceil(n / step)) * step)
+    """Padded size for ``n``: a power of two up to ``4 * step``, then a multiple of
+    ``step``, so that data sets of similar size share one compiled program (the
+    relative padding, hence the wasted work, stays below ``1 / 4`` past small sizes)."""
+    n = max(int(n), 1)
+    if n <= 4 * step:
+        return max(8, 1 << (n - 1).bit_length())
+    return int(math.ceil(n / step)) * step
 
 
 def _grid_step(g: int) -> int:
@@ -179,7 +183,7 @@ class FittedMagma:
     # -- persistence: kernax kernels hold jitted functions that stdlib pickle rejects,
     # so arrays go to numpy and modules through cloudpickle.
     def __getstate__(self):
-        from joblib.externals import cloudpickle
+        import cloudpickle
 
         state = self.__dict__.copy()
         for key in ("params", "post", "batch", "config"):

@@ -533,12 +533,12 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         y2, is_1d, output_names = self._validate_y(y, rows.ids.shape[0])
         codes, task_ids = encode_task_ids(rows.ids)
         n_tasks = task_ids.shape[0]
+        self._check_observed(y2, codes, task_ids, output_names)
         if self.n_clusters > n_tasks:
             raise ValueError(
                 f"n_clusters={self.n_clusters} is larger than the number of training tasks "
                 f"({n_tasks}); set n_clusters to at most {n_tasks}."
             )
-        self._check_observed(y2, codes, task_ids, output_names)
 
         if self.normalize_y:
             mean = np.nanmean(y2, axis=0)

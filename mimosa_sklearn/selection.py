@@ -38,7 +38,8 @@ def _final_step(estimator: Any) -> Any:
 def _n_clusters_param(estimator: Any) -> str:
     """Name of the parameter setting the number of clusters (``step__n_clusters`` in a
     Pipeline)."""
-    params = estimator.get_params(deep=True)
+    get_params = getattr(estimator, "get_params", None)
+    params = get_params(deep=True) if callable(get_params) else {}
     if "n_clusters" in params:
         return "n_clusters"
     matches = [name for name in params if name.endswith("__n_clusters")]

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Lint + test mimosa_sklearn. Extra arguments are passed to pytest, e.g.
-#   bash scripts/run_tests.sh -m "not slow"
+#   bash scripts/run_tests.sh -m slow          # only the long end-to-end runs
+#   bash scripts/run_tests.sh -m ""            # everything, slow tests included
 #   bash scripts/run_tests.sh tests/core -x
+# Without a -m argument the tests marked `slow` (long end-to-end runs: the docs
+# example's GridSearchCV, the full demo, the K-selection study) are skipped.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,9 +16,14 @@ source "${REPO_ROOT}/scripts/setup_env.sh"
 echo "==> ruff check ."
 ruff check .
 
-echo "==> python -m pytest -q $*"
+marker=(-m "not slow")
+for arg in "$@"; do
+    if [[ "${arg}" == "-m" || "${arg}" == -m* ]]; then marker=(); fi
+done
+
+echo "==> python -m pytest -q ${marker[*]} $*"
 rc=0
-python -m pytest -q "$@" || rc=$?
+python -m pytest -q "${marker[@]}" "$@" || rc=$?
 if [[ ${rc} -eq 5 ]]; then
     echo "==> pytest collected no tests (exit code 5); treating as success."
     rc=0

@@ -33,6 +33,7 @@ def test_page_shows_the_script():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # five model fits and their JAX compilations
 def test_example_script_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     namespace = runpy.run_path(str(SCRIPT), run_name="__main__")

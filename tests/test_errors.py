@@ -130,7 +130,7 @@ def test_infinite_y():
 def test_all_nan_y():
     X, _ = _small()
     with pytest.raises(ValueError, match="NaN only"):
-        MagmaClusterRegressor(n_clusters=1).fit(X, np.full(6, np.nan))
+        MagmaClusterRegressor().fit(X, np.full(6, np.nan))
 
 
 def test_task_without_observed_output():

@@ -265,9 +265,7 @@ def test_two_outputs(fitted_2d, data):
     rows = X["ID"].isin(X["ID"].unique()[:2]).to_numpy()
     _, cov = est.predict(X[rows], return_cov=True)
     assert cov.shape == (rows.sum(), rows.sum(), 2)
-    np.testing.assert_allclose(
-        np.sqrt(np.diagonal(cov, axis1=0, axis2=1)).T, std[rows], rtol=1e-8
-    )
+    np.testing.assert_allclose(np.sqrt(np.diagonal(cov, axis1=0, axis2=1)).T, std[rows], rtol=1e-8)
     assert est.sample_y(X[rows], n_samples=2, random_state=0).shape == (rows.sum(), 2, 2)
     assert np.isfinite(est.score(X, Y))  # NaN targets are ignored
     frame = est.predict_frame(X[rows])

@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import jax
 import joblib
 import kernax
 import numpy as np
@@ -87,8 +88,13 @@ def test_grid_search_with_group_kfold_and_forecast_scorer(data):
 def test_cross_val_score(data):
     X, y = data
     forecast = cross_val_score(
-        _pipeline(), X, y, groups=X["ID"], cv=GroupKFold(n_splits=3),
-        scoring=make_forecast_scorer("r2"), error_score="raise",
+        _pipeline(),
+        X,
+        y,
+        groups=X["ID"],
+        cv=GroupKFold(n_splits=3),
+        scoring=make_forecast_scorer("r2"),
+        error_score="raise",
     )
     prior = cross_val_score(
         _pipeline(), X, y, groups=X["ID"], cv=GroupKFold(n_splits=3), error_score="raise"
@@ -114,7 +120,13 @@ def test_clone_with_kernel_parameters():
     twin = clone(est)
     assert twin.get_params()["mean_kernel"] is not None
     restored = pickle.loads(pickle.dumps(est))  # kernax kernels alone do not pickle
-    assert repr(restored.mean_kernel) == repr(kernel)
+    assert type(restored.mean_kernel) is type(kernel)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(restored.mean_kernel),
+        jax.tree_util.tree_leaves(kernel),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 # ---------------------------------------------------------------------- persistence

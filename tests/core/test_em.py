@@ -1,15 +1,14 @@
-"""Variational EM: ELBO, coordinate ascent, monotonicity, sharing variants (ALGORITHM.md §2, §8)."""
+"""Variational EM: ELBO, coordinate ascent, monotonicity, sharing variants (ALGORITHM §2, §8)."""
 
 from __future__ import annotations
 
 import itertools
 
+import core_reference as ref
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import core_reference as ref
 
 from mimosa_sklearn import engine
 from mimosa_sklearn.core import em, mstep
@@ -27,14 +26,14 @@ def _m_objective(params, tau, post, batch, jitter):
     return mstep.total_objective(params, post, batch, moments, mweights, jitter)
 
 
-T, N, O = 5, 6, 2
+T, N, NOUT = 5, 6, 2
 GRID = np.linspace(0.0, 7.0, 8)[:, None]
 
 
 def _setup(seed: int, k: int, **flags):
     rng = np.random.default_rng(seed)
-    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=O, hole_prob=0.3)
-    layout = SharingLayout.from_flags(T, k, O, **flags)
+    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=NOUT, hole_prob=0.3)
+    layout = SharingLayout.from_flags(T, k, NOUT, **flags)
     params, vals = ref.random_params(rng, layout)
     return rng, tasks, ref.to_batch(tasks), params, vals
 
@@ -95,12 +94,80 @@ def test_e_step_and_elbo_match_numpy_loops(cluster_specific):
         np.testing.assert_allclose(got, ref.elbo(vals, tasks, weights, t, mean, cov), rtol=1e-9)
 
 
-@pytest.mark.parametrize("cluster_specific", [False, True])
-def test_coordinate_ascent_with_fixed_hyperparameters(cluster_specific):
+def test_permuting_tasks_and_clusters_permutes_the_e_step_and_keeps_the_elbo():
+    # ALGORITHM.md §8.11, with every hyperparameter axis specific (T*, K*, O* all full).
+    flags = dict(shared_task_hps=False, shared_cluster_hps=False,
+                 cluster_specific_task_hps=True, shared_output_hps=False)
+    rng, tasks, batch, params, vals = _setup(6, 2, **flags)
+    layout = SharingLayout.from_flags(T, 2, NOUT, **flags)
+    tau = rng.dirichlet(np.ones(2), size=T)
+    weights = np.array([0.3, 0.7])
+
+    def run(tasks_, vals_, tau_, weights_):
+        prm = ref.params_from_values(layout, vals_)
+        b = ref.to_batch(tasks_)
+        post, new_tau = e_step(prm, jnp.asarray(weights_), jnp.asarray(tau_), b, 0.0)
+        value = float(elbo(prm, jnp.asarray(weights_), new_tau, post, b, 0.0))
+        return np.asarray(post.mean), np.asarray(post.cov), np.asarray(new_tau), value
+
+    mean, cov, new_tau, value = run(tasks, vals, tau, weights)
+    tp = rng.permutation(T)
+    tasks_p = ref.Tasks(x=tasks.x[tp], y=tasks.y[tp], mask=tasks.mask[tp], row=tasks.row[tp],
+                        mappings=tasks.mappings[tp], grid=tasks.grid)
+    vals_p = ref.NpParams(vals.mean_var, vals.mean_ls, vals.prior, vals.task_var[tp],
+                          vals.task_ls[tp], vals.noise[tp])
+    mean_t, cov_t, tau_t, value_t = run(tasks_p, vals_p, tau[tp], weights)
+    np.testing.assert_allclose(mean_t, mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cov_t, cov, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tau_t, new_tau[tp], rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(value_t, value, rtol=1e-11)
+    cp = np.array([1, 0])
+    vals_c = ref.NpParams(vals.mean_var[cp], vals.mean_ls[cp], vals.prior[cp],
+                          vals.task_var[:, cp], vals.task_ls[:, cp], vals.noise[:, cp])
+    mean_c, cov_c, tau_c, value_c = run(tasks, vals_c, tau[:, cp], weights[cp])
+    np.testing.assert_allclose(mean_c, mean[cp], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cov_c, cov[cp], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tau_c, new_tau[:, cp], rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(value_c, value, rtol=1e-11)
+
+
+def test_shared_hyperparameters_equal_their_explicit_replication():
+    # ALGORITHM.md §8.13: size-1 (shared) axes everywhere == the fully specific layout holding
+    # the same values on every axis, for the E-step, the ELBO and the VM-step objective.
+    specific = dict(shared_task_hps=False, shared_cluster_hps=False,
+                    cluster_specific_task_hps=True, shared_output_hps=False)
+    rng, tasks, batch, _, _ = _setup(7, 2, **specific)
+    shared_layout = SharingLayout.from_flags(T, 2, NOUT)
+    params_s, vals_s = ref.random_params(rng, shared_layout)
+    specific_layout = SharingLayout.from_flags(T, 2, NOUT, **specific)
+
+    def rep(a, shape):
+        return np.broadcast_to(a, shape).copy()
+
+    vals_r = ref.NpParams(
+        rep(vals_s.mean_var, specific_layout.mean), rep(vals_s.mean_ls, specific_layout.mean),
+        rep(vals_s.prior, specific_layout.prior), rep(vals_s.task_var, specific_layout.task),
+        rep(vals_s.task_ls, specific_layout.task), rep(vals_s.noise, specific_layout.task),
+    )
+    params_r = ref.params_from_values(specific_layout, vals_r)
+    tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
+    weights = jnp.asarray([0.3, 0.7])
+    out = []
+    for prm in (params_s, params_r):
+        post, new_tau = e_step(prm, weights, tau, batch, 0.0)
+        value = float(elbo(prm, weights, new_tau, post, batch, 0.0))
+        objective = float(_m_objective(prm, new_tau, post, batch, 1e-6))
+        out.append((np.asarray(post.mean), np.asarray(post.cov), np.asarray(new_tau), value,
+                    objective))
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_coordinate_ascent_with_fixed_hyperparameters():
     # ALGORITHM.md §8.7: q(mu) update, tau update and pi update are exact maximisers.
+    # Cluster-specific task covariances: the most general E-step.
     rng, _, batch, params, _ = _setup(
-        2, 2, shared_task_hps=False, cluster_specific_task_hps=cluster_specific,
-        shared_output_hps=False,
+        2, 2, shared_task_hps=False, cluster_specific_task_hps=True, shared_output_hps=False
     )
     jitter = 1e-6
     tau0 = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
@@ -146,7 +213,7 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
         cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
     )
     layout = SharingLayout.from_flags(
-        T, 2, O, shared_task_hps=False, shared_cluster_hps=False,
+        T, 2, NOUT, shared_task_hps=False, shared_cluster_hps=False,
         cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
     )
     other, _ = ref.random_params(rng, layout)
@@ -216,7 +283,7 @@ COMBOS = [_combo(*flags) for flags in itertools.product([True, False], repeat=4)
 def test_every_sharing_combination_fits_and_predicts(
     shared_task, shared_cluster, cluster_specific, shared_output
 ):
-    # O = 2 with NaN holes, ragged tasks, 6 real tasks bucketed to 8 (dummy tasks), a grid
+    # O = 2 outputs with NaN holes, ragged tasks, 6 real tasks bucketed to 8 (dummy tasks), a grid
     # of 12 points bucketed to 16 (padded grid points).
     rng = np.random.default_rng(5)
     t = 6

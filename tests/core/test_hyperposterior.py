@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import core_reference as ref
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import core_reference as ref
 
 from mimosa_sklearn.core import em
 from mimosa_sklearn.core import hyperposterior as hp
@@ -16,7 +16,7 @@ hyperposterior = eqx.filter_jit(hp.hyperposterior)
 e_step = eqx.filter_jit(em.e_step)
 elbo = eqx.filter_jit(em.elbo)
 
-T, N, O, K = 5, 6, 2, 2
+T, N, NOUT, K = 5, 6, 2, 2
 GRID = np.linspace(0.0, 7.0, 8)[:, None]
 
 
@@ -51,11 +51,11 @@ def test_whitened_hyperposterior_equals_direct_precision_form(
     shared_cluster, shared_output, cluster_specific
 ):
     rng = np.random.default_rng(int(shared_cluster) + 2 * int(shared_output) + 4 * cluster_specific)
-    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=O, hole_prob=0.3)
+    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=NOUT, hole_prob=0.3)
     # Different masks per output: the hyperposterior covariances must differ per output.
     assert not np.array_equal(tasks.mask[..., 0], tasks.mask[..., 1])
     layout = SharingLayout.from_flags(
-        T, K, O, shared_task_hps=False, shared_cluster_hps=shared_cluster,
+        T, K, NOUT, shared_task_hps=False, shared_cluster_hps=shared_cluster,
         cluster_specific_task_hps=cluster_specific, shared_output_hps=shared_output,
     )
     _, vals = ref.random_params(rng, layout)
@@ -112,8 +112,8 @@ def test_padded_grid_points_change_nothing():
     # of q(mu), log|C_hat| and the ELBO (KL included) must be exactly those of the unpadded
     # grid, with the default relative jitter.
     rng = np.random.default_rng(12)
-    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=O, hole_prob=0.3)
-    layout = SharingLayout.from_flags(T, K, O, shared_cluster_hps=False, shared_output_hps=False)
+    tasks = ref.make_tasks(rng, T, N, GRID, 2, N, n_outputs=NOUT, hole_prob=0.3)
+    layout = SharingLayout.from_flags(T, K, NOUT, shared_cluster_hps=False, shared_output_hps=False)
     params, _ = ref.random_params(rng, layout)
     tau = jnp.asarray(rng.dirichlet(np.ones(K), size=T))
     weights = jnp.mean(tau, axis=0)
@@ -134,5 +134,5 @@ def test_padded_grid_points_change_nothing():
     # The padded block is the identity prior, untouched and uncorrelated with the real part.
     np.testing.assert_allclose(np.asarray(p1.mean[..., g:]), 0.0, atol=1e-14)
     np.testing.assert_allclose(np.asarray(p1.cov[..., g:, g:]),
-                               np.broadcast_to(np.eye(5), (K, O, 5, 5)), atol=1e-14)
+                               np.broadcast_to(np.eye(5), (K, NOUT, 5, 5)), atol=1e-14)
     np.testing.assert_allclose(np.asarray(p1.cov[..., :g, g:]), 0.0, atol=1e-14)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import core_reference as ref
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import core_reference as ref
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 from sklearn.gaussian_process.kernels import ConstantKernel as Const
@@ -106,7 +106,7 @@ def test_extended_hyperposterior_equals_recomputation_on_extended_grid():
     tasks = ref.make_tasks(rng, 5, 6, grid, 2, 6, n_outputs=2, hole_prob=0.3)
     layout = SharingLayout.from_flags(5, 2, 2, shared_task_hps=False, shared_cluster_hps=False,
                                       shared_output_hps=False)
-    params, _ = ref.random_params(rng, layout, mean_ls=(1.2, 2.0))
+    params, vals = ref.random_params(rng, layout, mean_ls=(1.2, 2.0))
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=5))
     jitter = 1e-9
     batch = ref.to_batch(tasks, grid_pad=3)
@@ -123,9 +123,8 @@ def test_extended_hyperposterior_equals_recomputation_on_extended_grid():
     post_big, _ = e_step(params, jnp.mean(tau, 0), tau, big, jitter, False)
     np.testing.assert_allclose(np.asarray(mean_x), np.asarray(post_big.mean), atol=1e-6)
     np.testing.assert_allclose(np.asarray(cov_x), np.asarray(post_big.cov), atol=1e-6)
-    # The new points are really informed by the data (not just the prior).
-    prior_var = np.asarray(post_big.cov)[..., 9, 9]
-    assert np.all(prior_var < 0.99 * np.asarray(cov_x)[..., 9, 9].max() + 1.0)
+    # The new point x = 2.5 (index 9) is really informed by the data, not just the prior.
+    assert np.all(np.asarray(cov_x)[..., 9, 9] < 0.9 * vals.mean_var)
 
 
 # --------------------------------------------------------------------------- mixtures
@@ -165,11 +164,11 @@ def _slice_cluster(params, post: Hyperposterior, k: int):
     """Params and hyperposterior of cluster ``k`` alone (shared kernels, K* = 1)."""
     params = eqx.tree_at(lambda p: p.prior_mean.constant, params,
                          params.prior_mean.constant[k : k + 1])
-    post = jax_tree_slice(post, k)
+    post = _slice_post(post, k)
     return params, post
 
 
-def jax_tree_slice(post: Hyperposterior, k: int) -> Hyperposterior:
+def _slice_post(post: Hyperposterior, k: int) -> Hyperposterior:
     return Hyperposterior(*(getattr(post, f)[k : k + 1] for f in
                             ("mean", "cov", "prior_mean", "prior_chol", "whitened_chol",
                              "logdet")))
@@ -193,10 +192,11 @@ def _new_task_reference(vals, tasks, tau, weights, x_obs, y_obs, x_pred, include
     for k in range(k_n):
         m = mean[k, 0]
         c = cov[k, 0]
-        s = lambda a, b: vals.task_kernel(0, k, 0, a, b)  # noqa: E731
-        g_oo = c[np.ix_(obs, obs)] + s(x_obs, x_obs) + vals.task_noise(0, k, 0) * np.eye(n)
-        g_po = c[np.ix_(prd, obs)] + s(x_pred, x_obs)
-        g_pp = c[np.ix_(prd, prd)] + s(x_pred, x_pred)
+        s_oo, s_po, s_pp = (vals.task_kernel(0, k, 0, a, b)
+                            for a, b in ((x_obs, x_obs), (x_pred, x_obs), (x_pred, x_pred)))
+        g_oo = c[np.ix_(obs, obs)] + s_oo + vals.task_noise(0, k, 0) * np.eye(n)
+        g_po = c[np.ix_(prd, obs)] + s_po
+        g_pp = c[np.ix_(prd, prd)] + s_pp
         if include_noise:
             g_pp = g_pp + vals.task_noise(0, k, 0) * np.eye(p)
         logits[k] = np.log(weights[k]) - ref.gaussian_nll(y_obs, m[obs], g_oo)
@@ -343,9 +343,14 @@ def test_predict_context_with_cluster_specific_task_hyperparameters():
     ctx = model.condition(x_obs, y_obs)
     mean, var, tau_ctx = model.predict_context(ctx, x_pred)
     for j in range(2):
+        # The engine pads the 6 slots to 8 (its bucket): do the same, so that both paths
+        # factorise identical arrays.
+        x_o = np.concatenate([tasks.x[j], np.repeat(grid[:1], 2, axis=0)])
+        y_o = np.concatenate([tasks.y[j], np.zeros((2, 1))])
+        m_o = np.concatenate([tasks.mask[j], np.zeros((2, 1), bool)])
         ref_mean, ref_cov, ref_tau = predict_new(
             params, post, batch.grid, batch.grid_mask, pr.task_params_of(params, 0),
-            jnp.asarray(weights), *_task_inputs(tasks, j), jnp.asarray(x_pred[j]), 1e-6, True)
+            jnp.asarray(weights), *_j(x_o, y_o, m_o, x_pred[j]), 1e-6, True)
         np.testing.assert_allclose(tau_ctx[j], np.asarray(ref_tau), rtol=1e-8)
         np.testing.assert_allclose(mean[j, :, 0], np.asarray(ref_mean[0]), rtol=1e-8)
         np.testing.assert_allclose(var[j, :, 0], np.diag(np.asarray(ref_cov[0])), rtol=1e-8)
