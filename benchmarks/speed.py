@@ -21,8 +21,6 @@ import resource
 import sys
 import time
 
-import numpy as np
-
 from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.datasets import make_magma_data
 

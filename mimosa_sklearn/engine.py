@@ -93,6 +93,13 @@ def _pad_axis(a: np.ndarray, axis: int, size: int, fill) -> np.ndarray:
     return np.pad(a, pad, constant_values=fill)
 
 
+def _repeat_first(a: np.ndarray, size: int) -> np.ndarray:
+    """Pad the leading axis to ``size`` with copies of the first entry (any trailing shape)."""
+    if a.shape[0] >= size:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)], axis=0)
+
+
 def make_batch(x: np.ndarray, y: np.ndarray, mappings: np.ndarray, grid: np.ndarray) -> TaskBatch:
     """Padded numpy tasks (NaN = padding/missing) -> a bucketed, NaN-free :class:`TaskBatch`."""
     t, n, _ = x.shape
@@ -402,7 +409,7 @@ class FittedMagma:
                 x_obs, y_obs = context.x, context.y
                 task_params = jax.tree.map(
                     lambda a: (
-                        jnp.asarray(_pad_axis(np.asarray(a), 0, pb, np.asarray(a)[0]))
+                        jnp.asarray(_repeat_first(np.asarray(a), pb))
                         if isinstance(a, np.ndarray)
                         else a
                     ),

@@ -39,9 +39,21 @@ __all__ = [
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def jitter_amount(cov: Float[Array, "... N N"], jitter: float) -> Array:
-    """Absolute jitter ``jitter * mean(diag(cov))`` (at least ``jitter``), shape ``(...,)``."""
-    scale = jnp.mean(jnp.diagonal(cov, axis1=-2, axis2=-1), axis=-1)
+def jitter_amount(
+    cov: Float[Array, "... N N"], jitter: float, mask: Bool[Array, "... N"] | None = None
+) -> Array:
+    """Absolute jitter ``jitter * max(mean(diag(cov_RR)), 1)``, shape ``(...,)``.
+
+    The mean runs over the real entries only, so the jitter of the real block does not
+    depend on how much padding surrounds it.
+    """
+    diag = jnp.diagonal(cov, axis1=-2, axis2=-1)
+    if mask is None:
+        scale = jnp.mean(diag, axis=-1)
+    else:
+        mask = jnp.broadcast_to(mask, diag.shape)
+        count = jnp.maximum(jnp.sum(mask, axis=-1), 1)
+        scale = jnp.sum(jnp.where(mask, diag, 0.0), axis=-1) / count
     return jitter * jnp.maximum(scale, 1.0)
 
 
@@ -49,7 +61,7 @@ def masked_factor(
     cov: Float[Array, "... N N"], mask: Bool[Array, "... N"], jitter: float
 ) -> Float[Array, "... N N"]:
     """Lower factor of the identity-masked, jittered ``cov``."""
-    eps = jitter_amount(cov, jitter)[..., None, None]
+    eps = jitter_amount(cov, jitter, mask)[..., None, None]
     return cholesky(mask_cov(cov, mask, eps))
 
 

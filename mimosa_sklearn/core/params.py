@@ -173,7 +173,7 @@ def prior_on_grid(
     from .linalg import mask_cov
 
     cov = eval_kernel(params.mean_kernel, 2, grid, grid)
-    eps = jitter_amount(cov, jitter)[..., None, None]
+    eps = jitter_amount(cov, jitter, grid_mask)[..., None, None]
     cov = mask_cov(cov, grid_mask, eps)
     chol = jnp.linalg.cholesky(cov)
     mean = jnp.where(grid_mask, eval_mean(params.prior_mean, 2, grid), 0.0)

@@ -260,17 +260,8 @@ def test_run_em_elbo_is_non_decreasing():
 # --------------------------------------------------------------------------- sharing variants
 
 
-_PAD_BUG = (
-    "BUG (engine.FittedMagma.predict_context): padding Context.task_params to the bucketed "
-    "task count calls np.pad with constant_values=a[0], an array of shape (K*, O*) that np.pad "
-    "must broadcast to (3, 2): it raises for cluster-specific task hyperparameters (K* = 2)"
-)
-
-
 def _combo(shared_task, shared_cluster, cluster_specific, shared_output):
     marks = [pytest.mark.slow]
-    if cluster_specific:
-        marks.append(pytest.mark.xfail(strict=True, raises=ValueError, reason=_PAD_BUG))
     return pytest.param(shared_task, shared_cluster, cluster_specific, shared_output, marks=marks)
 
 

@@ -74,11 +74,6 @@ def test_masked_nll_jitter_goes_on_real_block_only():
     np.testing.assert_allclose(float(got), expected, rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: masked_factor's relative jitter uses mean(diag) over ALL N entries of the "
-    "zero-padded covariance, so the jitter on the real block depends on the amount of padding",
-)
 def test_jittered_masked_nll_does_not_depend_on_padding():
     # ALGORITHM.md §8.1: padded NLL == NLL of the real sub-vector (jitter applied before
     # masking). A variance of 10 puts the mean diagonal above the unit floor.

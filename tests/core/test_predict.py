@@ -319,12 +319,6 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
 # --------------------------------------------------------------------------- engine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG (engine.FittedMagma.predict_context): np.pad(constant_values=a[0]) with a "
-    "(K*, O*) = (2, 1) array cannot pad Context.task_params (it must broadcast to (3, 2))",
-)
 def test_predict_context_with_cluster_specific_task_hyperparameters():
     rng = np.random.default_rng(6)
     grid = np.linspace(0.0, 7.0, 8)[:, None]
