@@ -51,6 +51,7 @@ class FitConfig:
     shared_cluster_hps: bool = True
     cluster_specific_task_hps: bool = False
     shared_output_hps: bool = True
+    correlated_outputs: bool = False
     max_iter: int = 100
     tol: float = 1e-4
     n_init: int = 1
@@ -566,6 +567,11 @@ def fit_magma(
     y = np.asarray(y, np.float64)
     grid = np.asarray(grid, np.float64)
     t, _, o = y.shape
+    if config.correlated_outputs and o > 1:
+        # Joint outputs run the same core on stacked (x, output) rows.
+        from .stacking import fit_correlated
+
+        return fit_correlated(x, y, mappings, grid, config, callback)
     layout = SharingLayout.from_flags(
         t if config.shared_task_hps is False else 1,
         config.n_clusters,

@@ -132,11 +132,25 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     cluster_specific_task_hps : bool, default=False
         Task hyperparameters differ between clusters.
     shared_output_hps : bool, default=True
-        With several outputs, all outputs share their hyperparameters.
+        With several independent outputs, all outputs share their hyperparameters
+        (otherwise each output has its own). Ignored with ``correlated_outputs=True``,
+        whose multi-output kernels have per-output parameters by construction.
     correlated_outputs : bool, default=False
-        Model correlations between outputs. Not available yet: ``True`` raises
-        ``NotImplementedError`` in :meth:`fit`; outputs are independent given the
-        memberships.
+        How several outputs (2-D ``y``) are modelled. False (default): the outputs are
+        independent Gaussian processes that share only the cluster membership of their
+        task. True: the outputs of a task are modelled jointly, so an output observed
+        at an input informs the others there (e.g. forecast an output that is missing
+        on the forecast range from an output that is observed). Each observed
+        ``(row, output p)`` pair becomes a row with input ``(x, p)``, and the mean and
+        task covariances become multi-output kernels, by default the intrinsic
+        coregionalisation model ``B[p, q] k(x, x')`` with ``B = W W^T + diag(kappa)``
+        learned (full rank, starting from independent outputs). A kernax
+        ``ICMKernel``, ``LCMKernel`` or ``ConvolutionKernel`` passed as ``mean_kernel``
+        or ``task_kernel`` is used as is; any other kernel becomes the ``k`` of an ICM.
+        The noise variance is shared by the outputs (after standardisation with
+        ``normalize_y``). Missing outputs (NaN) are simply absent rows. The cost grows
+        with the number of *observed* ``(input, output)`` pairs, cubically. No effect
+        with a single output; not available with an approximate ``grid``.
     grid : array-like of shape (G, n_inputs) or None, default=None
         Inputs on which the mean processes are represented. None: the union of the
         training inputs. A user grid is not available yet and raises
@@ -189,7 +203,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         columns, ``cluster``, ``output``, ``mean`` and ``std`` (original output units).
         Computed on first access.
     model_ : FittedMagma
-        The fitted engine model.
+        The fitted engine model (a ``StackedMagma`` with ``correlated_outputs=True`` and
+        several outputs).
     n_features_in_ : int
         Number of columns of ``X`` seen during fit (task column included).
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -523,10 +538,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             On invalid data (the message names the offending column, row or task), or
             when ``n_clusters`` exceeds the number of tasks.
         NotImplementedError
-            For ``correlated_outputs=True`` or a user ``grid`` (not available yet).
+            For a user ``grid`` (not available yet).
         """
-        if self.correlated_outputs:
-            raise NotImplementedError("correlated_outputs=True is not available yet.")
         if self.grid is not None:
             raise NotImplementedError("A user-supplied grid is not available yet (use grid=None).")
         rows = self._validate_rows(X, y, reset=True)
@@ -558,6 +571,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             shared_cluster_hps=bool(self.shared_cluster_hps),
             cluster_specific_task_hps=bool(self.cluster_specific_task_hps),
             shared_output_hps=bool(self.shared_output_hps),
+            correlated_outputs=bool(self.correlated_outputs),
             max_iter=int(self.max_iter),
             tol=float(self.tol),
             n_init=int(self.n_init),
@@ -784,17 +798,26 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         rows: _Rows,
         contexts: dict[Hashable, Context],
         *,
-        full_cov: bool,
+        full_cov: bool | str,
         include_noise: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-        """Engine predictions per task (model units): mean, var or cov, tau, layout."""
+        """Engine predictions per task (model units): mean, var or cov, tau, layout.
+
+        ``full_cov="joint"`` (correlated outputs only) gives covariances across rows and
+        outputs, ``(T, N, O, N, O)``.
+        """
         codes, ids = encode_task_ids(rows.ids)
         td = build_task_data(codes, ids.size, rows.inputs)
         x = td.inputs
         n_tasks, n_max, n_out = x.shape[0], x.shape[1], self._y_train_mean.shape[0]
         train_idx, ctx_idx = self._task_sources(ids, contexts)
         mean = np.zeros((n_tasks, n_max, n_out))
-        second = np.zeros((n_tasks, n_out, n_max, n_max) if full_cov else (n_tasks, n_max, n_out))
+        if full_cov == "joint":
+            second = np.zeros((n_tasks, n_max, n_out, n_max, n_out))
+        elif full_cov:
+            second = np.zeros((n_tasks, n_out, n_max, n_max))
+        else:
+            second = np.zeros((n_tasks, n_max, n_out))
         tau = np.zeros((n_tasks, self.weights_.shape[0]))
         kw = {"include_noise": include_noise, "full_cov": full_cov}
         groups: list[tuple[np.ndarray, Callable[[np.ndarray], tuple]]] = [
@@ -845,11 +868,15 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         y_mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
-            Predictive mean; 1-D when ``y`` was 1-D at fit.
+            Predictive mean; 1-D when ``y`` was 1-D at fit. With several outputs every
+            row gets every output, whether or not it was observed.
         y_std : ndarray of shape (n_samples,) or (n_samples, n_outputs)
             Only with ``return_std``.
         y_cov : ndarray of shape (n_samples, n_samples) or (n_samples, n_samples, n_outputs)
-            Only with ``return_cov``; block-diagonal across tasks.
+            Only with ``return_cov``; block-diagonal across tasks. ``y_cov[i, j, o]`` is
+            the covariance of output ``o`` between rows ``i`` and ``j``. With
+            ``correlated_outputs=True`` the covariances *between* outputs are not
+            returned (:meth:`sample_y` draws the outputs jointly).
         """
         check_is_fitted(self, "model_")
         if return_std and return_cov:
@@ -887,6 +914,11 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             var = np.clip(td.to_rows(second), 0.0, None)
             return y_mean, self._shape_out(np.sqrt(var) * sd)
         return y_mean
+
+    def _joint_outputs(self) -> bool:
+        """Whether the fitted model couples its outputs (correlated, several outputs)."""
+        # Read from the fitted model, not the parameter: set_params may change it later.
+        return getattr(self.model_, "n_joint_outputs", 1) > 1
 
     def _shape_out(self, values: np.ndarray) -> np.ndarray:
         """(n, O) -> (n,) when ``y`` was 1-D at fit."""
@@ -938,7 +970,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         proba : ndarray of shape (n_samples, n_clusters)
-            Memberships; each row sums to 1.
+            Memberships; each row sums to 1. One row per row of ``X`` whatever the
+            number of outputs: the outputs of a task share its cluster.
         """
         check_is_fitted(self, "model_")
         return self._row_memberships(self._validate_rows(X, reset=False))
@@ -993,14 +1026,17 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Returns
         -------
         y_samples : ndarray of shape (n_samples_X, n_samples) or (n_samples_X, n_outputs, n_samples)
-            Samples; 2-D when ``y`` was 1-D at fit.
+            Samples; 2-D when ``y`` was 1-D at fit. With ``correlated_outputs=True`` the
+            outputs of a task are drawn jointly, otherwise independently.
         """
         check_is_fitted(self, "model_")
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         rows = self._validate_rows(X, reset=False)
+        # Correlated outputs are drawn jointly (covariance across rows and outputs).
+        joint = "joint" if self._joint_outputs() else True
         mean, cov, _, td = self._predict_tasks(
-            rows, self._contexts, full_cov=True, include_noise=include_noise
+            rows, self._contexts, full_cov=joint, include_noise=include_noise
         )
         seed = int(check_random_state(random_state).randint(2**31 - 1))
         draws = np.asarray(self.model_.sample(mean, cov, int(n_samples), seed))
