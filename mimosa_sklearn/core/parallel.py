@@ -1,0 +1,111 @@
+"""Memory-bounded maps over tasks and sharding of the task axis across devices.
+
+Per-task ``N x N`` work (task covariances, their factors, gathered hyperposterior
+blocks) is embarrassingly parallel over tasks. A plain ``vmap`` materialises all
+``T`` blocks at once (memory ``O(T N^2)`` per intermediate); :func:`map_tasks` runs
+it in chunks of a fixed number of tasks with ``jax.lax.map`` so memory stays
+``O(chunk N^2)`` whatever ``T`` is.
+
+Chunks are *strided* (chunk ``c`` holds tasks ``c, c + n_chunks, c + 2 n_chunks,
+...``) rather than contiguous: when the task axis is sharded in contiguous blocks
+across devices (:func:`shard_tasks`), every chunk then holds the same number of
+tasks from every device, so all devices work on every step of the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["chunk_for", "auto_task_chunk", "map_tasks", "task_mesh", "shard_tasks"]
+
+# Elements of one chunked (chunk, K, O, N, N) intermediate: 2**22 float64 = 32 MiB.
+_CHUNK_BUDGET = 1 << 22
+
+
+def chunk_for(n_tasks: int, chunk: int) -> int:
+    """Number of tasks per chunk actually used: a divisor of ``n_tasks`` <= ``chunk``.
+
+    Divisors that are multiples of 8 are preferred (bucketed task counts are, and so
+    are usual device counts), so that chunks split evenly across devices. ``chunk <= 0``
+    or ``chunk >= n_tasks`` means one chunk (a plain ``vmap``).
+    """
+    if chunk <= 0 or chunk >= n_tasks:
+        return n_tasks
+    divisors = [d for d in range(chunk, 0, -1) if n_tasks % d == 0]
+    return next((d for d in divisors if d % 8 == 0), divisors[0])
+
+
+def auto_task_chunk(n_points: int, n_clusters: int, n_outputs: int) -> int:
+    """Default chunk: a power of two (>= 8) keeping one ``(chunk, K, O, N, N)``
+    intermediate under 32 MiB."""
+    per_task = max(1, n_clusters * n_outputs * n_points * n_points)
+    return max(8, 1 << int(np.floor(np.log2(max(_CHUNK_BUDGET // per_task, 1)))))
+
+
+def map_tasks(fn: Callable, xs, chunk: int):
+    """``jax.vmap(fn)(xs)`` computed ``chunk`` tasks at a time.
+
+    Parameters
+    ----------
+    fn : callable
+        Function of ONE task's slice of ``xs`` (a pytree); returns a pytree.
+    xs : pytree
+        Arrays whose leading axis is the task axis ``T``.
+    chunk : int
+        Tasks per chunk (see :func:`chunk_for`); ``<= 0`` or ``>= T``: one ``vmap``.
+
+    Returns
+    -------
+    pytree
+        Outputs stacked along a leading ``T`` axis, in task order (equal to the plain
+        ``vmap`` result).
+    """
+    t = jax.tree.leaves(xs)[0].shape[0]
+    c = chunk_for(t, chunk)
+    if c == t:
+        return jax.vmap(fn)(xs)
+    n_chunks = t // c
+
+    def split(a):
+        # (T, ...) -> (c, n_chunks, ...) -> (n_chunks, c, ...): strided chunks.
+        return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
+
+    def merge(a):
+        return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
+
+    out = jax.lax.map(jax.vmap(fn), jax.tree.map(split, xs))
+    return jax.tree.map(merge, out)
+
+
+def task_mesh(devices=None):
+    """One-axis ``Mesh`` named ``"tasks"`` over ``devices`` (default: all devices)."""
+    from jax.sharding import Mesh
+
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), ("tasks",))
+
+
+def shard_tasks(tree, mesh, n_tasks: int):
+    """Place ``tree`` on ``mesh``: arrays whose leading axis has length ``n_tasks`` are
+    split along it across the ``"tasks"`` axis, every other array is replicated.
+
+    ``n_tasks`` must be a multiple of the mesh size (the engine pads with
+    zero-weight tasks).
+    """
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    split = NamedSharding(mesh, P("tasks"))
+    replicated = NamedSharding(mesh, P())
+
+    def put(a):
+        if not isinstance(a, jax.Array | np.ndarray):
+            return a
+        spec = split if a.ndim >= 1 and a.shape[0] == n_tasks else replicated
+        return jax.device_put(a, spec)
+
+    return jax.tree.map(put, tree)
