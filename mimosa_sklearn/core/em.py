@@ -39,6 +39,10 @@ class NumericalFailure(RuntimeError):
     """Raised when an EM iteration keeps producing non-finite values."""
 
 
+# Smallest relative jitter tried after a numerical failure (when the user's is 0).
+_MIN_RETRY_JITTER = 1e-10
+
+
 def task_precisions(
     params: Params, batch: TaskBatch, jitter: float
 ) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt O N"]]:
@@ -186,12 +190,14 @@ def run_em(
         )
         new_params, new_weights, new_tau, post_i, value, _ = out
         if not (np.isfinite(float(value)) and _finite((new_params, new_tau, post_i.mean))):
-            if jitter * 10 > max_jitter:
+            # From jitter=0, ten times nothing would retry forever: start at a floor.
+            next_jitter = max(jitter * 10, _MIN_RETRY_JITTER)
+            if next_jitter > max_jitter:
                 raise NumericalFailure(
                     f"EM produced non-finite values at iteration {n_iter + 1} even with "
                     f"jitter={jitter:g}; check the data for extreme scales."
                 )
-            jitter *= 10
+            jitter = next_jitter
             warnings.warn(
                 f"Numerical failure at EM iteration {n_iter + 1}; retrying with jitter={jitter:g}.",
                 RuntimeWarning,
