@@ -30,6 +30,7 @@ __all__ = [
     "build_grid",
     "build_task_data",
     "encode_task_ids",
+    "inducing_inputs",
     "map_to_grid",
     "pad_values",
     "snap_inputs",
@@ -585,3 +586,107 @@ def pad_values(td: TaskData, values: np.ndarray) -> np.ndarray:
     out = np.full((td.n_tasks, td.n_max, *vals.shape[1:]), np.nan, dtype=dtype)
     out[td.task_codes, td.row_pos] = vals
     return out
+
+
+# --------------------------------------------------------------------------- approximate grid
+
+
+def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding (loops over centres and iterations only)."""
+    centres = np.empty((k, points.shape[1]))
+    centres[0] = points[rng.integers(points.shape[0])]
+    dist = np.sum((points - centres[0]) ** 2, axis=1)
+    for j in range(1, k):
+        total = dist.sum()
+        idx = rng.choice(points.shape[0], p=dist / total) if total > 0 else rng.integers(len(dist))
+        centres[j] = points[idx]
+        dist = np.minimum(dist, np.sum((points - centres[j]) ** 2, axis=1))
+    for _ in range(n_iter):
+        # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 does not change the argmin.
+        labels = np.argmin(np.sum(centres**2, axis=1) - 2.0 * points @ centres.T, axis=1)
+        counts = np.bincount(labels, minlength=k)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, points)
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return centres
+
+
+def inducing_inputs(
+    x: np.ndarray, grid: Any, *, seed: int = 0, rtol: float = 1e-9
+) -> np.ndarray | None:
+    """Inducing inputs of the approximate grid (``MagmaClusterRegressor(grid=...)``).
+
+    Parameters
+    ----------
+    x : array-like of shape (n,) or (n, I)
+        Training inputs (finite).
+    grid : int or array-like of shape (M, I) or (M,)
+        An int ``M >= 2`` picks ``M`` inputs from the data: a regular lattice from the
+        smallest to the largest input when ``I = 1`` (uniform resolution, the range
+        covered end to end), k-means centres of the distinct inputs (columns
+        standardised) when ``I > 1``. An array gives the inducing inputs themselves;
+        (near-)duplicate rows are merged since they would make ``c(u, u)`` singular.
+    seed : int, default=0
+        Seed of the k-means initialisation.
+    rtol : float, default=1e-9
+        Tolerance of :func:`snap_inputs` for counting distinct inputs.
+
+    Returns
+    -------
+    ndarray of shape (M, I) or None
+        Inducing inputs sorted lexicographically, or None when an int ``M`` is at least
+        the number of distinct training inputs: the exact union grid is then no larger,
+        so it is used instead.
+
+    Raises
+    ------
+    ValueError
+        For an int below 2, a non-integer scalar, an array with the wrong number of
+        columns, non-finite values or no rows.
+    """
+    xa = _as_2d_float(x, "x")
+    n_in = xa.shape[1]
+    if isinstance(grid, bool | np.bool_) or (np.ndim(grid) == 0 and not _is_int(grid)):
+        raise ValueError(
+            f"grid must be None, an int >= 2 (number of inducing inputs) or an array of "
+            f"inducing inputs with {n_in} column(s); got {grid!r}"
+        )
+    if np.ndim(grid) == 0:
+        m = int(grid)
+        if m < 2:
+            raise ValueError(
+                f"grid={m}: an int grid is a number of inducing inputs and must be >= 2"
+            )
+        uniq = build_grid(snap_inputs(xa, rtol))
+        if m >= uniq.shape[0]:
+            return None
+        if n_in == 1:
+            lo, hi = float(uniq[0, 0]), float(uniq[-1, 0])
+            return np.linspace(lo, hi, m)[:, None]
+        centre, scale = uniq.mean(axis=0), uniq.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        centres = _kmeans((uniq - centre) / scale, m, np.random.default_rng(seed))
+        return build_grid(centres * scale + centre)
+    try:
+        arr = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"grid must be numeric: {exc}") from exc
+    if arr.ndim == 1 and n_in == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_in:
+        raise ValueError(
+            f"grid must have one column per input ({n_in}), got an array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("grid has no rows: give at least one inducing input")
+    row = _first_bad_row(~np.isfinite(arr))
+    if row is not None:
+        raise ValueError(f"grid must be finite; grid row {row} is {arr[row].tolist()}")
+    return build_grid(snap_inputs(arr, rtol))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _runtime
+from .core import approx as core_approx
 from .core import predict as core_predict
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.hyperposterior import Hyperposterior
@@ -101,11 +102,15 @@ def _repeat_first(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)], axis=0)
 
 
-def make_batch(x: np.ndarray, y: np.ndarray, mappings: np.ndarray, grid: np.ndarray) -> TaskBatch:
+def make_batch(
+    x: np.ndarray, y: np.ndarray, mappings: np.ndarray | None, grid: np.ndarray
+) -> TaskBatch:
     """Padded numpy tasks (NaN = padding/missing) -> a bucketed, NaN-free :class:`TaskBatch`."""
     t, n, _ = x.shape
     g = grid.shape[0]
     tb, nb, gb = bucket(t, 8), bucket(n, 8), bucket(g, _grid_step(g))
+    if mappings is None:  # approximate grid: the projection replaces the mappings
+        mappings = np.full((t, n), gb)
     placeholder = grid[0]
     row_real = ~np.isnan(x).any(axis=-1)
     mask = ~np.isnan(y) & row_real[..., None]
@@ -453,6 +458,11 @@ class FittedMagma:
 
 
 @eqx.filter_jit
+def _with_projection(params, batch, jitter):
+    return core_approx.with_projection(params, batch, jitter)
+
+
+@eqx.filter_jit
 def _extend(params, post, grid, grid_mask, x):
     return core_predict.extend_hyperposterior(params, post, grid, grid_mask, x)
 
@@ -540,6 +550,8 @@ def fit_magma(
     grid: np.ndarray,
     config: FitConfig,
     callback: Callable[[int, float], None] | None = None,
+    *,
+    approximate: bool = False,
 ) -> FittedMagma:
     """Fit MagmaClust by variational EM on padded tasks.
 
@@ -549,14 +561,20 @@ def fit_magma(
         Task inputs, NaN rows on padding.
     y : array of shape (T, N, O)
         Outputs, NaN where padded or not observed (already normalised if wanted).
-    mappings : int array of shape (T, N)
-        Grid index of every row (anything on padded rows).
+    mappings : int array of shape (T, N) or None
+        Grid index of every row (anything on padded rows); ignored (may be None) when
+        ``approximate``.
     grid : array of shape (G, I)
-        Sorted unique training inputs.
+        Sorted unique training inputs, or the ``M`` inducing inputs when
+        ``approximate``.
     config : FitConfig
         Model and optimisation settings.
     callback : callable, optional
         ``callback(iteration, elbo)`` after every EM iteration.
+    approximate : bool, default=False
+        Approximate grid (:mod:`.core.approx`): the mean processes live on the inducing
+        inputs ``grid`` and reach task inputs through ``A = c(x, u) c(u, u)^{-1}``,
+        recomputed from the current mean kernel before every EM iteration.
 
     Returns
     -------
@@ -567,6 +585,8 @@ def fit_magma(
     y = np.asarray(y, np.float64)
     grid = np.asarray(grid, np.float64)
     t, _, o = y.shape
+    if approximate and config.correlated_outputs and o > 1:
+        raise NotImplementedError("An approximate grid with correlated outputs is not available.")
     if config.correlated_outputs and o > 1:
         # Joint outputs run the same core on stacked (x, output) rows.
         from .stacking import fit_correlated
@@ -601,15 +621,25 @@ def fit_magma(
                 np.asarray(batch.task_weight),
             )
             params = _default_params((x, y0, obs, row_mask), layout, config, tau0[:t])
+            # The projection (T, N, M) is only needed by the EM: FittedMagma keeps the
+            # light batch (predictions condition on the inducing inputs directly).
+            refresh = None
+            if approximate:
+                # Always rebuilt from the light batch: one compiled program.
+                def refresh(p, _b, j, batch=batch):
+                    return _with_projection(p, batch, jnp.asarray(j, jnp.float64))
+
+            em_batch = batch if refresh is None else refresh(params, batch, config.jitter)
             result = run_em(
                 params,
                 jnp.asarray(tau0),
-                batch,
+                em_batch,
                 max_iter=config.max_iter,
                 tol=config.tol,
                 jitter=config.jitter,
                 max_steps=config.max_steps,
                 callback=callback,
+                refresh=refresh,
             )
             fitted = FittedMagma(result, batch, t, grid.shape[0], layout, config)
             if best is None or fitted.elbo > best.elbo:

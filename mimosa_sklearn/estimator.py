@@ -25,7 +25,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .data import build_task_data, encode_task_ids
+from .data import build_task_data, encode_task_ids, inducing_inputs
 
 if TYPE_CHECKING:
     from .engine import Context
@@ -151,10 +151,23 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         ``normalize_y``). Missing outputs (NaN) are simply absent rows. The cost grows
         with the number of *observed* ``(input, output)`` pairs, cubically. No effect
         with a single output; not available with an approximate ``grid``.
-    grid : array-like of shape (G, n_inputs) or None, default=None
+    grid : None, int or array-like of shape (M, n_inputs), default=None
         Inputs on which the mean processes are represented. None: the union of the
-        training inputs. A user grid is not available yet and raises
-        ``NotImplementedError`` in :meth:`fit`.
+        training inputs (exact; its size ``G`` grows with the number of distinct inputs
+        and the cost with ``G^3``). An int or an array selects the *approximate grid*:
+        the mean processes live on ``M`` inducing inputs ``u`` and are interpolated to
+        any input ``x`` by GP conditioning, ``mu_k(x) = m_k(x) + A(x) (mu_k(u) -
+        m_k(u))`` with ``A(x) = c(x, u) c(u, u)^{-1}`` (``c`` the mean kernel), so a fit
+        costs ``O(T N M^2 + K M^3)`` per iteration: linear in the number of tasks, for
+        irregular continuous inputs. ``A`` is recomputed from the current mean kernel
+        before every EM iteration (held fixed within the M-step), so predictions, which
+        condition on ``u`` with the final kernel, interpolate exactly as the fit did.
+        An int ``M >= 2`` picks the inducing inputs from the data: a regular lattice
+        from the smallest to the largest input with one input column, k-means centres
+        of the distinct inputs with several; when ``M`` is at least the number of
+        distinct training inputs the exact grid is used. An array gives them directly
+        (one column per input; duplicates are merged). Not available with
+        ``correlated_outputs=True``.
     normalize_y : bool, default=True
         Standardise each output (observed values) before fitting; predictions are
         returned in the original units.
@@ -199,7 +212,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         sharing layout. Values are in the model's units: inputs as given, outputs
         standardised when ``normalize_y=True``.
     mean_processes_ : DataFrame
-        Long table of the mean processes' hyperposterior on the training grid: the input
+        Long table of the mean processes' hyperposterior on the training grid (the
+        inducing inputs with an approximate ``grid``): the input
         columns, ``cluster``, ``output``, ``mean`` and ``std`` (original output units).
         Computed on first access.
     model_ : FittedMagma
@@ -250,7 +264,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         "cluster_specific_task_hps": ["boolean"],
         "shared_output_hps": ["boolean"],
         "correlated_outputs": ["boolean"],
-        "grid": [None, "array-like"],
+        "grid": [None, Interval(numbers.Integral, 2, None, closed="left"), "array-like"],
         "normalize_y": ["boolean"],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
@@ -538,10 +552,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             On invalid data (the message names the offending column, row or task), or
             when ``n_clusters`` exceeds the number of tasks.
         NotImplementedError
-            For a user ``grid`` (not available yet).
+            For ``correlated_outputs=True`` with an approximate ``grid``.
         """
-        if self.grid is not None:
-            raise NotImplementedError("A user-supplied grid is not available yet (use grid=None).")
         rows = self._validate_rows(X, y, reset=True)
         y2, is_1d, output_names = self._validate_y(y, rows.ids.shape[0])
         codes, task_ids = encode_task_ids(rows.ids)
@@ -579,11 +591,20 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             jitter=float(self.jitter),
             seed=int(check_random_state(self.random_state).randint(2**31 - 1)),
         )
+        # Approximate grid (None: the exact union grid of the training inputs).
+        inducing = None
+        if self.grid is not None:
+            inducing = inducing_inputs(rows.inputs, self.grid, seed=config.seed)
         with _progress(self.verbose, self.max_iter) as callback:
             try:
-                model = engine.fit_magma(
-                    td.inputs, td.outputs, td.mappings, td.grid, config, callback=callback
-                )
+                if inducing is None:
+                    model = engine.fit_magma(
+                        td.inputs, td.outputs, td.mappings, td.grid, config, callback=callback
+                    )
+                else:
+                    model = engine.fit_magma(
+                        td.inputs, td.outputs, None, inducing, config, callback, approximate=True
+                    )
             except engine.NumericalFailure as exc:
                 exc.add_note(
                     "Hint: try a larger `jitter`, `normalize_y=True`, fewer clusters, or "

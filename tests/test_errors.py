@@ -166,13 +166,6 @@ def test_invalid_parameters(params, name):
         MagmaClusterRegressor(**params).fit(X, y)
 
 
-@pytest.mark.parametrize("params", [{"grid": [[0.0], [1.0]]}])
-def test_features_not_available_yet(params):
-    X, y = _small()
-    with pytest.raises(NotImplementedError, match="not available yet"):
-        MagmaClusterRegressor(n_clusters=1, **params).fit(X, y)
-
-
 # ---------------------------------------------------------------------- unfitted / predict
 
 

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .hyperposterior import Hyperposterior, hyperposterior
+from .approx import prior_offsets
+from .hyperposterior import Hyperposterior, cluster_index, hyperposterior
 from .likelihood import LOG_2PI, cluster_nlls, masked_factor, task_nlls
 from .linalg import masked_inverse
 from .memberships import entropy_term, responsibilities
@@ -65,7 +66,10 @@ def cluster_task_nll(
 ) -> Float[Array, "T K"]:
     """``-l_ik``: full task NLL per (task, cluster), summed over outputs."""
     covs = task_covariances(params, batch.x)
-    nll = task_nlls(batch.y, batch.mask, batch.mappings, post.mean, post.cov, covs, jitter)
+    offsets = prior_offsets(params, batch)
+    nll = task_nlls(
+        batch.y, batch.mask, batch.mappings, post.mean, post.cov, covs, jitter, offsets=offsets
+    )
     return jnp.sum(nll, axis=-1)
 
 
@@ -84,7 +88,13 @@ def e_step(
     """
     prec, weighted = task_precisions(params, batch, jitter)
     _, prior_mean, prior_chol = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
-    post = hyperposterior(tau, prec, weighted, batch.mappings, prior_chol, prior_mean)
+    offsets, offset_wy = prior_offsets(params, batch), None
+    if offsets is not None:
+        kidx = cluster_index(tau.shape[1], prec.shape[1])
+        offset_wy = (prec[:, kidx] @ offsets[..., None])[..., 0]  # Psi_i^{-1} d_ik
+    post = hyperposterior(
+        tau, prec, weighted, batch.mappings, prior_chol, prior_mean, offset_wy=offset_wy
+    )
     if update_tau is False:
         return post, tau
     new_tau = responsibilities(weights, cluster_task_nll(params, post, batch, jitter))
@@ -170,8 +180,13 @@ def run_em(
     skip_first_tau_update: bool = True,
     callback: Callable[[int, float], None] | None = None,
     max_jitter: float = 1e-1,
+    refresh: Callable[[Params, TaskBatch, Array], TaskBatch] | None = None,
 ) -> EMResult:
     """Run variational EM until the relative ELBO change is below ``tol``.
+
+    ``refresh(params, batch, jitter)``, when given, rebuilds the batch from the current
+    hyperparameters before every iteration and before the final E-step (the approximate
+    grid recomputes its projection this way, outside the M-step gradient).
 
     Non-finite values (a failed Cholesky gives NaN in JAX) trigger a retry of the same
     iteration with ten times the jitter and a :class:`RuntimeWarning`, up to
@@ -185,6 +200,8 @@ def run_em(
     post = None
     while n_iter < max_iter:
         update = jnp.asarray(not (skip_first_tau_update and n_iter == 0))
+        if refresh is not None:
+            batch = refresh(params, batch, jnp.asarray(jitter))
         out = em_iteration(
             params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol
         )
@@ -214,6 +231,8 @@ def run_em(
             if change < tol:
                 converged = True
                 break
+    if refresh is not None:
+        batch = refresh(params, batch, jnp.asarray(jitter))
     post, tau, value = final_e_step(params, weights, tau, batch, jnp.asarray(jitter))
     return EMResult(
         params=params,

@@ -53,6 +53,7 @@ def hyperposterior(
     mappings: Int[Array, "T N"],
     prior_chol: Float[Array, "Kp Op G G"],
     prior_mean: Float[Array, "K Op G"],
+    offset_wy: Float[Array, "T K O N"] | None = None,
 ) -> Hyperposterior:
     """Hyperposterior of every mean process given responsibilities and task precisions.
 
@@ -64,6 +65,9 @@ def hyperposterior(
     mappings : (T, N) grid index of every task point (``G`` on padding).
     prior_chol : (K*, O*, G, G) factor of the jittered prior covariances.
     prior_mean : (K, O*, G) prior means on the grid.
+    offset_wy : (T, K, O, N) ``Psi_i^{-1} d_ik``, the prior-mean offsets of the
+        approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
+        exact grid.
     """
     t, kt, o, n, _ = precisions.shape
     k = tau.shape[1]
@@ -87,9 +91,10 @@ def hyperposterior(
 
     over_outputs = jax.vmap(one, in_axes=(None, 1, 1, 0, 0))
     over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 0, 0))
-    mean, cov, r, logdet = over_clusters(
-        tau, precisions[:, kidx], weighted_y[:, kidx], prior_chol, prior_mean
-    )
+    wy = weighted_y[:, kidx]
+    if offset_wy is not None:
+        wy = wy - offset_wy
+    mean, cov, r, logdet = over_clusters(tau, precisions[:, kidx], wy, prior_chol, prior_mean)
     return Hyperposterior(
         mean=mean,
         cov=cov,

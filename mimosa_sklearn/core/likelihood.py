@@ -163,12 +163,17 @@ def task_nlls(
     task_covs: Float[Array, "Tt Kt Ot N N"],
     jitter: float = 0.0,
     constant: bool = True,
+    offsets: Float[Array, "T K O N"] | None = None,
 ) -> Float[Array, "T K O"]:
     """Full NLL of every task under every cluster, for every output: shape ``(T, K, O)``.
 
     ``task_covs`` has size-1 axes where task hyperparameters are shared; the masked
     factor of each distinct task covariance is computed once and reused for all
     clusters.
+
+    ``mappings`` may be a float projection ``(T, N, G)`` (approximate grid, see
+    :mod:`.linalg`); ``offsets`` (0 where not observed) are then its prior-mean offsets
+    ``d_ik``, added to the task means.
     """
     t, n, o = y.shape
     k = post_means.shape[0]
@@ -176,7 +181,7 @@ def task_nlls(
     task_covs = jnp.broadcast_to(task_covs, (t, kt, o, n, n))
     post_covs = jnp.broadcast_to(post_covs, (k, o) + post_covs.shape[-2:])
 
-    def per_task(y_i, mask_i, map_i, covs_i):
+    def per_task(y_i, mask_i, map_i, covs_i, off_i):
         # covs_i (Kt, O, N, N); mask_i (N, O)
         m_t = mask_i.T  # (O, N)
         both = m_t[:, :, None] & m_t[:, None, :]
@@ -185,6 +190,8 @@ def task_nlls(
         inv = masked_inverse(chol, m_t[None])
         logdet = logdet_from_chol(chol)  # (Kt, O)
         mu = gather_vector(post_means, map_i)  # (K, O, N)
+        if off_i is not None:
+            mu = mu + off_i
         cov_hat = gather_matrix(post_covs, map_i)  # (K, O, N, N)
         resid = jnp.where(m_t[None], y_i.T[None] - mu, 0.0)  # (K, O, N)
         # Cluster k uses task covariance k when it is cluster-specific, else the shared one.
@@ -198,7 +205,7 @@ def task_nlls(
             out = out + 0.5 * jnp.sum(m_t, axis=-1)[None] * LOG_2PI
         return out  # (K, O)
 
-    return jax.vmap(per_task)(y, mask, mappings, task_covs)
+    return jax.vmap(per_task)(y, mask, mappings, task_covs, offsets)
 
 
 def moment_nll(

@@ -5,6 +5,12 @@ the *identity trick*: padded rows and columns of a covariance are replaced by th
 identity before factorising, so the factor of a padded matrix is block-diagonal
 ``diag(chol(S_RR), I)`` and padded entries contribute nothing to log-determinants,
 quadratic forms or traces.
+
+Grid restrictions take either integer ``mappings`` (exact grid: row ``n`` of a task is
+grid point ``mappings[n]``) or a float *projection* ``A`` of shape ``(..., N, G)``
+(approximate grid: ``mu(t_n) ~ A[n] @ mu(grid)``, GP interpolation from inducing
+inputs). Integer mappings are the one-hot special case of a projection; the dtype picks
+the code path at trace time, so the exact path is unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ __all__ = [
     "scatter_vector",
     "gather_matrix",
     "gather_vector",
+    "is_projection",
 ]
 
 
@@ -95,6 +102,9 @@ def scatter_matrix(
     Padded entries carry the sentinel index ``G`` and are dropped; callers also zero the
     padded rows/columns of ``blocks`` so the result never depends on the index mode.
     """
+    if is_projection(mappings):
+        # sum_i A_i^T B_i A_i (dense projection of the approximate grid).
+        return jnp.einsum("tng,tnm,tmh->gh", mappings, blocks, mappings, optimize=True)
     out = jnp.zeros((n_grid, n_grid), dtype=blocks.dtype)
     rows = mappings[:, :, None]
     cols = mappings[:, None, :]
@@ -105,16 +115,28 @@ def scatter_vector(
     vecs: Float[Array, "T N"], mappings: Int[Array, "T N"], n_grid: int
 ) -> Float[Array, " G"]:
     """``sum_i P_i^T vecs_i``: scatter-add task vectors onto the grid."""
+    if is_projection(mappings):
+        return jnp.einsum("tn,tng->g", vecs, mappings)
     out = jnp.zeros((n_grid,), dtype=vecs.dtype)
     return out.at[mappings].add(vecs, mode="drop")
 
 
 def gather_vector(vec: Float[Array, "... G"], mapping: Int[Array, " N"]) -> Array:
     """``P_i v``: restriction of a grid vector to a task's inputs (padding reads 0)."""
+    if is_projection(mapping):
+        return jnp.einsum("...g,ng->...n", vec, mapping)
     return jnp.take(vec, mapping, axis=-1, mode="fill", fill_value=0.0)
 
 
 def gather_matrix(mat: Float[Array, "... G G"], mapping: Int[Array, " N"]) -> Array:
     """``P_i M P_i^T``: restriction of a grid matrix to a task's inputs (padding reads 0)."""
+    if is_projection(mapping):
+        return jnp.einsum("ng,...gh,mh->...nm", mapping, mat, mapping, optimize=True)
     rows = jnp.take(mat, mapping, axis=-2, mode="fill", fill_value=0.0)
     return jnp.take(rows, mapping, axis=-1, mode="fill", fill_value=0.0)
+
+
+def is_projection(mappings: Array) -> bool:
+    """Whether ``mappings`` is a dense float projection (approximate grid) rather than
+    integer grid indices; decided from the dtype, so it is static under ``jit``."""
+    return bool(jnp.issubdtype(mappings.dtype, jnp.floating))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int
 
+from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import masked_factor, moment_nll
 from .linalg import gather_matrix, gather_vector
@@ -69,17 +70,26 @@ def cluster_objective(
 
 
 def task_moments(
-    batch: TaskBatch, tau: Float[Array, "T K"], post: Hyperposterior, n_task_clusters: int
+    batch: TaskBatch,
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    n_task_clusters: int,
+    offsets: Float[Array, "T K O N"] | None = None,
 ) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt"]]:
     """Per-task second moments ``S_i = sum_k tau_ik E_q[(y_i - mu_k)(y_i - mu_k)^T]``.
 
     With cluster-specific task covariances (``Kt = K``) the moments stay per cluster,
     each weighted by ``tau_ik``; the returned weights multiply the log-determinants.
+
+    ``offsets``: prior-mean offsets of the approximate grid (:mod:`.approx`), added to
+    the task means; None on the exact grid.
     """
     mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
 
-    def per_task(y_i, m_i, map_i, tau_i):
+    def per_task(y_i, m_i, map_i, tau_i, off_i):
         mu = gather_vector(post.mean, map_i)  # (K, O, N)
+        if off_i is not None:
+            mu = mu + off_i
         cov_hat = gather_matrix(post.cov, map_i)  # (K, O, N, N)
         resid = jnp.where(m_i[None], y_i.T[None] - mu, 0.0)
         both = m_i[:, :, None] & m_i[:, None, :]
@@ -89,7 +99,7 @@ def task_moments(
             return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,))
         return weighted, tau_i
 
-    return jax.vmap(per_task)(batch.y, mask_t, batch.mappings, tau)
+    return jax.vmap(per_task)(batch.y, mask_t, batch.mappings, tau, offsets)
 
 
 def task_objective(
@@ -156,7 +166,10 @@ def m_step(
     Returns the new parameters, the weights and the number of L-BFGS steps taken.
     """
     weights = mixture_weights(tau, batch.task_weight)
-    moments, mweights = task_moments(batch, tau, post, params.log_noise.shape[1])
+    # Approximate grid: the prior-mean offsets are held at their current value here
+    # (a generalised EM step); the prior mean is fitted through the cluster objective.
+    offsets = prior_offsets(params, batch)
+    moments, mweights = task_moments(batch, tau, post, params.log_noise.shape[1], offsets)
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
 
     def fn(dyn, args):

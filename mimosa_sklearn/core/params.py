@@ -127,7 +127,10 @@ class TaskBatch(eqx.Module):
     x : (T, N, I) inputs; padded rows hold a finite placeholder.
     y : (T, N, O) outputs; 0 where not observed.
     mask : (T, N, O) ``True`` where an output is observed.
-    mappings : (T, N) grid index of every row (``G`` on padded rows).
+    mappings : (T, N) grid index of every row (``G`` on padded rows), or, on the
+        approximate grid (:mod:`.approx`), the (T, N, G) float projection ``A_i`` of
+        every task onto the inducing inputs (zero rows on padding); integer mappings
+        are its one-hot special case.
     grid : (G, I) sorted unique training inputs, padded with placeholder points.
     grid_mask : (G,) ``True`` on real grid points. Padded grid points get an identity
         prior (exactly as padded task rows), which leaves the ELBO and the M-step
