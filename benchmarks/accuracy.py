@@ -266,9 +266,9 @@ def _ari(model: MagmaClusterRegressor, split: Split) -> float | None:
     return float(adjusted_rand_score(truth, model.labels_))
 
 
-def magma(split: Split, n_clusters: int, seed: int) -> dict:
+def magma(split: Split, n_clusters: int, seed: int, verbose: int = 0) -> dict:
     """(b)/(c) MagmaClust with a fixed number of clusters (default settings)."""
-    model = MagmaClusterRegressor(n_clusters=n_clusters, random_state=seed)
+    model = MagmaClusterRegressor(n_clusters=n_clusters, random_state=seed, verbose=verbose)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -284,13 +284,13 @@ def magma(split: Split, n_clusters: int, seed: int) -> dict:
     }
 
 
-def magma_vbic(split: Split, max_k: int, seed: int) -> dict:
+def magma_vbic(split: Split, max_k: int, seed: int, verbose: int = 0) -> dict:
     """(d) MagmaClust with K chosen by VBIC over 1..max_k."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         table, model = select_n_clusters(
-            MagmaClusterRegressor(random_state=seed),
+            MagmaClusterRegressor(random_state=seed, verbose=verbose),
             split.X_train,
             split.y_train,
             candidates=range(1, max_k + 1),
@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if the synth_dev acceptance fails"
     )
+    parser.add_argument("--verbose", action="store_true", help="EM progress bars (stderr)")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -454,12 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     print("(a) per-task GP ...", flush=True)
     rows.append({"method": "per-task GP (sklearn)", "K": None, **per_task_gp(split, args.seed)})
     print("(b) Magma K=1 ...", flush=True)
-    rows.append({"method": "Magma (K=1)", "K": 1, **magma(split, 1, args.seed)})
+    rows.append({"method": "Magma (K=1)", "K": 1, **magma(split, 1, args.seed, args.verbose)})
     print(f"(c) MagmaClust {k_label}={k_fixed} ...", flush=True)
-    row_c = {"method": f"MagmaClust ({k_label})", "K": k_fixed, **magma(split, k_fixed, args.seed)}
+    row_c = {
+        "method": f"MagmaClust ({k_label})",
+        "K": k_fixed,
+        **magma(split, k_fixed, args.seed, args.verbose),
+    }
     rows.append(row_c)
     print(f"(d) MagmaClust, K by VBIC over 1..{args.max_k} ...", flush=True)
-    row_d = magma_vbic(split, args.max_k, args.seed)
+    row_d = magma_vbic(split, args.max_k, args.seed, args.verbose)
     rows.append(
         {
             "method": f"MagmaClust (VBIC over 1..{args.max_k})",

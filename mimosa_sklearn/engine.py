@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -23,6 +24,7 @@ from .core import predict as core_predict
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.hyperposterior import Hyperposterior
 from .core.init import data_scales, init_responsibilities
+from .core.parallel import auto_task_chunk, shard_tasks, task_mesh
 from .core.params import Params, TaskBatch
 from .kernels import (
     SharingLayout,
@@ -60,6 +62,12 @@ class FitConfig:
     jitter: float = 1e-6
     max_steps: int = 50
     seed: int = 0
+    # Tasks per chunk of the per-task N x N work (None: sized to keep each chunked
+    # intermediate under 32 MiB; 0: never chunk).
+    task_chunk: int | None = None
+    # Shard the task axis across jax.devices() when there are several (not on CPU
+    # devices of jaxlib 0.10.x, see _task_mesh; "force" skips that check).
+    shard_tasks: bool | str = True
 
 
 @dataclasses.dataclass
@@ -102,13 +110,45 @@ def _repeat_first(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)], axis=0)
 
 
+def shared_inputs(x: np.ndarray, y: np.ndarray, mappings: np.ndarray | None = None) -> bool:
+    """Whether every task has the same inputs and the same observed pattern as task 0.
+
+    Checked on the caller's arrays, before bucketing: the padded tasks added by
+    :func:`make_batch` (all-False masks, zero ``task_weight``) do not count, the core
+    handles them through ``task_weight``.
+    """
+    if x.shape[0] < 2:
+        return False
+    observed = ~np.isnan(y) & ~np.isnan(x).any(-1)[..., None]
+    same = np.array_equal(x, np.broadcast_to(x[:1], x.shape), equal_nan=True) and (
+        observed == observed[:1]
+    ).all()
+    if same and mappings is not None:
+        rows = ~np.isnan(x).any(-1)
+        same = bool((np.where(rows, mappings, -1) == np.where(rows[:1], mappings[:1], -1)).all())
+    return bool(same)
+
+
 def make_batch(
-    x: np.ndarray, y: np.ndarray, mappings: np.ndarray | None, grid: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    mappings: np.ndarray | None,
+    grid: np.ndarray,
+    *,
+    task_chunk: int = 0,
+    task_multiple: int = 1,
 ) -> TaskBatch:
-    """Padded numpy tasks (NaN = padding/missing) -> a bucketed, NaN-free :class:`TaskBatch`."""
+    """Padded numpy tasks (NaN = padding/missing) -> a bucketed, NaN-free :class:`TaskBatch`.
+
+    ``task_chunk`` sets ``TaskBatch.task_chunk``; the padded number of tasks is a
+    multiple of ``task_multiple`` (the device count when the task axis is sharded).
+    Shared inputs are detected here (:func:`shared_inputs`) and flagged on the batch.
+    """
     t, n, _ = x.shape
     g = grid.shape[0]
     tb, nb, gb = bucket(t, 8), bucket(n, 8), bucket(g, _grid_step(g))
+    tb = -(-tb // task_multiple) * task_multiple
+    shared = shared_inputs(x, y, mappings)
     if mappings is None:  # approximate grid: the projection replaces the mappings
         mappings = np.full((t, n), gb)
     placeholder = grid[0]
@@ -133,6 +173,8 @@ def make_batch(
         grid=jnp.asarray(grid_p),
         grid_mask=jnp.asarray(grid_mask),
         task_weight=jnp.asarray(weight),
+        shared_inputs=shared,
+        task_chunk=int(task_chunk),
     )
 
 
@@ -454,6 +496,51 @@ class FittedMagma:
         return np.swapaxes(draws, 1, 2) + mean[..., None]
 
 
+def _task_mesh(shard: bool | str):
+    """Mesh over all devices for sharding the task axis, or None for one device.
+
+    jaxlib 0.10.x runs every CPU device's program on one intra-op pool with one thread
+    per device (whatever :mod:`._runtime` does), and its batched LAPACK kernels block
+    pool threads waiting for chunks scheduled on that same pool: with two CPU devices
+    both threads block and the fit hangs (seen in our EM: both in
+    ``jax::ParallelBatchMap`` under ``lapack_dtrsm_ffi``). Several CPU devices on such
+    a jaxlib therefore run on one device, with a warning.
+    """
+    devices = jax.devices()
+    if not shard or len(devices) < 2:
+        return None
+    if shard != "force" and devices[0].platform == "cpu" and _runtime.jaxlib_is_exposed():
+        warnings.warn(
+            f"Not sharding tasks across {len(devices)} CPU devices: jaxlib "
+            f"{_jaxlib_version()} can deadlock in batched linear algebra there. Fitting "
+            "on one device; upgrade jaxlib to shard.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return task_mesh(devices)
+
+
+def _jaxlib_version() -> str:
+    """Installed jaxlib version (for messages)."""
+    import jaxlib
+
+    return jaxlib.__version__
+
+
+def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
+    """Split the task-axis arrays of ``batch`` across ``mesh``; replicate the grid."""
+    tb = batch.x.shape[0]
+    split = ("x", "y", "mask", "mappings", "task_weight")
+    tasks = shard_tasks(tuple(getattr(batch, f) for f in split), mesh, tb)
+    grid = shard_tasks((batch.grid, batch.grid_mask), mesh, -1)
+    return eqx.tree_at(
+        lambda b: tuple(getattr(b, f) for f in split) + (b.grid, b.grid_mask),
+        batch,
+        tasks + grid,
+    )
+
+
 # jit-compiled kernels of the facade (module level so the compile cache is shared)
 
 
@@ -604,7 +691,18 @@ def fit_magma(
     rng = np.random.default_rng(config.seed)
     best: FittedMagma | None = None
     with _runtime.x64():
-        batch = make_batch(x, y, mappings, grid)
+        mesh = _task_mesh(config.shard_tasks)
+        chunk = config.task_chunk
+        if chunk is None:
+            chunk = auto_task_chunk(x.shape[1], config.n_clusters, o)
+        batch = make_batch(
+            x,
+            y,
+            mappings,
+            grid,
+            task_chunk=chunk,
+            task_multiple=1 if mesh is None else mesh.size,
+        )
         tb = batch.x.shape[0]
         if not config.shared_task_hps:
             layout = dataclasses.replace(layout, task=(tb,) + layout.task[1:])
@@ -621,6 +719,10 @@ def fit_magma(
                 np.asarray(batch.task_weight),
             )
             params = _default_params((x, y0, obs, row_mask), layout, config, tau0[:t])
+            if mesh is not None:
+                # Tasks split across devices, hyperparameters replicated.
+                batch, tau0 = _shard_batch(batch, mesh), shard_tasks(tau0, mesh, tb)
+                params = shard_tasks(params, mesh, -1)
             # The projection (T, N, M) is only needed by the EM: FittedMagma keeps the
             # light batch (predictions condition on the inducing inputs directly).
             refresh = None

@@ -407,9 +407,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 inputs[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
             except (TypeError, ValueError) as exc:
                 raise TypeError(self._non_numeric_message(col, str(exc))) from exc
-        names = [str(c) for c in input_cols]
-        self._check_finite_inputs(inputs, names, X.index)
-        return _Rows(_check_ids(ids, X.index), inputs, names, X.index)
+        self._check_finite_inputs(inputs, [repr(c) for c in input_cols], X.index)
+        return _Rows(_check_ids(ids, X.index), inputs, [str(c) for c in input_cols], X.index)
 
     def _rows_from_array(self, X: Any, y: Any, *, reset: bool) -> _Rows:
         arr = check_array(
@@ -445,7 +444,6 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                     f"X has 1 feature(s) (shape={arr.shape}): only the task column "
                     f"task_col={self.task_col}; at least one input column is required."
                 )
-        names = [str(j) for j in input_pos]
         raw = arr[:, input_pos]
         try:
             inputs = np.array(raw, dtype=np.float64)
@@ -456,8 +454,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                     inputs[:, j] = raw[:, j].astype(np.float64)
                 except (TypeError, ValueError) as exc:
                     raise TypeError(self._non_numeric_message(int(input_pos[j]), str(exc))) from exc
-        self._check_finite_inputs(inputs, names, None)
-        return _Rows(_check_ids(ids, None), inputs, names, None)
+        self._check_finite_inputs(inputs, [str(j) for j in input_pos], None)
+        return _Rows(_check_ids(ids, None), inputs, [f"x{j}" for j in input_pos], None)
 
     def _non_numeric_message(self, col: Hashable, detail: str) -> str:
         where = "" if self.task_col is None else f" other than the task column {self.task_col!r}"
@@ -478,7 +476,10 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return msg
 
     @staticmethod
-    def _check_finite_inputs(inputs: np.ndarray, names: list[str], index: pd.Index | None) -> None:
+    def _check_finite_inputs(
+        inputs: np.ndarray, labels: list[str], index: pd.Index | None
+    ) -> None:
+        """Reject NaN/inf inputs, naming the column (``labels``) and the row."""
         bad = ~np.isfinite(inputs)
         if not bad.any():
             return
@@ -486,7 +487,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         kind = "NaN" if np.isnan(inputs[row, col]) else "infinity"
         label = "" if index is None else f" (index {index[row]!r})"
         raise ValueError(
-            f"Input X contains {kind} in column {names[col]!r} at row {row}{label}. Inputs "
+            f"Input X contains {kind} in column {labels[col]} at row {row}{label}. Inputs "
             "must be finite: drop or impute these rows (missing *outputs* may be NaN)."
         )
 

@@ -23,13 +23,23 @@ from .likelihood import LOG_2PI, cluster_nlls, masked_factor, task_nlls
 from .linalg import masked_inverse
 from .memberships import entropy_term, responsibilities
 from .mstep import m_step, mixture_weights
-from .params import Params, TaskBatch, prior_on_grid, task_covariances
+from .parallel import map_tasks
+from .params import (
+    Params,
+    TaskBatch,
+    per_task_params,
+    prior_on_grid,
+    shared_fast_path,
+    task_covariance_one,
+    task_covariances,
+)
 
 __all__ = [
     "EMResult",
     "task_precisions",
     "e_step",
     "elbo",
+    "elbo_from_objective",
     "em_iteration",
     "run_em",
     "NumericalFailure",
@@ -46,29 +56,53 @@ _MIN_RETRY_JITTER = 1e-10
 
 def task_precisions(
     params: Params, batch: TaskBatch, jitter: float
-) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt O N"]]:
-    """Masked task precisions ``Psi_i^{-1}`` and ``Psi_i^{-1} y_i`` (zero on padding)."""
-    covs = task_covariances(params, batch.x)  # (T, Kt, Ot, N, N)
-    t, kt, _, n, _ = covs.shape
+) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "T Kt O N"]]:
+    """Masked task precisions ``Psi_i^{-1}`` and ``Psi_i^{-1} y_i`` (zero on padding).
+
+    On the shared-input fast path (:func:`.params.shared_fast_path`) the precision is
+    computed once and returned with a leading axis of size ``Ts = 1``; otherwise
+    ``Ts = T`` and the factorisations run ``batch.task_chunk`` tasks at a time.
+    """
     o = batch.mask.shape[-1]
-    covs = jnp.broadcast_to(covs, (t, kt, o, n, n))
-    mask_t = jnp.swapaxes(batch.mask, 1, 2)[:, None]  # (T, 1, O, N)
-    both = mask_t[..., :, None] & mask_t[..., None, :]
-    chol = masked_factor(jnp.where(both, covs, 0.0), mask_t, jitter)
-    prec = masked_inverse(chol, jnp.broadcast_to(mask_t, (t, kt, o, n)))
-    y_t = jnp.swapaxes(batch.y, 1, 2)[:, None]  # (T, 1, O, N)
-    weighted = jnp.einsum("tkonm,tkom->tkon", prec, jnp.broadcast_to(y_t, (t, kt, o, n)))
-    return prec, weighted
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    y_t = jnp.swapaxes(batch.y, 1, 2)  # (T, O, N)
+    xs_params, get_params = per_task_params(params)
+
+    def one(x_i, m_i, p_i):
+        kernel, log_noise = get_params(p_i)
+        cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
+        kt, _, n, _ = cov.shape
+        cov = jnp.broadcast_to(cov, (kt, o, n, n))
+        m = jnp.broadcast_to(m_i, (kt, o, n))
+        both = m[..., :, None] & m[..., None, :]
+        chol = masked_factor(jnp.where(both, cov, 0.0), m, jitter)
+        return masked_inverse(chol, m)  # (Kt, O, N, N)
+
+    if shared_fast_path(params, batch):
+        prec = one(batch.x[0], mask_t[0], None)[None]
+        # Padded tasks hold y = 0, so their weighted outputs vanish as on the general path.
+        return prec, jnp.einsum("konm,tom->tkon", prec[0], y_t)
+    prec = map_tasks(lambda a: one(*a), (batch.x, mask_t, xs_params), batch.task_chunk)
+    return prec, jnp.einsum("tkonm,tom->tkon", prec, y_t)
 
 
 def cluster_task_nll(
     params: Params, post: Hyperposterior, batch: TaskBatch, jitter: float
 ) -> Float[Array, "T K"]:
     """``-l_ik``: full task NLL per (task, cluster), summed over outputs."""
-    covs = task_covariances(params, batch.x)
-    offsets = prior_offsets(params, batch)
+    shared = shared_fast_path(params, batch)
+    covs = task_covariances(params, batch.x[:1] if shared else batch.x)
     nll = task_nlls(
-        batch.y, batch.mask, batch.mappings, post.mean, post.cov, covs, jitter, offsets=offsets
+        batch.y,
+        batch.mask,
+        batch.mappings,
+        post.mean,
+        post.cov,
+        covs,
+        jitter,
+        chunk=batch.task_chunk,
+        shared_weight=batch.task_weight if shared else None,
+        offsets=prior_offsets(params, batch),
     )
     return jnp.sum(nll, axis=-1)
 
@@ -93,7 +127,14 @@ def e_step(
         kidx = cluster_index(tau.shape[1], prec.shape[1])
         offset_wy = (prec[:, kidx] @ offsets[..., None])[..., 0]  # Psi_i^{-1} d_ik
     post = hyperposterior(
-        tau, prec, weighted, batch.mappings, prior_chol, prior_mean, offset_wy=offset_wy
+        tau,
+        prec,
+        weighted,
+        batch.mappings,
+        prior_chol,
+        prior_mean,
+        batch.task_weight,
+        offset_wy=offset_wy,
     )
     if update_tau is False:
         return post, tau
@@ -121,6 +162,26 @@ def elbo(
     return data_term - jnp.sum(kl)
 
 
+def elbo_from_objective(
+    objective: Float[Array, ""],
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    batch: TaskBatch,
+) -> Float[Array, ""]:
+    """The ELBO from the VM-step objective at the same parameters and ``q``.
+
+    :func:`.mstep.total_objective` is ``-E_q[log p(y, mu | Z, theta)]``, so the ELBO
+    only adds ``E_q[log p(Z)]``, the entropy of ``q(Z)`` and the Gaussian entropy of
+    ``q(mu)``. Equal to :func:`elbo` (tested), but free after an M-step: the optimiser
+    already evaluated the objective, and one less copy of the NLLs gets compiled.
+    """
+    w = batch.task_weight[:, None]
+    g = batch.grid.shape[0]
+    entropy_mu = 0.5 * g * (LOG_2PI + 1.0) * post.logdet.size + 0.5 * jnp.sum(post.logdet)
+    return -objective + entropy_term(w * tau, weights) + entropy_mu
+
+
 @eqx.filter_jit
 def em_iteration(
     params: Params,
@@ -134,8 +195,15 @@ def em_iteration(
 ):
     """One VE-step + VM-step + ELBO. Returns ``(params, weights, tau, post, elbo, steps)``."""
     post, tau = e_step(params, weights, tau, batch, jitter, update_tau)
-    new_params, weights, steps = m_step(params, tau, post, batch, jitter, max_steps, tol)
-    value = elbo(new_params, weights, tau, post, batch, jitter)
+    new_params, weights, steps, objective = m_step(
+        params, tau, post, batch, jitter, max_steps, tol
+    )
+    if prior_offsets(params, batch) is None:
+        value = elbo_from_objective(objective, weights, tau, post, batch)
+    else:
+        # The approximate grid's M-step holds the prior offsets fixed, so its objective
+        # is not the ELBO at the new parameters: evaluate the ELBO directly.
+        value = elbo(new_params, weights, tau, post, batch, jitter)
     return new_params, weights, tau, post, value, steps
 
 

@@ -48,11 +48,12 @@ def cluster_index(n_clusters: int, n_task_clusters: int) -> Array:
 
 def hyperposterior(
     tau: Float[Array, "T K"],
-    precisions: Float[Array, "T Kt O N N"],
+    precisions: Float[Array, "Ts Kt O N N"],
     weighted_y: Float[Array, "T Kt O N"],
     mappings: Int[Array, "T N"],
     prior_chol: Float[Array, "Kp Op G G"],
     prior_mean: Float[Array, "K Op G"],
+    task_weight: Float[Array, " T"] | None = None,
     offset_wy: Float[Array, "T K O N"] | None = None,
 ) -> Hyperposterior:
     """Hyperposterior of every mean process given responsibilities and task precisions.
@@ -60,26 +61,37 @@ def hyperposterior(
     Parameters
     ----------
     tau : (T, K) responsibilities.
-    precisions : (T, Kt, O, N, N) masked task precisions ``Psi_i^{-1}`` (zero on padding).
+    precisions : (T, Kt, O, N, N) masked task precisions ``Psi_i^{-1}`` (zero on padding),
+        or ``(1, Kt, O, N, N)`` on the shared-input fast path: the precision shared by
+        every real task (inputs and mappings of task 0).
     weighted_y : (T, Kt, O, N) ``Psi_i^{-1} y_i`` (zero on padding).
     mappings : (T, N) grid index of every task point (``G`` on padding).
     prior_chol : (K*, O*, G, G) factor of the jittered prior covariances.
     prior_mean : (K, O*, G) prior means on the grid.
+    task_weight : (T,) 1 on real tasks, 0 on padded ones; only used on the fast path,
+        where padded tasks must not add the shared precision.
     offset_wy : (T, K, O, N) ``Psi_i^{-1} d_ik``, the prior-mean offsets of the
         approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
         exact grid.
     """
-    t, kt, o, n, _ = precisions.shape
+    t, kt, o, n = weighted_y.shape
+    shared = precisions.shape[0] == 1 and t > 1
     k = tau.shape[1]
     g = prior_chol.shape[-1]
     prior_chol = jnp.broadcast_to(prior_chol, (k, o, g, g))
     prior_mean = jnp.broadcast_to(prior_mean, (k, o, g))
     kidx = cluster_index(k, kt)
     eye = jnp.eye(g, dtype=prior_chol.dtype)
+    tau_prec, map_prec = tau, mappings
+    if shared:
+        # sum_i tau_ik P^T Psi^{-1} P = (sum_i w_i tau_ik) P^T Psi^{-1} P: one scatter.
+        tw = jnp.ones((t,), tau.dtype) if task_weight is None else task_weight
+        tau_prec = jnp.sum(tw[:, None] * tau, axis=0, keepdims=True)  # (1, K)
+        map_prec = mappings[:1]
 
-    def one(tau_k, prec_k, wy_k, chol, m):
-        # prec_k (T, N, N), wy_k (T, N): one cluster, one output.
-        w = scatter_matrix(tau_k[:, None, None] * prec_k, mappings, g)
+    def one(tau_k, tau_prec_k, prec_k, wy_k, chol, m):
+        # prec_k (Ts, N, N), wy_k (T, N): one cluster, one output.
+        w = scatter_matrix(tau_prec_k[:, None, None] * prec_k, map_prec, g)
         b = scatter_vector(tau_k[:, None] * wy_k, mappings, g)
         whitened = eye + chol.T @ w @ chol
         r = cholesky(0.5 * (whitened + whitened.T))
@@ -89,12 +101,14 @@ def hyperposterior(
         logdet = logdet_from_chol(chol) - logdet_from_chol(r)
         return mean, cov, r, logdet
 
-    over_outputs = jax.vmap(one, in_axes=(None, 1, 1, 0, 0))
-    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 0, 0))
+    over_outputs = jax.vmap(one, in_axes=(None, None, 1, 1, 0, 0))
+    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 1, 0, 0))
     wy = weighted_y[:, kidx]
     if offset_wy is not None:
         wy = wy - offset_wy
-    mean, cov, r, logdet = over_clusters(tau, precisions[:, kidx], wy, prior_chol, prior_mean)
+    mean, cov, r, logdet = over_clusters(
+        tau, tau_prec, precisions[:, kidx], wy, prior_chol, prior_mean
+    )
     return Hyperposterior(
         mean=mean,
         cov=cov,

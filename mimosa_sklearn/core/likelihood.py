@@ -23,6 +23,7 @@ from .linalg import (
     masked_inverse,
     solve_lower,
 )
+from .parallel import map_tasks
 
 __all__ = [
     "LOG_2PI",
@@ -163,13 +164,21 @@ def task_nlls(
     task_covs: Float[Array, "Tt Kt Ot N N"],
     jitter: float = 0.0,
     constant: bool = True,
+    chunk: int = 0,
+    shared_weight: Float[Array, " T"] | None = None,
     offsets: Float[Array, "T K O N"] | None = None,
 ) -> Float[Array, "T K O"]:
     """Full NLL of every task under every cluster, for every output: shape ``(T, K, O)``.
 
     ``task_covs`` has size-1 axes where task hyperparameters are shared; the masked
     factor of each distinct task covariance is computed once and reused for all
-    clusters.
+    clusters. ``chunk`` tasks are processed at a time (:func:`.parallel.map_tasks`).
+
+    ``shared_weight`` selects the shared-input fast path: every real task has task
+    0's inputs, mask and mappings, ``task_covs`` has ``Tt = 1``, and ``shared_weight``
+    (1 on real tasks, 0 on padded ones) zeroes the padded tasks' NLLs exactly as their
+    all-False masks do on the general path. One factor and one trace term serve all
+    tasks; only the quadratic terms are per task (one solve with ``T`` right-hand sides).
 
     ``mappings`` may be a float projection ``(T, N, G)`` (approximate grid, see
     :mod:`.linalg`); ``offsets`` (0 where not observed) are then its prior-mean offsets
@@ -178,25 +187,44 @@ def task_nlls(
     t, n, o = y.shape
     k = post_means.shape[0]
     kt = task_covs.shape[1]
-    task_covs = jnp.broadcast_to(task_covs, (t, kt, o, n, n))
     post_covs = jnp.broadcast_to(post_covs, (k, o) + post_covs.shape[-2:])
+    # Cluster k uses task covariance k when it is cluster-specific, else the shared one.
+    idx = jnp.arange(k) if kt == k and kt > 1 else jnp.zeros((k,), dtype=int)
 
-    def per_task(y_i, mask_i, map_i, covs_i, off_i):
+    def factors(mask_i, covs_i):
         # covs_i (Kt, O, N, N); mask_i (N, O)
         m_t = mask_i.T  # (O, N)
         both = m_t[:, :, None] & m_t[:, None, :]
         covs_i = jnp.where(both[None], covs_i, 0.0)
         chol = masked_factor(covs_i, m_t[None], jitter)  # (Kt, O, N, N)
         inv = masked_inverse(chol, m_t[None])
-        logdet = logdet_from_chol(chol)  # (Kt, O)
+        return m_t, chol[idx], inv[idx], logdet_from_chol(chol)[idx]
+
+    if shared_weight is not None:
+        covs0 = jnp.broadcast_to(task_covs[0], (kt, o, n, n))
+        m_t, chol_k, inv_k, logdet_k = factors(mask[0], covs0)
+        mu = gather_vector(post_means, mappings[0])  # (K, O, N)
+        trace = jnp.sum(inv_k * gather_matrix(post_covs, mappings[0]), axis=(-2, -1))
+        resid = jnp.where(m_t, jnp.swapaxes(y, 1, 2)[:, None] - mu[None], 0.0)  # (T, K, O, N)
+        if offsets is not None:
+            resid = resid - offsets
+        alpha = solve_lower(chol_k, jnp.moveaxis(resid, 0, -1))  # (K, O, N, T)
+        quad = jnp.moveaxis(jnp.sum(alpha**2, axis=-2), -1, 0)  # (T, K, O)
+        out = 0.5 * (quad + logdet_k + trace)
+        if constant:
+            out = out + 0.5 * jnp.sum(m_t, axis=-1) * LOG_2PI
+        return shared_weight[:, None, None] * out
+
+    task_covs = jnp.broadcast_to(task_covs, (t, kt, o, n, n))
+
+    def per_task(args):
+        y_i, mask_i, map_i, covs_i, off_i = args
+        m_t, chol_k, inv_k, logdet_k = factors(mask_i, covs_i)
         mu = gather_vector(post_means, map_i)  # (K, O, N)
         if off_i is not None:
             mu = mu + off_i
         cov_hat = gather_matrix(post_covs, map_i)  # (K, O, N, N)
         resid = jnp.where(m_t[None], y_i.T[None] - mu, 0.0)  # (K, O, N)
-        # Cluster k uses task covariance k when it is cluster-specific, else the shared one.
-        idx = jnp.arange(k) if kt == k and kt > 1 else jnp.zeros((k,), dtype=int)
-        chol_k, inv_k, logdet_k = chol[idx], inv[idx], logdet[idx]
         alpha = solve_lower(chol_k, resid[..., None])[..., 0]
         quad = jnp.sum(alpha**2, axis=-1)
         trace = jnp.sum(inv_k * cov_hat, axis=(-2, -1))
@@ -205,7 +233,7 @@ def task_nlls(
             out = out + 0.5 * jnp.sum(m_t, axis=-1)[None] * LOG_2PI
         return out  # (K, O)
 
-    return jax.vmap(per_task)(y, mask, mappings, task_covs, offsets)
+    return map_tasks(per_task, (y, mask, mappings, task_covs, offsets), chunk)
 
 
 def moment_nll(

@@ -10,16 +10,23 @@ log-noise, so the optimiser works on unconstrained reals.
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, Float, Int
 
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import masked_factor, moment_nll
 from .linalg import gather_matrix, gather_vector
-from .params import Params, TaskBatch, prior_on_grid, task_covariances
+from .optimise import minimise
+from .parallel import map_tasks
+from .params import (
+    Params,
+    TaskBatch,
+    per_task_params,
+    prior_on_grid,
+    shared_fast_path,
+    task_covariance_one,
+)
 
 __all__ = [
     "mixture_weights",
@@ -74,19 +81,42 @@ def task_moments(
     tau: Float[Array, "T K"],
     post: Hyperposterior,
     n_task_clusters: int,
+    shared: bool = False,
     offsets: Float[Array, "T K O N"] | None = None,
-) -> tuple[Float[Array, "T Kt O N N"], Float[Array, "T Kt"]]:
+) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "Ts Kt"]]:
     """Per-task second moments ``S_i = sum_k tau_ik E_q[(y_i - mu_k)(y_i - mu_k)^T]``.
 
     With cluster-specific task covariances (``Kt = K``) the moments stay per cluster,
     each weighted by ``tau_ik``; the returned weights multiply the log-determinants.
 
+    ``shared=True`` (shared-input fast path, :func:`.params.shared_fast_path`): all
+    real tasks share one covariance, so ``sum_i tr(Psi^{-1} S_i) = tr(Psi^{-1} sum_i S_i)``
+    and the moments are summed over tasks (``Ts = 1``); the weights become the
+    ``task_weight``-weighted sums, since padded tasks add nothing on the general path.
+
     ``offsets``: prior-mean offsets of the approximate grid (:mod:`.approx`), added to
     the task means; None on the exact grid.
     """
     mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    if shared:
+        m0 = mask_t[0]  # (O, N)
+        mu = gather_vector(post.mean, batch.mappings[0])  # (K, O, N)
+        cov_hat = gather_matrix(post.cov, batch.mappings[0])  # (K, O, N, N)
+        resid = jnp.where(m0, jnp.swapaxes(batch.y, 1, 2)[:, None] - mu[None], 0.0)
+        if offsets is not None:
+            resid = resid - offsets
+        tw = batch.task_weight[:, None] * tau  # (T, K)
+        mom = jnp.sum(tw, axis=0)[:, None, None, None] * cov_hat + jnp.einsum(
+            "tk,tkon,tkom->konm", tw, resid, resid
+        )
+        both = m0[:, :, None] & m0[:, None, :]
+        mom = jnp.where(both[None], mom, 0.0)  # (K, O, N, N)
+        if n_task_clusters == 1:
+            return jnp.sum(mom, axis=0)[None, None], jnp.sum(batch.task_weight)[None, None]
+        return mom[None], jnp.sum(tw, axis=0)[None]
 
-    def per_task(y_i, m_i, map_i, tau_i, off_i):
+    def per_task(args):
+        y_i, m_i, map_i, tau_i, off_i = args
         mu = gather_vector(post.mean, map_i)  # (K, O, N)
         if off_i is not None:
             mu = mu + off_i
@@ -99,42 +129,44 @@ def task_moments(
             return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,))
         return weighted, tau_i
 
-    return jax.vmap(per_task)(batch.y, mask_t, batch.mappings, tau, offsets)
+    return map_tasks(
+        per_task, (batch.y, mask_t, batch.mappings, tau, offsets), batch.task_chunk
+    )
 
 
 def task_objective(
     params: Params,
     batch: TaskBatch,
-    moments: Float[Array, "T Kt O N N"],
-    weights: Float[Array, "T Kt"],
+    moments: Float[Array, "Ts Kt O N N"],
+    weights: Float[Array, "Ts Kt"],
     jitter: float,
 ) -> Float[Array, ""]:
-    """``sum_i J^f_i``: expected NLL of the tasks given the mean-process posteriors."""
-    covs = task_covariances(params, batch.x)  # (T, Kt, Ot, N, N)
-    t, kt, _, n, _ = covs.shape
-    o = batch.mask.shape[-1]
-    mask_t = jnp.swapaxes(batch.mask, 1, 2)[:, None]  # (T, 1, O, N)
-    covs = jnp.broadcast_to(covs, (t, kt, o, n, n))
-    both = mask_t[..., :, None] & mask_t[..., None, :]
-    chol = masked_factor(jnp.where(both, covs, 0.0), mask_t, jitter)
-    n_real = jnp.sum(mask_t, axis=-1).astype(covs.dtype)  # (T, 1, O)
-    return jnp.sum(moment_nll(chol, moments, weights[..., None], n_real))
+    """``sum_i J^f_i``: expected NLL of the tasks given the mean-process posteriors.
 
-
-def minimise(fn, dynamic, args, max_steps: int, tol: float):
-    """Minimise ``fn(dynamic, args)`` over the pytree ``dynamic`` with L-BFGS.
-
-    The result is only accepted when it does not increase the objective, so a
-    generalised EM step stays monotone even when L-BFGS stops early or fails.
-    Returns the new pytree, its objective value and the number of steps taken.
+    ``moments`` with ``Ts = 1`` (from :func:`task_moments` on the shared-input fast
+    path) are evaluated with the one covariance of task 0's inputs; otherwise one
+    factorisation per task, ``batch.task_chunk`` tasks at a time.
     """
-    solver = optx.LBFGS(rtol=tol, atol=tol)
-    sol = optx.minimise(fn, solver, dynamic, args, max_steps=max_steps, throw=False)
-    before = fn(dynamic, args)
-    after = fn(sol.value, args)
-    better = jnp.isfinite(after) & (after <= before)
-    new = jax.tree.map(lambda a, b: jnp.where(better, a, b), sol.value, dynamic)
-    return new, jnp.where(better, after, before), sol.stats["num_steps"]
+    o = batch.mask.shape[-1]
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    xs_params, get_params = per_task_params(params)
+
+    def one(x_i, m_i, p_i, mom_i, w_i):
+        kernel, log_noise = get_params(p_i)
+        cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
+        kt, _, n, _ = cov.shape
+        cov = jnp.broadcast_to(cov, (kt, o, n, n))
+        both = m_i[:, :, None] & m_i[:, None, :]
+        chol = masked_factor(jnp.where(both[None], cov, 0.0), m_i[None], jitter)
+        n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
+        return jnp.sum(moment_nll(chol, mom_i, w_i[..., None], n_real))
+
+    if moments.shape[0] == 1 and batch.x.shape[0] > 1:
+        return one(batch.x[0], mask_t[0], None, moments[0], weights[0])
+    per_task = map_tasks(
+        lambda a: one(*a), (batch.x, mask_t, xs_params, moments, weights), batch.task_chunk
+    )
+    return jnp.sum(per_task)
 
 
 def total_objective(
@@ -160,25 +192,28 @@ def m_step(
     jitter: float,
     max_steps: int,
     tol: float,
-) -> tuple[Params, Float[Array, " K"], Int[Array, ""]]:
+) -> tuple[Params, Float[Array, " K"], Int[Array, ""], Float[Array, ""]]:
     """One VM-step: new mixture weights and hyperparameters.
 
-    Returns the new parameters, the weights and the number of L-BFGS steps taken.
+    Returns the new parameters, the weights, the number of L-BFGS steps taken and the
+    objective :func:`total_objective` at the new parameters.
     """
     weights = mixture_weights(tau, batch.task_weight)
     # Approximate grid: the prior-mean offsets are held at their current value here
     # (a generalised EM step); the prior mean is fitted through the cluster objective.
     offsets = prior_offsets(params, batch)
-    moments, mweights = task_moments(batch, tau, post, params.log_noise.shape[1], offsets)
+    moments, mweights = task_moments(
+        batch, tau, post, params.log_noise.shape[1], shared_fast_path(params, batch), offsets
+    )
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
 
     def fn(dyn, args):
         return total_objective(eqx.combine(dyn, static), *args)
 
-    new_dyn, _, n_steps = minimise(
+    new_dyn, value, n_steps = minimise(
         fn, dynamic, (post, batch, moments, mweights, jitter), max_steps, tol
     )
-    return eqx.combine(new_dyn, static), weights, n_steps
+    return eqx.combine(new_dyn, static), weights, n_steps, value
 
 
 def cluster_index_for(params: Params, n_clusters: int) -> Array:

@@ -26,6 +26,9 @@ __all__ = [
     "eval_mean",
     "task_batch_shape",
     "TaskBatch",
+    "shared_fast_path",
+    "task_covariance_one",
+    "per_task_params",
     "task_covariances",
     "task_kernel_cross",
     "prior_on_grid",
@@ -136,6 +139,14 @@ class TaskBatch(eqx.Module):
         prior (exactly as padded task rows), which leaves the ELBO and the M-step
         unchanged, so grids of different sizes can share one compiled program.
     task_weight : (T,) 1 for real tasks, 0 for padded (dummy) tasks.
+    shared_inputs : bool, static
+        Every *real* task has the same inputs, mask and mappings as task 0 (padded
+        tasks have an all-False mask and are accounted for by ``task_weight``). With
+        task hyperparameters shared across tasks, one task covariance and one
+        factorisation then serve all tasks (see :func:`shared_fast_path`).
+    task_chunk : int, static
+        Tasks per chunk of the per-task ``N x N`` work (:func:`.parallel.map_tasks`);
+        0 computes all tasks in one ``vmap``.
     """
 
     x: Float[Array, "T N I"]
@@ -145,6 +156,34 @@ class TaskBatch(eqx.Module):
     grid: Float[Array, "G I"]
     grid_mask: Array
     task_weight: Float[Array, " T"]
+    shared_inputs: bool = eqx.field(static=True, default=False)
+    task_chunk: int = eqx.field(static=True, default=0)
+
+
+def shared_fast_path(params: Params, batch: TaskBatch) -> bool:
+    """Whether all tasks share one task covariance: shared inputs and ``T* = 1``."""
+    return bool(batch.shared_inputs) and params.log_noise.shape[0] == 1
+
+
+def task_covariance_one(kernel, log_noise: Float[Array, "Kt Ot"], x: Float[Array, "N I"]):
+    """``Psi = s_theta(x, x) + sigma^2 I`` of ONE task (kernel leaves ``(K*, O*)``):
+    shape ``(K*, O*, N, N)``."""
+    eye = jnp.eye(x.shape[0], dtype=x.dtype)
+    return eval_kernel(kernel, 2, x, x) + jnp.exp(log_noise)[..., None, None] * eye
+
+
+def per_task_params(params: Params):
+    """Split the task hyperparameters for a map over tasks.
+
+    Returns ``(xs, get)``: ``xs`` holds the arrays with a leading ``T`` axis (``None``
+    when they are shared, ``T* = 1``) and ``get(xs_i)`` gives ``(kernel, log_noise)``
+    of one task, leaves ``(K*, O*)``.
+    """
+    if params.log_noise.shape[0] == 1:
+        shared = (index_module(params.task_kernel, 0), params.log_noise[0])
+        return None, lambda _: shared
+    dynamic, static = eqx.partition(params.task_kernel, eqx.is_inexact_array)
+    return (dynamic, params.log_noise), lambda xs_i: (eqx.combine(xs_i[0], static), xs_i[1])
 
 
 def task_covariances(params: Params, x: Float[Array, "T N I"]) -> Float[Array, "T Kt Ot N N"]:

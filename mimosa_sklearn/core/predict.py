@@ -10,13 +10,13 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jaxtyping import Array, Bool, Float
 
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import LOG_2PI, masked_factor
 from .linalg import cho_solve, logdet_from_chol, solve_lower
 from .memberships import log_weights
+from .optimise import minimise
 from .params import Params, eval_kernel, eval_mean, index_module
 
 __all__ = [
@@ -255,10 +255,5 @@ def fit_new_task_params(
         total, _ = new_task_log_marginal(pt, weights, mu, cov, x_obs, y_obs, mask_obs, jitter)
         return -total
 
-    sol = optx.minimise(
-        fn, optx.LBFGS(rtol=tol, atol=tol), dynamic, None, max_steps=max_steps, throw=False
-    )
-    before, after = fn(dynamic, None), fn(sol.value, None)
-    better = jnp.isfinite(after) & (after <= before)
-    best = jax.tree.map(lambda a, b: jnp.where(better, a, b), sol.value, dynamic)
+    best, _, _ = minimise(fn, dynamic, None, max_steps, tol)
     return eqx.combine(best, static)

@@ -231,6 +231,25 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
                - float(_m_objective(other, tau, post, batch, jitter))) > 1.0
 
 
+@pytest.mark.parametrize("cluster_specific", [False, True])
+def test_em_iteration_elbo_from_the_objective_equals_the_direct_elbo(cluster_specific):
+    # em_iteration derives the ELBO from the VM-step objective instead of recomputing
+    # it: the two must agree with all constants, not just up to one.
+    rng, _, batch, params, _ = _setup(
+        5, 2, shared_task_hps=False, shared_cluster_hps=False,
+        cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
+    )
+    tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
+    weights = jnp.mean(tau, axis=0)
+    jitter = jnp.asarray(1e-6)
+    new, w, tau1, post, value, steps = em.em_iteration(
+        params, weights, tau, batch, jitter, jnp.asarray(True), 10, 1e-5
+    )
+    direct = float(elbo(new, w, tau1, post, batch, jitter))
+    assert int(steps) > 0
+    np.testing.assert_allclose(float(value), direct, rtol=1e-10)
+
+
 # --------------------------------------------------------------------------- run_em
 
 
