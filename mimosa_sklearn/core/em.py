@@ -20,7 +20,7 @@ from jaxtyping import Array, Float
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index, hyperposterior
 from .likelihood import LOG_2PI, cluster_nlls, masked_factor, task_nlls
-from .linalg import masked_inverse
+from .linalg import is_projection, masked_inverse
 from .memberships import entropy_term, responsibilities
 from .mstep import m_step, mixture_weights
 from .parallel import map_tasks
@@ -195,10 +195,8 @@ def em_iteration(
 ):
     """One VE-step + VM-step + ELBO. Returns ``(params, weights, tau, post, elbo, steps)``."""
     post, tau = e_step(params, weights, tau, batch, jitter, update_tau)
-    new_params, weights, steps, objective = m_step(
-        params, tau, post, batch, jitter, max_steps, tol
-    )
-    if prior_offsets(params, batch) is None:
+    new_params, weights, steps, objective = m_step(params, tau, post, batch, jitter, max_steps, tol)
+    if not is_projection(batch.mappings):
         value = elbo_from_objective(objective, weights, tau, post, batch)
     else:
         # The approximate grid's M-step holds the prior offsets fixed, so its objective

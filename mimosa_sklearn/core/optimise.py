@@ -17,7 +17,9 @@ def minimise(fn, dynamic, args, max_steps: int, tol: float):
     third. The backtracking Armijo search accepts a step only when it lowers a finite
     objective, so the result never increases the objective (the generalised EM step
     stays monotone); a non-finite final value falls back to the start.
-    Returns the new pytree, its objective value and the number of steps taken.
+    Returns the new pytree, the objective value at the optimiser's result (non-finite
+    when it fell back, so that callers can detect the failure) and the number of
+    steps taken.
     """
     flat, unravel = ravel_pytree(dynamic)
     solver = optx.LBFGS(rtol=tol, atol=tol)
