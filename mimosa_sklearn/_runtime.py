@@ -17,20 +17,46 @@ CPU thread-pool deadlock (jaxlib 0.10.x)
     the CPU backend while the process is pinned to one CPU and restores the affinity
     right after (XLA's pool is sized once, at creation, from the affinity). Later
     jaxlib releases compile that parallel path out, and the guard is then skipped.
+
+Memory maps of compiled code
+    XLA's CPU backend maps every compiled kernel into its own pages: one set of our
+    programs (EM iteration, final E-step, predictions) holds about 1000 of the
+    process's memory maps. Linux caps a process at ``vm.max_map_count`` maps (65530 by
+    default), and XLA segfaults when a compile cannot map more. About 60 distinct data
+    shapes in one process (a long notebook session, a test suite, a large grid search)
+    reached that cap. :func:`release_compiled_code_if_needed`, called on entry to every
+    core computation, clears JAX's compilation caches (:func:`jax.clear_caches`) once
+    the process holds half of its allowed maps: later calls recompile, none crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import warnings
 
 import jax
 
-__all__ = ["x64", "ensure_safe_cpu_backend", "jaxlib_is_exposed", "GUARD_ENV"]
+__all__ = [
+    "x64",
+    "ensure_safe_cpu_backend",
+    "jaxlib_is_exposed",
+    "release_compiled_code_if_needed",
+    "memory_map_count",
+    "GUARD_ENV",
+    "MAP_LIMIT_ENV",
+]
 
 GUARD_ENV = "MIMOSA_SKLEARN_CPU_GUARD"
-_state = {"checked": False}
+# Overrides vm.max_map_count as the process's map budget (tests use a small one).
+MAP_LIMIT_ENV = "MIMOSA_SKLEARN_MAX_MAP_COUNT"
+# Fraction of the budget at which compiled code is released; a set of our programs
+# takes ~1000 maps, far below half of the default 65530, so one call never overflows.
+_MAP_FRACTION = 0.5
+_state = {"checked": False, "releases": 0}
+_log = logging.getLogger(__name__)
 
 
 def jaxlib_is_exposed(version: str | None = None) -> bool:
@@ -101,9 +127,56 @@ def _thread_ids() -> list[int]:
         return [0]
 
 
+def memory_map_count() -> int | None:
+    """Number of memory maps this process holds (None where procfs is missing)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:  # pragma: no cover - non-Linux
+        return None
+
+
+def _map_limit() -> int | None:
+    override = os.environ.get(MAP_LIMIT_ENV)
+    if override:
+        return int(override)
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):  # pragma: no cover - non-Linux
+        return None
+
+
+def release_compiled_code_if_needed() -> bool:
+    """Clear JAX's compilation caches when the process nears its memory-map limit.
+
+    Returns whether the caches were cleared. The cost is a recompilation of whatever
+    runs next (the user's own jitted functions included), instead of a segfault in
+    XLA once ``vm.max_map_count`` is reached.
+    """
+    limit = _map_limit()
+    count = memory_map_count() if limit else None
+    if count is None or count < _MAP_FRACTION * limit:
+        return False
+    jax.clear_caches()
+    gc.collect()
+    _state["releases"] += 1
+    _log.info(
+        "Released JAX's compiled code: the process held %d memory maps of %d allowed.",
+        count,
+        limit,
+    )
+    return True
+
+
 @contextlib.contextmanager
 def x64():
-    """Run the enclosed JAX code in float64 without touching the global config."""
+    """Run the enclosed JAX code in float64 without touching the global config.
+
+    Also the one entry point of every core computation, so it guards the process's
+    memory-map budget first (:func:`release_compiled_code_if_needed`).
+    """
     ensure_safe_cpu_backend()
+    release_compiled_code_if_needed()
     with jax.enable_x64(True):
         yield

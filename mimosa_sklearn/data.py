@@ -13,6 +13,12 @@ Floating-point noise in the inputs (``0.1 + 0.2`` versus ``0.3``) would create
 spurious distinct grid points, so inputs are first *snapped*: values closer
 than a relative tolerance are merged.
 
+With ``canonical=True`` the padded layout depends on the *content* of the data
+only: tasks, and rows inside each task, are put in an order computed from their
+values, so that a fit does not depend on how the caller ordered rows or tasks, nor
+on the task ids. The caller's order is recovered through ``task_codes`` /
+``row_pos`` (rows) and ``task_index`` (tasks).
+
 This module is pure NumPy (no pandas, no JAX) and fully vectorised: there is no
 Python-level loop over rows.
 """
@@ -49,9 +55,9 @@ class TaskData:
     Parameters
     ----------
     inputs : ndarray of shape (T, N, I), dtype float64
-        Snapped inputs of every task, in caller row order inside each task;
-        NaN on padded rows. For rows on the grid the values are exactly the
-        corresponding grid rows.
+        Snapped inputs of every task, in caller row order inside each task (in
+        canonical order with ``canonical=True``); NaN on padded rows. For rows on
+        the grid the values are exactly the corresponding grid rows.
     outputs : ndarray of shape (T, N, O), dtype float64, or None
         Outputs, NaN on padded rows and wherever an output is missing. None
         when the data were built without outputs.
@@ -61,11 +67,17 @@ class TaskData:
     grid : ndarray of shape (G, I), dtype float64
         Unique input rows sorted lexicographically (column 0 first).
     task_codes : ndarray of shape (n,), dtype int64
-        Task index (``0 .. T-1``) of each caller row, in caller row order.
+        Padded task index (``0 .. T-1``, first axis of :attr:`inputs`) of each
+        caller row, in caller row order. Equal to the task codes given to
+        :func:`build_task_data` unless it was called with ``canonical=True``.
     row_pos : ndarray of shape (n,), dtype int64
         Position (``0 .. N-1``) of each caller row inside its padded task.
     n_points : ndarray of shape (T,), dtype int64
-        Number of real rows of each task.
+        Number of real rows of each padded task.
+    task_index : ndarray of shape (T,), dtype int64
+        Padded task index of each task code given to :func:`build_task_data`:
+        task code ``c`` is laid out at ``inputs[task_index[c]]``. The identity
+        unless built with ``canonical=True``.
     """
 
     inputs: np.ndarray
@@ -75,6 +87,7 @@ class TaskData:
     task_codes: np.ndarray
     row_pos: np.ndarray
     n_points: np.ndarray
+    task_index: np.ndarray
 
     @property
     def n_tasks(self) -> int:
@@ -100,6 +113,18 @@ class TaskData:
     def n_grid(self) -> int:
         """int: Number of grid points ``G``."""
         return int(self.grid.shape[0])
+
+    @property
+    def task_order(self) -> np.ndarray:
+        """ndarray of shape (T,), int64: task code laid out at each padded index.
+
+        The inverse permutation of :attr:`task_index`: ``task_order[t]`` is the code
+        of padded task ``t``, so ``per_code = per_padded[task_index]`` and
+        ``per_padded = per_code[task_order]``.
+        """
+        order = np.empty_like(self.task_index)
+        order[self.task_index] = np.arange(self.task_index.size, dtype=np.int64)
+        return order
 
     @property
     def row_mask(self) -> np.ndarray:
@@ -417,6 +442,56 @@ def _first_bad_row(bad: np.ndarray) -> int | None:
     return int(np.argmax(rows)) if rows.any() else None
 
 
+def _content_ranks(content: np.ndarray) -> np.ndarray:
+    """Dense rank of each row of ``content`` (n, d) in lexicographic order.
+
+    Column 0 is most significant; NaN sorts after every number and equals NaN, so
+    missing outputs are ordered deterministically. Equal rows share a rank.
+    """
+    n = content.shape[0]
+    by_content = np.lexsort(content.T[::-1])  # lexsort's last key is the primary one
+    s = content[by_content]
+    same = (s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1]))
+    new_value = np.ones(n, dtype=bool)
+    new_value[1:] = ~same.all(axis=1)
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[by_content] = np.cumsum(new_value) - 1
+    return ranks
+
+
+def _canonical_layout(
+    codes: np.ndarray, n_tasks: int, content: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Content-only order of the tasks and of the rows inside each task.
+
+    Rows of a task are ordered by their content (lexicographic, see
+    :func:`_content_ranks`); tasks are ordered by the lexicographic order of their
+    sorted row contents, a task that is a prefix of another coming first. Only
+    tasks with exactly the same rows tie; they keep their relative code order,
+    which cannot matter since their data are identical.
+
+    Returns ``task_index`` (padded index of each code, shape (T,)) and ``order``
+    (caller rows sorted by padded task, then by content, shape (n,)).
+    """
+    n = codes.size
+    ranks = _content_ranks(content)
+    # Rows grouped by code, by content inside; one int64 key (< n**2) sorts faster
+    # than a two-key lexsort.
+    by_task = np.argsort(codes * n + ranks, kind="stable")
+    counts = np.bincount(codes, minlength=n_tasks)
+    starts = np.cumsum(counts) - counts
+    pos = np.arange(n, dtype=np.int64) - starts[codes[by_task]]
+    # One row per task: its sorted content ranks, padded with -1 (a prefix sorts
+    # first). The matrix is the size of the padded data.
+    keys = np.full((n_tasks, int(counts.max(initial=0))), -1, dtype=np.int64)
+    keys[codes[by_task], pos] = ranks[by_task]
+    task_order = np.lexsort(keys.T[::-1]) if keys.shape[1] else np.arange(n_tasks)
+    task_index = np.empty(n_tasks, dtype=np.int64)
+    task_index[task_order] = np.arange(n_tasks, dtype=np.int64)
+    order = np.argsort(task_index[codes] * n + ranks, kind="stable")
+    return task_index, order
+
+
 def build_task_data(
     task_codes: np.ndarray,
     n_tasks: int,
@@ -426,6 +501,7 @@ def build_task_data(
     grid: np.ndarray | None = None,
     n_bucket: int | None = None,
     rtol: float = 1e-12,
+    canonical: bool = False,
 ) -> TaskData:
     """Pad ragged task rows into ``(T, N, ...)`` arrays indexed on a grid.
 
@@ -454,11 +530,20 @@ def build_task_data(
         Relative tolerance of :func:`snap_inputs`. With a user grid, inputs and
         grid are snapped together so that inputs within tolerance of a grid
         point map to it.
+    canonical : bool, default=False
+        Lay tasks and rows out in an order that depends only on the data, not on
+        the caller's row order or task codes: rows of a task sorted
+        lexicographically by snapped inputs then outputs (NaN last), tasks sorted
+        lexicographically by their sorted rows. Then the padded arrays, hence
+        anything computed from them, are the same for any shuffle of the rows and
+        any relabelling of the tasks. ``task_codes``, ``row_pos`` and
+        ``task_index`` of the result map back to the caller's rows and codes.
 
     Returns
     -------
     TaskData
-        Padded arrays; rows keep their caller order inside each task.
+        Padded arrays; rows keep their caller order inside each task, and tasks
+        their code order, unless ``canonical`` is True.
 
     Raises
     ------
@@ -522,12 +607,18 @@ def build_task_data(
     # On-grid rows take the grid's exact values (so grid[mapping] == inputs).
     xs = np.where(on_grid[:, None], grd[np.where(on_grid, mapping, 0)], xs)
 
+    if canonical:
+        content = xs if ya is None else np.concatenate([xs, ya], axis=1)
+        task_index, order = _canonical_layout(codes, n_tasks, content)
+        codes = task_index[codes]
+    else:
+        task_index = np.arange(n_tasks, dtype=np.int64)
+        # Stable sort by task keeps caller order inside each task.
+        order = np.argsort(codes, kind="stable")
     n_points = np.bincount(codes, minlength=n_tasks).astype(np.int64)
     n_max = int(n_points.max())
     if n_bucket is not None:
         n_max = math.ceil(n_max / int(n_bucket)) * int(n_bucket)
-    # Stable sort by task keeps caller order inside each task.
-    order = np.argsort(codes, kind="stable")
     starts = np.cumsum(n_points) - n_points
     row_pos = np.empty(n, dtype=np.int64)
     row_pos[order] = np.arange(n, dtype=np.int64) - starts[codes[order]]
@@ -548,6 +639,7 @@ def build_task_data(
         task_codes=codes,
         row_pos=row_pos,
         n_points=n_points,
+        task_index=task_index,
     )
 
 

@@ -61,6 +61,7 @@ class FitConfig:
     init: str = "kmeans"
     jitter: float = 1e-6
     max_steps: int = 50
+    optimiser_tol: float = 1e-3
     seed: int = 0
     # Tasks per chunk of the per-task N x N work (None: sized to keep each chunked
     # intermediate under 32 MiB; 0: never chunk).
@@ -361,8 +362,9 @@ class FittedMagma:
             xp, real, pb = self._prep_pred(np.asarray(x_pred, np.float64))
             idx = jnp.asarray(_pad_axis(task_index, 0, pb, 0).astype(np.int32))
             tau = jnp.asarray(_pad_axis(self.tau[task_index], 0, pb, 1.0 / self.n_clusters))
+            jitter = jnp.asarray(self.jitter)
             mean, cov = _predict_train(
-                self.params, self.post, self.batch, idx, tau, xp, self.jitter, include_noise
+                self.params, self.post, self.batch, idx, tau, xp, jitter, include_noise
             )
             return self._finish(mean, cov, tau, real, full_cov)
 
@@ -399,7 +401,7 @@ class FittedMagma:
                     xo,
                     yo,
                     mo,
-                    self.jitter,
+                    jnp.asarray(self.jitter),
                     self.config.max_steps,
                 )
             tau = _new_tau(
@@ -411,7 +413,7 @@ class FittedMagma:
                 xo,
                 yo,
                 mo,
-                self.jitter,
+                jnp.asarray(self.jitter),
             )
             params_np = jax.tree.map(
                 lambda a: np.asarray(a)[:p] if isinstance(a, jax.Array) else a, start
@@ -474,7 +476,7 @@ class FittedMagma:
                 yo,
                 mo,
                 xp,
-                self.jitter,
+                jnp.asarray(self.jitter),
                 include_noise,
             )
             return self._finish(mean, cov, tau, real, full_cov)
@@ -556,6 +558,8 @@ def _extend(params, post, grid, grid_mask, x):
 
 @eqx.filter_jit
 def _predict_train(params, post, batch, idx, tau, x_pred, jitter, include_noise):
+    ext = core_predict.grid_extension(post)
+
     def one(args):
         i, tau_i, xp = args
         return core_predict.predict_training_task(
@@ -571,6 +575,7 @@ def _predict_train(params, post, batch, idx, tau, x_pred, jitter, include_noise)
             xp,
             jitter,
             include_noise,
+            ext,
         )
 
     return jax.lax.map(one, (idx, tau, x_pred), batch_size=64)
@@ -578,6 +583,8 @@ def _predict_train(params, post, batch, idx, tau, x_pred, jitter, include_noise)
 
 @eqx.filter_jit
 def _predict_new(params, post, batch, task_params, weights, xo, yo, mo, xp, jitter, include_noise):
+    ext = core_predict.grid_extension(post)
+
     def one(args):
         pt, x_o, y_o, m_o, x_p = args
         return core_predict.predict_new_task(
@@ -593,6 +600,7 @@ def _predict_new(params, post, batch, task_params, weights, xo, yo, mo, xp, jitt
             x_p,
             jitter,
             include_noise,
+            ext,
         )
 
     return jax.lax.map(one, (task_params, xo, yo, mo, xp), batch_size=64)
@@ -600,9 +608,13 @@ def _predict_new(params, post, batch, task_params, weights, xo, yo, mo, xp, jitt
 
 @eqx.filter_jit
 def _new_tau(params, post, batch, task_params, weights, xo, yo, mo, jitter):
+    ext = core_predict.grid_extension(post)
+
     def one(args):
         pt, x_o, y_o, m_o = args
-        mu, cov = core_predict.extend_hyperposterior(params, post, batch.grid, batch.grid_mask, x_o)
+        mu, cov = core_predict.extend_hyperposterior(
+            params, post, batch.grid, batch.grid_mask, x_o, ext
+        )
         return core_predict.new_task_log_marginal(pt, weights, mu, cov, x_o, y_o, m_o, jitter)[1]
 
     return jax.lax.map(one, (task_params, xo, yo, mo), batch_size=64)
@@ -610,6 +622,8 @@ def _new_tau(params, post, batch, task_params, weights, xo, yo, mo, jitter):
 
 @eqx.filter_jit
 def _fit_new(params, post, batch, start, weights, xo, yo, mo, jitter, max_steps):
+    ext = core_predict.grid_extension(post)
+
     def one(args):
         pt, x_o, y_o, m_o = args
         return core_predict.fit_new_task_params(
@@ -625,6 +639,7 @@ def _fit_new(params, post, batch, start, weights, xo, yo, mo, jitter, max_steps)
             jitter,
             max_steps,
             1e-5,
+            ext,
         )
 
     return jax.lax.map(one, (start, xo, yo, mo), batch_size=64)
@@ -740,6 +755,7 @@ def fit_magma(
                 tol=config.tol,
                 jitter=config.jitter,
                 max_steps=config.max_steps,
+                optimiser_tol=config.optimiser_tol,
                 callback=callback,
                 refresh=refresh,
             )

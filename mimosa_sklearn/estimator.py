@@ -236,6 +236,11 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     ``KFold``. With JAX, ``n_jobs=1`` is advised in ``GridSearchCV``/``cross_val_score``
     (JAX is multithreaded and each worker would recompile).
 
+    A fit depends on the data only, not on the order of the rows or tasks nor on the
+    task ids: before fitting, tasks and the rows inside each task are put in an order
+    computed from their values (only tasks with identical rows tie), and the fitted
+    attributes are mapped back to the caller's task ids.
+
     References
     ----------
     A. Leroy, P. Latouche, B. Guedj and S. Gey, "Cluster-Specific Predictions with
@@ -343,6 +348,9 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled estimator, refusing pickles from incompatible versions."""
         state = dict(state)
+        if "model_" in state and "_model_rows" not in state:
+            # Fitted before the canonical task order: model rows were first-seen order.
+            state["_model_rows"] = np.arange(int(state["n_tasks_"]), dtype=np.int64)
         saved = state.pop("_mimosa_version", None)
         current = _package_version()
         if saved is not None and _compat_key(saved) != _compat_key(current):
@@ -566,13 +574,20 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 f"({n_tasks}); set n_clusters to at most {n_tasks}."
             )
 
+        # Tasks and rows in an order that depends only on the data, so that the fit
+        # ignores the caller's row order and task ids (k-means, in particular, would
+        # otherwise split look-alike tasks by their order). model_ rows follow that
+        # order; td.task_index maps the first-seen task codes to them.
+        td = build_task_data(codes, n_tasks, rows.inputs, y2, canonical=True)
+        observed = td.outputs.reshape(-1, y2.shape[1])  # canonical layout, NaN padding
         if self.normalize_y:
-            mean = np.nanmean(y2, axis=0)
-            std = np.nanstd(y2, axis=0)
+            # Statistics over the canonical layout: the same rounding for any row order.
+            mean = np.nanmean(observed, axis=0)
+            std = np.nanstd(observed, axis=0)
             std = np.where((std > 0) & np.isfinite(std), std, 1.0)
         else:
             mean, std = np.zeros(y2.shape[1]), np.ones(y2.shape[1])
-        td = build_task_data(codes, n_tasks, rows.inputs, (y2 - mean) / std)
+        td = dataclasses.replace(td, outputs=(td.outputs - mean) / std)
 
         engine = _engine()
         config = engine.FitConfig(
@@ -616,8 +631,10 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.model_ = model
         self.task_ids_ = task_ids
         self.n_tasks_ = n_tasks
+        # model_ row of each training task (task_ids_ order).
+        self._model_rows = td.task_index
         self.weights_ = np.asarray(model.weights, dtype=np.float64).copy()
-        tau = np.asarray(model.tau, dtype=np.float64)
+        tau = np.asarray(model.tau, dtype=np.float64)[td.task_index]
         self.memberships_ = pd.DataFrame(
             tau,
             index=pd.Index(task_ids, name=self._task_col_label()),
@@ -627,9 +644,9 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.elbo_ = np.asarray(model.elbo_history, dtype=np.float64).copy()
         self.n_iter_ = int(model.n_iter)
         self.converged_ = bool(model.converged)
-        self.hyperparameters_ = {
-            k: np.array(v, dtype=np.float64) for k, v in model.hyperparameters().items()
-        }
+        self.hyperparameters_ = _task_hps_in_order(
+            model.hyperparameters(), td.task_index, per_task=not self.shared_task_hps
+        )
         self._y_train_mean = mean
         self._y_train_std = std
         self._y_1d = is_1d
@@ -762,9 +779,14 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             rows = dataclasses.replace(rows, inputs=rows.inputs[rows_kept])
             y2 = y2[rows_kept]
         y_norm = (y2 - self._y_train_mean) / self._y_train_std
-        td = build_task_data(codes, ids.size, rows.inputs, y_norm)
+        # Canonical layout: each task's context (hence its memberships and forecasts)
+        # does not depend on the order of its rows or of the other new tasks.
+        td = build_task_data(codes, ids.size, rows.inputs, y_norm, canonical=True)
         context = self.model_.condition(td.inputs, td.outputs)
-        return {task: self._slice_context(context, i) for i, task in enumerate(ids.tolist())}
+        return {
+            task: self._slice_context(context, int(i))
+            for task, i in zip(ids.tolist(), td.task_index, strict=True)
+        }
 
     def _slice_context(self, context: Context, i: int) -> Context:
         """The ``i``-th task of a multi-task context, without its padded rows."""
@@ -829,7 +851,10 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         outputs, ``(T, N, O, N, O)``.
         """
         codes, ids = encode_task_ids(rows.ids)
-        td = build_task_data(codes, ids.size, rows.inputs)
+        # Rows in canonical order inside each task (predictions of a row then do not
+        # depend on the order of the other rows); everything below is per padded task.
+        td = build_task_data(codes, ids.size, rows.inputs, canonical=True)
+        ids = ids[td.task_order]
         x = td.inputs
         n_tasks, n_max, n_out = x.shape[0], x.shape[1], self._y_train_mean.shape[0]
         train_idx, ctx_idx = self._task_sources(ids, contexts)
@@ -843,7 +868,10 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         tau = np.zeros((n_tasks, self.weights_.shape[0]))
         kw = {"include_noise": include_noise, "full_cov": full_cov}
         groups: list[tuple[np.ndarray, Callable[[np.ndarray], tuple]]] = [
-            (train_idx >= 0, lambda m: self.model_.predict_train(train_idx[m], x[m], **kw)),
+            (
+                train_idx >= 0,
+                lambda m: self.model_.predict_train(self._model_rows[train_idx[m]], x[m], **kw),
+            ),
             (
                 (train_idx < 0) & (ctx_idx >= 0),
                 lambda m: self.model_.predict_context(
@@ -1137,6 +1165,25 @@ def _check_ids(ids: np.ndarray, index: pd.Index | None) -> np.ndarray:
             label = "" if index is None else f" (index {index[row]!r})"
             raise ValueError(f"Input X contains infinity in the task column at row {row}{label}")
     return ids
+
+
+def _task_hps_in_order(
+    hps: dict[str, Any], model_rows: np.ndarray, *, per_task: bool
+) -> dict[str, np.ndarray]:
+    """Hyperparameters as float arrays, per-task ones reordered to ``task_ids_`` order.
+
+    Task-kernel and noise values have a leading task axis (in ``model_`` row order)
+    when task hyperparameters are not shared; ``model_rows`` gives the ``model_`` row
+    of each training task.
+    """
+    out = {k: np.array(v, dtype=np.float64) for k, v in hps.items()}
+    if per_task and model_rows.size > 1:
+        for key, value in out.items():
+            if (key == "noise" or key.startswith("task_kernel.")) and (
+                value.ndim and value.shape[0] == model_rows.size
+            ):
+                out[key] = value[model_rows]
+    return out
 
 
 def _leading(leaf: Any) -> int | None:

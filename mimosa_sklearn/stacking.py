@@ -350,6 +350,7 @@ def fit_correlated(
                 tol=config.tol,
                 jitter=config.jitter,
                 max_steps=config.max_steps,
+                optimiser_tol=config.optimiser_tol,
                 callback=callback,
             )
             fitted = StackedMagma(

@@ -246,6 +246,41 @@ def test_bucket_rounding():
         build_task_data(codes, 2, x, n_bucket=0)
 
 
+def test_canonical_layout_orders_tasks_and_rows_by_content():
+    codes = np.array([0, 0, 1, 2, 2, 3, 3, 1, 4, 4])
+    x = np.array([5.0, 1.0, 2.0, 2.0, 2.0, 5.0, 1.0, 0.5, 1.0, 1.0])
+    y = np.array([0.0, 3.0, 1.0, np.nan, 7.0, 0.0, 3.0, 1.0, 2.0, 2.0])
+    td = build_task_data(codes, 5, x, y, canonical=True)
+    # Sorted rows (x, y) of each task: 0 = [(1, 3), (5, 0)] and 3 are identical,
+    # 1 = [(0.5, 1), (2, 1)], 2 = [(2, 7), (2, NaN)] (NaN last), 4 = [(1, 2), (1, 2)].
+    # Lexicographic order of these sequences: 1, 4, then 0 and 3 (tied, code order
+    # kept), then 2.
+    np.testing.assert_array_equal(td.task_order, [1, 4, 0, 3, 2])
+    np.testing.assert_array_equal(td.task_index, [2, 0, 4, 3, 1])
+    np.testing.assert_array_equal(td.n_points, [2, 2, 2, 2, 2])
+    np.testing.assert_array_equal(td.inputs[..., 0], [[0.5, 2], [1, 1], [1, 5], [1, 5], [2, 2]])
+    np.testing.assert_array_equal(td.outputs[..., 0], [[1, 1], [2, 2], [3, 0], [3, 0], [7, np.nan]])
+    np.testing.assert_array_equal(td.to_rows(td.inputs)[:, 0], x)
+    np.testing.assert_array_equal(td.to_rows(td.outputs)[:, 0], y)
+    np.testing.assert_array_equal(td.task_codes, td.task_index[codes])
+    # Without canonical=True, tasks keep their codes and rows their caller order.
+    plain = build_task_data(codes, 5, x, y)
+    np.testing.assert_array_equal(plain.task_index, np.arange(5))
+    np.testing.assert_array_equal(plain.task_order, np.arange(5))
+    np.testing.assert_array_equal(plain.inputs[0, :, 0], [5.0, 1.0])
+
+
+def test_canonical_layout_puts_a_prefix_first_and_allows_empty_tasks():
+    codes = np.array([0, 0, 0, 2, 2])
+    x = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
+    td = build_task_data(codes, 3, x, canonical=True)
+    # Task 1 has no rows (empty prefix of everything), task 2 = [1, 2] is a prefix of
+    # task 0 = [1, 2, 3].
+    np.testing.assert_array_equal(td.task_order, [1, 2, 0])
+    np.testing.assert_array_equal(td.n_points, [0, 2, 3])
+    np.testing.assert_array_equal(td.to_rows(td.inputs)[:, 0], x)
+
+
 def test_rows_all_nan_outputs_are_kept():
     y = np.array([[np.nan, np.nan], [1.0, np.nan], [np.nan, np.nan]])
     td = build_task_data(np.array([0, 0, 1]), 2, np.array([0.0, 1.0, 0.0]), y)

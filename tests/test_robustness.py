@@ -186,6 +186,98 @@ def test_same_random_state_gives_bit_identical_fits(data):
     np.testing.assert_array_equal(c.predict(X), a.predict(X))
 
 
+# Eight tasks that k-means cannot tell apart: every one has min -1, mean 0 and max 1
+# (so identical standardised summaries), with a duplicated input inside task "d" and
+# task "e" an exact copy of task "c". Before the content-based canonical order, the
+# engine saw tasks in first-seen order and k-means split them by that order.
+_LOOKALIKES = {
+    "a": ([0.0, 1.0, 2.5], [-1.0, 0.0, 1.0]),
+    "b": ([0.0, 1.0, 2.5], [1.0, 0.0, -1.0]),
+    "c": ([3.0, 4.5, 6.0, 7.0], [-1.0, 1.0, 1.0, -1.0]),
+    "d": ([2.5, 2.5, 9.0], [1.0, -1.0, 0.0]),
+    "e": ([3.0, 4.5, 6.0, 7.0], [-1.0, 1.0, 1.0, -1.0]),
+    "f": ([0.0, 4.5, 9.0], [0.0, -1.0, 1.0]),
+    "g": ([1.0, 3.0, 6.0, 7.0, 9.0], [-1.0, 0.0, 0.0, 0.0, 1.0]),
+    "h": ([6.0, 7.0], [1.0, -1.0]),
+}
+
+
+def _lookalike_rows(task_order: list[str], ids: dict[str, object], seed: int | None):
+    """Rows of ``_LOOKALIKES`` with tasks in ``task_order``, ids renamed by ``ids`` and,
+    with a seed, rows shuffled; also returns the letter of each row's task."""
+    letters = np.concatenate([[t] * len(_LOOKALIKES[t][0]) for t in task_order])
+    x = np.concatenate([_LOOKALIKES[t][0] for t in task_order])
+    y = np.concatenate([_LOOKALIKES[t][1] for t in task_order])
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(letters.size)
+        letters, x, y = letters[order], x[order], y[order]
+    X = pd.DataFrame({"ID": pd.Series([ids[t] for t in letters], dtype=object), "x": x})
+    return X, y, letters
+
+
+@pytest.mark.parametrize("params", [{}, {"shared_task_hps": False}], ids=["shared", "per_task"])
+def test_fit_ignores_task_order_row_order_and_id_labels(params):
+    letters = list(_LOOKALIKES)
+    X_a, y_a, rows_a = _lookalike_rows(letters, {t: i for i, t in enumerate(letters)}, None)
+    # Tasks in another order, rows shuffled, ids of another type whose sort order
+    # differs from both the first-seen order and the letters.
+    other = ["e", "h", "b", "g", "c", "a", "f", "d"]
+    names = {t: f"task-{(5 * i + 3) % 8}" for i, t in enumerate(letters)}
+    X_b, y_b, rows_b = _lookalike_rows(other, names, seed=7)
+    a = _fit(X_a, y_a, **params)
+    b = _fit(X_b, y_b, **params)
+
+    # The same fit, bit for bit: ELBO history, hyperparameters (per-task ones aligned
+    # by task), memberships and labels aligned by task id.
+    np.testing.assert_array_equal(a.elbo_, b.elbo_)
+    to_b = [names[t] for t in letters]
+    np.testing.assert_array_equal(a.memberships_.to_numpy(), b.memberships_.loc[to_b].to_numpy())
+    np.testing.assert_array_equal(a.labels_, b.labels_[pd.Index(b.task_ids_).get_indexer(to_b)])
+    for key, value in a.hyperparameters_.items():
+        value_b = b.hyperparameters_[key]
+        if value.shape[0] == len(letters) > 1 and (key == "noise" or key.startswith("task_")):
+            value_b = value_b[pd.Index(b.task_ids_).get_indexer(to_b)]
+        np.testing.assert_array_equal(value, value_b, err_msg=key)
+    # Predictions of every row (matched through its task and position), in the
+    # caller's row order each time.
+    match = np.lexsort((y_b, X_b["x"].to_numpy(), rows_b))
+    match_a = np.lexsort((y_a, X_a["x"].to_numpy(), rows_a))
+    back = np.empty_like(match)
+    back[match_a] = match  # row of b holding the same (task, x, y) as each row of a
+    mean_a, std_a = a.predict(X_a, return_std=True)
+    mean_b, std_b = b.predict(X_b, return_std=True)
+    np.testing.assert_array_equal(mean_a, mean_b[back])
+    np.testing.assert_array_equal(std_a, std_b[back])
+    np.testing.assert_array_equal(a.predict_proba(X_a), b.predict_proba(X_b)[back])
+
+
+def test_condition_ignores_the_order_of_new_tasks(fitted):
+    rng = np.random.default_rng(3)
+    tasks = {
+        f"new-{i}": (POOL[rng.choice(POOL.size, size=n, replace=False)], rng.normal(size=n))
+        for i, n in enumerate([2, 5, 3, 1])
+    }
+
+    def rows(order: list[str], seed: int | None):
+        ids = np.concatenate([[t] * len(tasks[t][0]) for t in order])
+        x = np.concatenate([tasks[t][0] for t in order])
+        y = np.concatenate([tasks[t][1] for t in order])
+        if seed is not None:
+            perm = np.random.default_rng(seed).permutation(ids.size)
+            ids, x, y = ids[perm], x[perm], y[perm]
+        return pd.DataFrame({"ID": ids.astype(object), "x": x}), y
+
+    together = pickle.loads(pickle.dumps(fitted)).condition(*rows(list(tasks), None))
+    shuffled = pickle.loads(pickle.dumps(fitted)).condition(*rows(list(tasks)[::-1], seed=1))
+    X_pred = pd.DataFrame(
+        {"ID": np.repeat(list(tasks), POOL.size).astype(object), "x": np.tile(POOL, len(tasks))}
+    )
+    np.testing.assert_array_equal(
+        together.predict(X_pred, return_std=True), shuffled.predict(X_pred, return_std=True)
+    )
+    np.testing.assert_array_equal(together.predict_proba(X_pred), shuffled.predict_proba(X_pred))
+
+
 def test_pickle_round_trip_is_bit_identical(fitted, data):
     X, _ = data
     restored = pickle.loads(pickle.dumps(fitted))
@@ -319,3 +411,14 @@ def test_pickle_from_compatible_version_loads(monkeypatch, fitted, data):
     blob = _pickled_as(monkeypatch, fitted, f"{major}.{minor}.999")
     X, _ = data
     np.testing.assert_array_equal(pickle.loads(blob).predict(X), fitted.predict(X))
+
+
+def test_pickle_without_model_rows_maps_tasks_in_first_seen_order(fitted):
+    # Estimators pickled before the canonical task order had model_ rows in first-seen
+    # task order and no `_model_rows`; loading one restores that identity map.
+    state = fitted.__getstate__()
+    assert "_model_rows" in state
+    del state["_model_rows"]
+    restored = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
+    restored.__setstate__(state)
+    np.testing.assert_array_equal(restored._model_rows, np.arange(fitted.n_tasks_))

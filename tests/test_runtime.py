@@ -102,3 +102,35 @@ def test_x64_context_leaves_global_config_alone():
     assert jax.config.jax_enable_x64 == before
     if not before:
         assert jnp.ones(2).dtype == jnp.float32
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs procfs")
+def test_compiled_code_is_released_near_the_map_limit(monkeypatch):
+    """XLA maps every compiled kernel into its own pages and segfaults once the process
+    reaches vm.max_map_count (CI crashed this way after ~60 data shapes). Near half of
+    the budget the caches are cleared; fits after that recompile and agree exactly."""
+    import numpy as np
+
+    from mimosa_sklearn import MagmaClusterRegressor
+    from mimosa_sklearn.datasets import make_magma_data
+
+    X, y, _ = make_magma_data(
+        n_tasks=8, n_points=6, n_clusters=2, grid_size=15, random_state=3
+    )
+    est = MagmaClusterRegressor(n_clusters=2, max_iter=3, random_state=0).fit(X, y)
+    first = est.predict(X)
+    held = _runtime.memory_map_count()
+    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, str(10 * held))
+    assert not _runtime.release_compiled_code_if_needed()
+    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, str(2 * held - 2))
+    releases = _runtime._state["releases"]
+    assert _runtime.release_compiled_code_if_needed()
+    assert _runtime._state["releases"] == releases + 1
+    # The compiled programs of that fit held hundreds of maps.
+    assert _runtime.memory_map_count() < held - 200
+    # Every core entry point checks the budget: with a tiny one, each entry releases,
+    # and the refit recompiles and reproduces the first fit.
+    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, "2")
+    refit = MagmaClusterRegressor(n_clusters=2, max_iter=3, random_state=0).fit(X, y)
+    assert _runtime._state["releases"] >= releases + 2
+    np.testing.assert_array_equal(refit.predict(X), first)

@@ -242,13 +242,18 @@ def run_em(
     tol: float = 1e-4,
     jitter: float = 1e-6,
     max_steps: int = 50,
-    optimiser_tol: float = 1e-5,
+    optimiser_tol: float = 1e-3,
     skip_first_tau_update: bool = True,
     callback: Callable[[int, float], None] | None = None,
     max_jitter: float = 1e-1,
     refresh: Callable[[Params, TaskBatch, Array], TaskBatch] | None = None,
 ) -> EMResult:
     """Run variational EM until the relative ELBO change is below ``tol``.
+
+    Each VM-step is a partial one (at most ``max_steps`` L-BFGS steps), so a small ELBO
+    change can also mean slow progress: the EM only stops when the change is below
+    ``tol`` *and* the last VM-step's L-BFGS met its own tolerance within
+    ``max_steps``, i.e. the hyperparameters have reached a stationary point.
 
     ``refresh(params, batch, jitter)``, when given, rebuilds the batch from the current
     hyperparameters before every iteration and before the final E-step (the approximate
@@ -271,7 +276,7 @@ def run_em(
         out = em_iteration(
             params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol
         )
-        new_params, new_weights, new_tau, post_i, value, _ = out
+        new_params, new_weights, new_tau, post_i, value, steps = out
         if not (np.isfinite(float(value)) and _finite((new_params, new_tau, post_i.mean))):
             # From jitter=0, ten times nothing would retry forever: start at a floor.
             next_jitter = max(jitter * 10, _MIN_RETRY_JITTER)
@@ -294,7 +299,7 @@ def run_em(
             callback(n_iter, float(value))
         if len(history) > 1:
             change = abs(history[-1] - history[-2]) / max(abs(history[-1]), 1.0)
-            if change < tol:
+            if change < tol and int(steps) < max_steps:
                 converged = True
                 break
     if refresh is not None:

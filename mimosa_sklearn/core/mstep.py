@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index
-from .likelihood import masked_factor, moment_nll
+from .likelihood import masked_cov, moment_nll
 from .linalg import gather_matrix, gather_vector
 from .optimise import minimise
 from .parallel import map_tasks
@@ -70,10 +70,11 @@ def cluster_objective(
     params: Params, post: Hyperposterior, grid: Float[Array, "G I"], grid_mask: Array, jitter: float
 ) -> Float[Array, ""]:
     """``sum_k J^mu_k``: expected NLL of the hyperposteriors under their priors."""
-    _, mean, chol = prior_on_grid(params, grid, grid_mask, jitter)
-    kc, oc, g, _ = chol.shape
+    # The factor that prior_on_grid also returns is unused here, so XLA drops it.
+    cov, mean, _ = prior_on_grid(params, grid, grid_mask, jitter)
+    kc, oc, g, _ = cov.shape
     mom, count = cluster_moments(post, mean, kc, oc)
-    return jnp.sum(moment_nll(chol, mom, count, jnp.asarray(g, chol.dtype)))
+    return jnp.sum(moment_nll(cov, mom, count, jnp.asarray(g, cov.dtype)))
 
 
 def task_moments(
@@ -155,11 +156,9 @@ def task_objective(
         kernel, log_noise = get_params(p_i)
         cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
         kt, _, n, _ = cov.shape
-        cov = jnp.broadcast_to(cov, (kt, o, n, n))
-        both = m_i[:, :, None] & m_i[:, None, :]
-        chol = masked_factor(jnp.where(both[None], cov, 0.0), m_i[None], jitter)
+        cov = masked_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
         n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
-        return jnp.sum(moment_nll(chol, mom_i, w_i[..., None], n_real))
+        return jnp.sum(moment_nll(cov, mom_i, w_i[..., None], n_real))
 
     if moments.shape[0] == 1 and batch.x.shape[0] > 1:
         return one(batch.x[0], mask_t[0], None, moments[0], weights[0])
@@ -206,14 +205,19 @@ def m_step(
         batch, tau, post, params.log_noise.shape[1], shared_fast_path(params, batch), offsets
     )
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
+    # The objective sums over every observation, so its gradient grows with the data.
+    # L-BFGS starts from an identity Hessian: unscaled, its first step would be
+    # thousands of units long and the line search would spend most of the VM-step's
+    # budget halving it. Per observation, the first step is of the right size.
+    scale = jnp.maximum(jnp.sum(batch.mask) + jnp.sum(batch.grid_mask), 1).astype(tau.dtype)
 
     def fn(dyn, args):
-        return total_objective(eqx.combine(dyn, static), *args)
+        return total_objective(eqx.combine(dyn, static), *args) / scale
 
     new_dyn, value, n_steps = minimise(
         fn, dynamic, (post, batch, moments, mweights, jitter), max_steps, tol
     )
-    return eqx.combine(new_dyn, static), weights, n_steps, value
+    return eqx.combine(new_dyn, static), weights, n_steps, value * scale
 
 
 def cluster_index_for(params: Params, n_clusters: int) -> Array:
