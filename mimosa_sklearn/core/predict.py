@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float
 
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import LOG_2PI, masked_factor
-from .linalg import cho_solve, logdet_from_chol, solve_lower
+from .linalg import cho_solve, logdet_from_chol, lower_inverse, solve_lower
 from .memberships import log_weights
 from .optimise import minimise
 from .params import Params, eval_kernel, eval_mean, index_module
@@ -53,9 +53,7 @@ class GridExtension(eqx.Module):
 
 def grid_extension(post: Hyperposterior) -> GridExtension:
     """The :class:`GridExtension` of a hyperposterior."""
-    g = post.prior_chol.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(g, dtype=post.prior_chol.dtype), post.prior_chol.shape)
-    chol_inv = solve_lower(post.prior_chol, eye)
+    chol_inv = lower_inverse(post.prior_chol)
     return GridExtension(
         chol_inv=chol_inv,
         whitened_inv=solve_lower(post.whitened_chol, chol_inv),

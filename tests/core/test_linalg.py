@@ -102,3 +102,16 @@ def test_add_jitter_is_relative_to_mean_diagonal_with_unit_floor():
                                big + 0.6 * np.eye(2))
     np.testing.assert_allclose(np.asarray(linalg.add_jitter(jnp.asarray(small), 0.1)),
                                small + 0.1 * np.eye(2))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 32, 33, 65])
+def test_lower_inverse_equals_numpy_inverse(n):
+    # Batched, odd and even sizes, against numpy.
+    rng = np.random.default_rng(n)
+    chols = np.stack([np.linalg.cholesky(spd(rng, n, 1.0)) for _ in range(3)]).reshape(3, 1, n, n)
+    got = np.asarray(linalg.lower_inverse(jnp.asarray(chols)))
+    want = np.linalg.inv(chols)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.all(np.triu(got, 1) == 0.0)
+    prec = np.asarray(linalg.inverse_from_chol(jnp.asarray(chols)))
+    np.testing.assert_allclose(prec, np.linalg.inv(chols @ np.swapaxes(chols, -1, -2)), rtol=1e-9)
