@@ -19,8 +19,14 @@ from jaxtyping import Array, Float
 
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index, hyperposterior
-from .likelihood import LOG_2PI, cluster_nlls, masked_factor, task_nlls
-from .linalg import is_projection, masked_inverse
+from .likelihood import (
+    LOG_2PI,
+    cluster_nlls,
+    masked_factor,
+    task_nlls,
+    task_nlls_from_precisions,
+)
+from .linalg import is_projection, logdet_from_chol, masked_inverse
 from .memberships import entropy_term, responsibilities
 from .mstep import m_step, mixture_weights
 from .parallel import map_tasks
@@ -56,8 +62,9 @@ _MIN_RETRY_JITTER = 1e-10
 
 def task_precisions(
     params: Params, batch: TaskBatch, jitter: float
-) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "T Kt O N"]]:
-    """Masked task precisions ``Psi_i^{-1}`` and ``Psi_i^{-1} y_i`` (zero on padding).
+) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "T Kt O N"], Float[Array, "Ts Kt O"]]:
+    """Masked task precisions ``Psi_i^{-1}``, ``Psi_i^{-1} y_i`` (zero on padding) and
+    the log-determinants ``log|Psi_i|`` of the real blocks.
 
     On the shared-input fast path (:func:`.params.shared_fast_path`) the precision is
     computed once and returned with a leading axis of size ``Ts = 1``; otherwise
@@ -76,21 +83,42 @@ def task_precisions(
         m = jnp.broadcast_to(m_i, (kt, o, n))
         both = m[..., :, None] & m[..., None, :]
         chol = masked_factor(jnp.where(both, cov, 0.0), m, jitter)
-        return masked_inverse(chol, m)  # (Kt, O, N, N)
+        return masked_inverse(chol, m), logdet_from_chol(chol)  # (Kt, O, N, N), (Kt, O)
 
     if shared_fast_path(params, batch):
-        prec = one(batch.x[0], mask_t[0], None)[None]
+        prec, logdet = one(batch.x[0], mask_t[0], None)
         # Padded tasks hold y = 0, so their weighted outputs vanish as on the general path.
-        return prec, jnp.einsum("konm,tom->tkon", prec[0], y_t)
-    prec = map_tasks(lambda a: one(*a), (batch.x, mask_t, xs_params), batch.task_chunk)
-    return prec, jnp.einsum("tkonm,tom->tkon", prec, y_t)
+        return prec[None], jnp.einsum("konm,tom->tkon", prec, y_t), logdet[None]
+    prec, logdet = map_tasks(lambda a: one(*a), (batch.x, mask_t, xs_params), batch.task_chunk)
+    return prec, jnp.einsum("tkonm,tom->tkon", prec, y_t), logdet
 
 
 def cluster_task_nll(
-    params: Params, post: Hyperposterior, batch: TaskBatch, jitter: float
+    params: Params,
+    post: Hyperposterior,
+    batch: TaskBatch,
+    jitter: float,
+    precisions: tuple[Array, Array] | None = None,
 ) -> Float[Array, "T K"]:
-    """``-l_ik``: full task NLL per (task, cluster), summed over outputs."""
+    """``-l_ik``: full task NLL per (task, cluster), summed over outputs.
+
+    ``precisions``: the ``(Psi_i^{-1}, log|Psi_i|)`` of :func:`task_precisions` at the
+    same parameters and jitter, when the caller has them (no second factorisation).
+    """
     shared = shared_fast_path(params, batch)
+    if precisions is not None:
+        nll = task_nlls_from_precisions(
+            batch.y,
+            batch.mask,
+            batch.mappings,
+            post.mean,
+            post.cov,
+            *precisions,
+            chunk=batch.task_chunk,
+            shared_weight=batch.task_weight if shared else None,
+            offsets=prior_offsets(params, batch),
+        )
+        return jnp.sum(nll, axis=-1)
     covs = task_covariances(params, batch.x[:1] if shared else batch.x)
     nll = task_nlls(
         batch.y,
@@ -120,7 +148,7 @@ def e_step(
     ``update_tau`` may be a traced boolean, so skipping the first update does not cost
     a second compilation.
     """
-    prec, weighted = task_precisions(params, batch, jitter)
+    prec, weighted, logdet = task_precisions(params, batch, jitter)
     _, prior_mean, prior_chol = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
     offsets, offset_wy = prior_offsets(params, batch), None
     if offsets is not None:
@@ -138,7 +166,8 @@ def e_step(
     )
     if update_tau is False:
         return post, tau
-    new_tau = responsibilities(weights, cluster_task_nll(params, post, batch, jitter))
+    nll = cluster_task_nll(params, post, batch, jitter, precisions=(prec, logdet))
+    new_tau = responsibilities(weights, nll)
     return post, jnp.where(update_tau, new_tau, tau)
 
 

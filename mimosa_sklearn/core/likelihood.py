@@ -37,6 +37,7 @@ __all__ = [
     "full_nll",
     "cluster_nlls",
     "task_nlls",
+    "task_nlls_from_precisions",
     "moment_nll",
 ]
 
@@ -250,6 +251,63 @@ def task_nlls(
         return out  # (K, O)
 
     return map_tasks(per_task, (y, mask, mappings, task_covs, offsets), chunk)
+
+
+def task_nlls_from_precisions(
+    y: Float[Array, "T N O"],
+    mask: Bool[Array, "T N O"],
+    mappings: Int[Array, "T N"],
+    post_means: Float[Array, "K O G"],
+    post_covs: Float[Array, "K Oc G G"],
+    precisions: Float[Array, "Ts Kt O N N"],
+    logdets: Float[Array, "Ts Kt O"],
+    constant: bool = True,
+    chunk: int = 0,
+    shared_weight: Float[Array, " T"] | None = None,
+    offsets: Float[Array, "T K O N"] | None = None,
+) -> Float[Array, "T K O"]:
+    """:func:`task_nlls` from task precisions the caller already has.
+
+    The VE-step computes the masked precisions ``Psi_i^{-1}`` (zero on padding) and
+    ``log|Psi_i|`` for the hyperposteriors; reusing them for the responsibilities saves
+    a second factorisation of every task covariance. ``Ts = 1`` with ``shared_weight``
+    is the shared-input fast path, as in :func:`task_nlls`.
+    """
+    t, n, o = y.shape
+    k = post_means.shape[0]
+    kt = precisions.shape[1]
+    post_covs = jnp.broadcast_to(post_covs, (k, o) + post_covs.shape[-2:])
+    idx = jnp.arange(k) if kt == k and kt > 1 else jnp.zeros((k,), dtype=int)
+
+    def terms(m_t, prec_i, logdet_i, mu, cov_hat, resid):
+        inv_k = prec_i[idx]  # (K, O, N, N)
+        quad = jnp.einsum("...kon,konm,...kom->...ko", resid, inv_k, resid)
+        trace = jnp.sum(inv_k * cov_hat, axis=(-2, -1))
+        out = 0.5 * (quad + logdet_i[idx] + trace)
+        if constant:
+            out = out + 0.5 * jnp.sum(m_t, axis=-1) * LOG_2PI
+        return out
+
+    if shared_weight is not None:
+        m_t = mask[0].T  # (O, N)
+        mu = gather_vector(post_means, mappings[0])  # (K, O, N)
+        resid = jnp.where(m_t, jnp.swapaxes(y, 1, 2)[:, None] - mu[None], 0.0)  # (T, K, O, N)
+        if offsets is not None:
+            resid = resid - offsets
+        cov_hat = gather_matrix(post_covs, mappings[0])
+        out = terms(m_t, precisions[0], logdets[0], mu, cov_hat, resid)
+        return shared_weight[:, None, None] * out
+
+    def per_task(args):
+        y_i, mask_i, map_i, prec_i, logdet_i, off_i = args
+        m_t = mask_i.T  # (O, N)
+        mu = gather_vector(post_means, map_i)  # (K, O, N)
+        if off_i is not None:
+            mu = mu + off_i
+        resid = jnp.where(m_t[None], y_i.T[None] - mu, 0.0)
+        return terms(m_t, prec_i, logdet_i, mu, gather_matrix(post_covs, map_i), resid)
+
+    return map_tasks(per_task, (y, mask, mappings, precisions, logdets, offsets), chunk)
 
 
 @jax.custom_vjp

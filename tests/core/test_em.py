@@ -276,6 +276,23 @@ def test_run_em_elbo_is_non_decreasing():
     assert labels[0] != labels[1]
 
 
+def test_run_em_does_not_stop_while_the_m_step_is_capped():
+    """A small ELBO change is not convergence when L-BFGS used its whole step budget
+    (slow progress, not a stationary point); it is when L-BFGS met its tolerance."""
+    rng = np.random.default_rng(6)
+    t = 6
+    tasks = ref.make_tasks(rng, t, N, GRID, 3, N, n_outputs=1, hole_prob=0.0)
+    layout = SharingLayout.from_flags(t, 2, 1)
+    params, _ = ref.random_params(rng, layout)
+    tau0 = jnp.asarray(rng.dirichlet(np.ones(2), size=t))
+    batch = ref.to_batch(tasks)
+    # tol=1: every ELBO change counts as small.
+    capped = em.run_em(params, tau0, batch, max_iter=4, tol=1.0, max_steps=1)
+    assert capped.n_iter == 4 and not capped.converged
+    free = em.run_em(params, tau0, batch, max_iter=4, tol=1.0, max_steps=200)
+    assert free.n_iter == 2 and free.converged
+
+
 # --------------------------------------------------------------------------- sharing variants
 
 

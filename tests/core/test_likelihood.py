@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 from scipy.stats import multivariate_normal
 
 from mimosa_sklearn.core import likelihood as lk
+from mimosa_sklearn.core.linalg import logdet_from_chol, masked_inverse
 
 N = 7
 
@@ -351,6 +352,14 @@ def test_task_nlls_match_loops_and_broadcasting_matches_replication(tt, kt, ot):
     assert got.shape == (4, 3, 2) and np.all(np.isfinite(got))
     expected = _brute_task_nlls(y, mask, np.asarray(mappings), post_means, post_covs, task_covs)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # The VE-step's variant, from precisions and log-determinants computed once.
+    covs = jnp.asarray(np.broadcast_to(task_covs, (4, kt, 2, n, n)))
+    m = jnp.broadcast_to(jnp.swapaxes(jnp.asarray(mask), 1, 2)[:, None], (4, kt, 2, n))
+    both = m[..., :, None] & m[..., None, :]
+    chol = lk.masked_factor(jnp.where(both, covs, 0.0), m, 0.0)
+    prec, logdet = masked_inverse(chol, m), logdet_from_chol(chol)
+    reused = lk.task_nlls_from_precisions(*args, prec, logdet)
+    np.testing.assert_allclose(np.asarray(reused), expected, rtol=1e-9)
     full = np.broadcast_to(task_covs, (4, kt, 2, n, n)).copy()
     if kt == 1:
         full = np.repeat(full, 3, axis=1)  # K copies: now it is cluster-specific, same values
