@@ -202,17 +202,22 @@ _LOOKALIKES = {
 }
 
 
-def _lookalike_rows(task_order: list[str], ids: dict[str, object], seed: int | None):
-    """Rows of ``_LOOKALIKES`` with tasks in ``task_order``, ids renamed by ``ids`` and,
-    with a seed, rows shuffled; also returns the letter of each row's task."""
-    letters = np.concatenate([[t] * len(_LOOKALIKES[t][0]) for t in task_order])
-    x = np.concatenate([_LOOKALIKES[t][0] for t in task_order])
-    y = np.concatenate([_LOOKALIKES[t][1] for t in task_order])
+def _task_rows(tasks: dict, order: list, ids: dict, seed: int | None):
+    """Rows of ``tasks`` (``{name: (x, y)}``) in ``order``, ids renamed by ``ids`` and,
+    with a seed, rows shuffled; also returns the name of each row's task."""
+    names = np.concatenate([[t] * len(tasks[t][0]) for t in order])
+    x = np.concatenate([tasks[t][0] for t in order])
+    y = np.concatenate([tasks[t][1] for t in order])
     if seed is not None:
-        order = np.random.default_rng(seed).permutation(letters.size)
-        letters, x, y = letters[order], x[order], y[order]
-    X = pd.DataFrame({"ID": pd.Series([ids[t] for t in letters], dtype=object), "x": x})
-    return X, y, letters
+        perm = np.random.default_rng(seed).permutation(names.size)
+        names, x, y = names[perm], x[perm], y[perm]
+    X = pd.DataFrame({"ID": pd.Series([ids[t] for t in names], dtype=object), "x": x})
+    return X, y, names
+
+
+def _lookalike_rows(task_order: list[str], ids: dict[str, object], seed: int | None):
+    """Rows of ``_LOOKALIKES`` (see :func:`_task_rows`)."""
+    return _task_rows(_LOOKALIKES, task_order, ids, seed)
 
 
 @pytest.mark.parametrize("params", [{}, {"shared_task_hps": False}], ids=["shared", "per_task"])
@@ -259,13 +264,7 @@ def test_condition_ignores_the_order_of_new_tasks(fitted):
     }
 
     def rows(order: list[str], seed: int | None):
-        ids = np.concatenate([[t] * len(tasks[t][0]) for t in order])
-        x = np.concatenate([tasks[t][0] for t in order])
-        y = np.concatenate([tasks[t][1] for t in order])
-        if seed is not None:
-            perm = np.random.default_rng(seed).permutation(ids.size)
-            ids, x, y = ids[perm], x[perm], y[perm]
-        return pd.DataFrame({"ID": ids.astype(object), "x": x}), y
+        return _task_rows(tasks, order, {t: t for t in tasks}, seed)[:2]
 
     together = pickle.loads(pickle.dumps(fitted)).condition(*rows(list(tasks), None))
     shuffled = pickle.loads(pickle.dumps(fitted)).condition(*rows(list(tasks)[::-1], seed=1))
