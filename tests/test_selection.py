@@ -242,3 +242,19 @@ def test_kmeans_initialisation_does_not_collapse_clusters(three_groups):
     # ...and the clusters are the true groups.
     truth = clusters.reindex(model.task_ids_).to_numpy()
     assert adjusted_rand_score(truth, model.labels_) >= 0.9
+
+
+@pytest.mark.parametrize("n_points", [3, 4, 17])
+def test_kmeans_reseeding_with_identical_points_keeps_every_cluster(n_points):
+    """All tasks alike (e.g. constant outputs at one input): every point is 'farthest',
+    and re-seeding must not give the same point to two empty clusters in turn (that
+    left a cluster empty: a NaN centre and a 'Mean of empty slice' warning)."""
+    import warnings
+
+    from mimosa_sklearn.core.init import kmeans
+
+    feats = np.ones((n_points, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = kmeans(feats, 3, np.random.default_rng(0))
+    assert np.bincount(labels, minlength=3).min() >= 1

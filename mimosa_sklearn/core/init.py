@@ -66,10 +66,15 @@ def kmeans(
             d2 = ((feats[:, None, :] - centres[None]) ** 2).sum(-1)
             labels = d2.argmin(1)
             counts = np.bincount(labels, minlength=n_clusters)
+            dist = d2[np.arange(n), labels]
             for k in np.flatnonzero(counts == 0):
-                far = d2[np.arange(n), labels].argmax()
-                labels[far] = k
-                d2[far] = 0.0
+                # Only from clusters that keep another member: with identical points
+                # the farthest one is any point, and taking the same one twice would
+                # empty the cluster it was just given to.
+                donors = counts[labels] > 1
+                far = np.where(donors, dist, -np.inf).argmax()
+                counts[labels[far]] -= 1
+                labels[far], counts[k] = k, 1
             new = np.stack([feats[labels == k].mean(0) for k in range(n_clusters)])
             if np.allclose(new, centres):
                 break
