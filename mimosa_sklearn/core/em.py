@@ -81,8 +81,7 @@ def task_precisions(
         kt, _, n, _ = cov.shape
         cov = jnp.broadcast_to(cov, (kt, o, n, n))
         m = jnp.broadcast_to(m_i, (kt, o, n))
-        both = m[..., :, None] & m[..., None, :]
-        chol = masked_factor(jnp.where(both, cov, 0.0), m, jitter)
+        chol = masked_factor(cov, m, jitter)
         return masked_inverse(chol, m), logdet_from_chol(chol)  # (Kt, O, N, N), (Kt, O)
 
     if shared_fast_path(params, batch):

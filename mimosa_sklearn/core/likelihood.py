@@ -106,7 +106,6 @@ def masked_nll(
     constant : bool
         Include the ``n log(2 pi) / 2`` term (``n`` = number of real entries).
     """
-    cov = jnp.where(mask[:, None] & mask[None, :], cov, 0.0)
     chol = masked_factor(cov, mask, jitter)
     resid = jnp.where(mask, y - mean, 0.0)
     alpha = solve_lower(chol, resid[:, None])[:, 0]
@@ -129,7 +128,7 @@ def trace_correction(
     for padded indices.
     """
     both = mask[:, None] & mask[None, :]
-    chol = masked_factor(jnp.where(both, cov, 0.0), mask, jitter)
+    chol = masked_factor(cov, mask, jitter)
     post = jnp.where(both, post_cov, 0.0)
     return 0.5 * jnp.trace(cho_solve(chol, post))
 
@@ -211,8 +210,6 @@ def task_nlls(
     def factors(mask_i, covs_i):
         # covs_i (Kt, O, N, N); mask_i (N, O)
         m_t = mask_i.T  # (O, N)
-        both = m_t[:, :, None] & m_t[:, None, :]
-        covs_i = jnp.where(both[None], covs_i, 0.0)
         chol = masked_factor(covs_i, m_t[None], jitter)  # (Kt, O, N, N)
         inv = masked_inverse(chol, m_t[None])
         return m_t, chol[idx], inv[idx], logdet_from_chol(chol)[idx]
