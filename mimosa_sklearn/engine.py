@@ -81,13 +81,18 @@ class Context:
     task_params: object  # task hyperparameters, leaves (P or 1, K*, O*)
 
 
-def bucket(n: int, step: int) -> int:
-    """Padded size for ``n``: a power of two up to ``4 * step``, then a multiple of
-    ``step``, so that data sets of similar size share one compiled program (the
-    relative padding, hence the wasted work, stays below ``1 / 4`` past small sizes)."""
+def bucket(n: int, step: int, minimum: int = 8) -> int:
+    """Padded size for ``n``: a power of two (at least ``minimum``) up to ``4 * step``,
+    then a multiple of ``step``, so that data sets of similar size share one compiled
+    program (the relative padding, hence the wasted work, stays below ``1 / 4`` past
+    small sizes).
+
+    Task axes use ``minimum=1``: a padded task costs as much as a real one (an
+    ``N x N`` factorisation per optimiser step), so one long task must not be padded
+    to eight."""
     n = max(int(n), 1)
     if n <= 4 * step:
-        return max(8, 1 << (n - 1).bit_length())
+        return max(minimum, 1 << (n - 1).bit_length())
     return int(math.ceil(n / step)) * step
 
 
@@ -147,7 +152,7 @@ def make_batch(
     """
     t, n, _ = x.shape
     g = grid.shape[0]
-    tb, nb, gb = bucket(t, 8), bucket(n, 8), bucket(g, _grid_step(g))
+    tb, nb, gb = bucket(t, 8, 1), bucket(n, 8), bucket(g, _grid_step(g))
     tb = -(-tb // task_multiple) * task_multiple
     shared = shared_inputs(x, y, mappings)
     if mappings is None:  # approximate grid: the projection replaces the mappings
@@ -324,7 +329,7 @@ class FittedMagma:
     # -- prediction
     def _prep_pred(self, x_pred: np.ndarray):
         p, m, _ = x_pred.shape
-        pb, mb = bucket(p, 8), bucket(m, 8)
+        pb, mb = bucket(p, 8, 1), bucket(m, 8)
         real = ~np.isnan(x_pred).any(-1)
         xp = np.where(real[..., None], x_pred, np.asarray(self.batch.grid[0]))
         xp = _pad_axis(_pad_axis(xp, 1, mb, 0.0), 0, pb, 0.0)
@@ -422,7 +427,7 @@ class FittedMagma:
 
     def _prep_obs(self, x_obs, y_obs):
         p, n, _ = x_obs.shape
-        pb, nb = bucket(p, 8), bucket(max(n, 1), 8)
+        pb, nb = bucket(p, 8, 1), bucket(max(n, 1), 8)
         real = ~np.isnan(x_obs).any(-1)
         mask = real[..., None] & ~np.isnan(y_obs)
         ph = np.asarray(self.batch.grid[0])

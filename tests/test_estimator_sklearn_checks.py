@@ -1,14 +1,24 @@
-"""scikit-learn's common estimator checks (``parametrize_with_checks``)."""
+"""scikit-learn's common estimator checks.
+
+Both configurations of the estimator are checked: ``task_col=0`` (the first column
+holds the task ids: many tasks) and ``task_col=None`` (every row in one task). The
+checks compile a new program for almost every data size they try, so the whole set
+takes minutes: the multi-task configuration runs in the default tier, the single-task
+one is marked ``slow`` (``bash scripts/run_tests.sh -m ""`` runs both).
+"""
 
 from __future__ import annotations
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+import functools
+
+import pytest
+from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from mimosa_sklearn import MagmaClusterRegressor
 
 ESTIMATORS = [
-    MagmaClusterRegressor(task_col=None, n_clusters=1, max_iter=3, random_state=0),
     MagmaClusterRegressor(task_col=0, n_clusters=1, max_iter=3, random_state=0),
+    MagmaClusterRegressor(task_col=None, n_clusters=1, max_iter=3, random_state=0),
 ]
 
 _PROBA = (
@@ -28,8 +38,27 @@ EXPECTED_FAILED: dict[object, dict[str, str]] = {
 }
 
 
-@parametrize_with_checks(
-    ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED[est.task_col]
-)
+def _check_id(check) -> str:
+    if isinstance(check, functools.partial):
+        extra = ",".join(f"{k}={v}" for k, v in check.keywords.items())
+        return f"{check.func.__name__}({extra})" if extra else check.func.__name__
+    return check.__name__
+
+
+def _cases():
+    for estimator in ESTIMATORS:
+        tier = [pytest.mark.slow] if estimator.task_col is None else []
+        cases = estimator_checks_generator(
+            estimator, expected_failed_checks=EXPECTED_FAILED[estimator.task_col], mark="xfail"
+        )
+        for case in cases:
+            est, check = case.values if hasattr(case, "values") else case
+            marks = list(getattr(case, "marks", ())) + tier
+            yield pytest.param(
+                est, check, marks=marks, id=f"task_col={estimator.task_col}-{_check_id(check)}"
+            )
+
+
+@pytest.mark.parametrize("estimator, check", list(_cases()))
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

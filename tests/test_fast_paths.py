@@ -222,3 +222,14 @@ def test_sharded_fit_on_two_cpu_devices_equals_one_device():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sharded ok" in out.stdout
+
+
+def test_task_buckets_are_powers_of_two_from_one():
+    # A padded task costs as much as a real one, so the task axis has no floor of 8;
+    # points and grid keep it (their padding is cheap and it bounds the shape count).
+    sizes = [engine.bucket(t, 8, 1) for t in (1, 2, 3, 5, 8, 9, 32, 33, 41)]
+    assert sizes == [1, 2, 4, 8, 8, 16, 32, 40, 48]
+    assert engine.bucket(1, 8) == 8 and engine.bucket(33, 8) == 40
+    x = np.array([[[0.0], [1.0], [2.0]]])
+    batch = engine.make_batch(x, np.ones((1, 3, 1)), np.array([[0, 1, 2]]), GRID[:3])
+    assert batch.x.shape[:2] == (1, 8) and float(batch.task_weight.sum()) == 1.0

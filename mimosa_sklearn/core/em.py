@@ -28,7 +28,7 @@ from .likelihood import (
 )
 from .linalg import is_projection, logdet_from_chol, masked_inverse
 from .memberships import entropy_term, responsibilities
-from .mstep import m_step, mixture_weights
+from .mstep import m_step
 from .parallel import map_tasks
 from .params import (
     Params,
@@ -45,6 +45,7 @@ __all__ = [
     "task_precisions",
     "e_step",
     "elbo",
+    "elbo_from_nll",
     "elbo_from_objective",
     "em_iteration",
     "run_em",
@@ -147,6 +148,13 @@ def e_step(
     ``update_tau`` may be a traced boolean, so skipping the first update does not cost
     a second compilation.
     """
+    post, tau, _ = _e_step(params, weights, tau, batch, jitter, update_tau)
+    return post, tau
+
+
+def _e_step(params, weights, tau, batch, jitter, update_tau):
+    """:func:`e_step`, also returning the ``(T, K)`` task NLLs ``-l_ik`` under the
+    returned hyperposterior (None when ``update_tau`` is the constant False)."""
     prec, weighted, logdet = task_precisions(params, batch, jitter)
     _, prior_mean, prior_chol = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
     offsets, offset_wy = prior_offsets(params, batch), None
@@ -164,10 +172,10 @@ def e_step(
         offset_wy=offset_wy,
     )
     if update_tau is False:
-        return post, tau
+        return post, tau, None
     nll = cluster_task_nll(params, post, batch, jitter, precisions=(prec, logdet))
     new_tau = responsibilities(weights, nll)
-    return post, jnp.where(update_tau, new_tau, tau)
+    return post, jnp.where(update_tau, new_tau, tau), nll
 
 
 def elbo(
@@ -180,6 +188,20 @@ def elbo(
 ) -> Float[Array, ""]:
     """Evidence lower bound (ALGORITHM.md §2.1), with the full KL constant."""
     nll = cluster_task_nll(params, post, batch, jitter)  # (T, K)
+    return elbo_from_nll(nll, params, weights, tau, post, batch, jitter)
+
+
+def elbo_from_nll(
+    nll: Float[Array, "T K"],
+    params: Params,
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    batch: TaskBatch,
+    jitter: float,
+) -> Float[Array, ""]:
+    """:func:`elbo` given the task NLLs ``-l_ik`` under ``post`` (the VE-step computes
+    them for the responsibilities; only the mean processes' KL is left to do)."""
     w = batch.task_weight[:, None]
     data_term = -jnp.sum(w * tau * nll) + entropy_term(w * tau, weights)
     prior_cov, prior_mean, _ = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
@@ -210,6 +232,11 @@ def elbo_from_objective(
     return -objective + entropy_term(w * tau, weights) + entropy_mu
 
 
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack(leaves))
+
+
 @eqx.filter_jit
 def em_iteration(
     params: Params,
@@ -220,25 +247,50 @@ def em_iteration(
     update_tau: Array,
     max_steps: int,
     tol: float,
+    update_params: Array | bool = True,
 ):
-    """One VE-step + VM-step + ELBO. Returns ``(params, weights, tau, post, elbo, steps)``."""
-    post, tau = e_step(params, weights, tau, batch, jitter, update_tau)
-    new_params, weights, steps, objective = m_step(params, tau, post, batch, jitter, max_steps, tol)
-    if not is_projection(batch.mappings):
-        value = elbo_from_objective(objective, weights, tau, post, batch)
-    else:
-        # The approximate grid's M-step holds the prior offsets fixed, so its objective
-        # is not the ELBO at the new parameters: evaluate the ELBO directly.
-        value = elbo(new_params, weights, tau, post, batch, jitter)
-    return new_params, weights, tau, post, value, steps
+    """One VE-step + VM-step + ELBO.
 
+    Returns ``(params, weights, tau, post, elbo, steps, finite)``; ``finite`` says
+    whether the ELBO, the new hyperparameters, ``tau`` and the hyperposterior means
+    are all finite.
 
-@eqx.filter_jit
-def final_e_step(params, weights, tau, batch, jitter):
-    """Hyperposteriors and responsibilities consistent with the final hyperparameters."""
-    post, tau = e_step(params, weights, tau, batch, jitter, True)
-    post, _ = e_step(params, weights, tau, batch, jitter, False)
-    return post, tau, elbo(params, weights, tau, post, batch, jitter)
+    ``update_params`` (a traced boolean) skips the VM-step: the hyperparameters and
+    mixture weights are returned unchanged and the ELBO is evaluated at them, from
+    the VE-step's task NLLs (exact when ``update_tau`` is False, as in the final
+    E-steps of :func:`run_em`; with ``update_tau`` the NLLs are those under the
+    hyperposterior of the previous ``tau``). The final E-steps run this way, so a fit
+    compiles one program instead of two (compilation dominates small fits).
+    """
+    post, tau, nll = _e_step(params, weights, tau, batch, jitter, update_tau)
+    dynamic, static = eqx.partition(params, eqx.is_inexact_array)
+
+    def vm_step(dyn):
+        new, w, steps, objective = m_step(
+            eqx.combine(dyn, static), tau, post, batch, jitter, max_steps, tol
+        )
+        return eqx.filter(new, eqx.is_inexact_array), w, steps.astype(jnp.int32), objective
+
+    def vm_value(dyn):
+        new, w, steps, objective = vm_step(dyn)
+        if not is_projection(batch.mappings):
+            value = elbo_from_objective(objective, w, tau, post, batch)
+        else:
+            # The approximate grid's M-step holds the prior offsets fixed, so its
+            # objective is not the ELBO at the new parameters: evaluate it directly.
+            value = elbo(eqx.combine(new, static), w, tau, post, batch, jitter)
+        return new, w, steps, value
+
+    def hold(dyn):
+        value = elbo_from_nll(nll, eqx.combine(dyn, static), weights, tau, post, batch, jitter)
+        return dyn, weights, jnp.zeros((), jnp.int32), value
+
+    dynamic, weights, steps, value = jax.lax.cond(
+        jnp.asarray(update_params), vm_value, hold, dynamic
+    )
+    new_params = eqx.combine(dynamic, static)
+    finite = _all_finite((value, dynamic, tau, post.mean))
+    return new_params, weights, tau, post, value, steps, finite
 
 
 @dataclasses.dataclass
@@ -254,11 +306,6 @@ class EMResult:
     n_iter: int
     converged: bool
     jitter: float
-
-
-def _finite(tree) -> bool:
-    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
-    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
 
 
 def run_em(
@@ -292,20 +339,22 @@ def run_em(
     ``max_jitter``; beyond that :class:`NumericalFailure` is raised. The loop never
     accepts a non-finite state.
     """
-    weights = mixture_weights(tau, batch.task_weight)
+    # Host-side: eager jnp calls here would each compile a small program per shape.
+    tw, tau_np = np.asarray(batch.task_weight), np.asarray(tau)
+    weights = jnp.asarray((tw[:, None] * tau_np).sum(axis=0) / tw.sum())
     history: list[float] = []
     converged = False
     n_iter = 0
-    post = None
+    yes, no = jnp.asarray(True), jnp.asarray(False)
     while n_iter < max_iter:
         update = jnp.asarray(not (skip_first_tau_update and n_iter == 0))
         if refresh is not None:
             batch = refresh(params, batch, jnp.asarray(jitter))
         out = em_iteration(
-            params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol
+            params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol, yes
         )
-        new_params, new_weights, new_tau, post_i, value, steps = out
-        if not (np.isfinite(float(value)) and _finite((new_params, new_tau, post_i.mean))):
+        new_params, new_weights, new_tau, post_i, value, steps, finite = out
+        if not (np.isfinite(float(value)) and bool(finite)):
             # From jitter=0, ten times nothing would retry forever: start at a floor.
             next_jitter = max(jitter * 10, _MIN_RETRY_JITTER)
             if next_jitter > max_jitter:
@@ -320,7 +369,7 @@ def run_em(
                 stacklevel=2,
             )
             continue
-        params, weights, tau, post = new_params, new_weights, new_tau, post_i
+        params, weights, tau = new_params, new_weights, new_tau
         n_iter += 1
         history.append(float(value))
         if callback is not None:
@@ -332,7 +381,15 @@ def run_em(
                 break
     if refresh is not None:
         batch = refresh(params, batch, jnp.asarray(jitter))
-    post, tau, value = final_e_step(params, weights, tau, batch, jnp.asarray(jitter))
+    # Final E-steps at the final hyperparameters: responsibilities from the current
+    # q(mu), then q(mu) from those responsibilities, and the ELBO of the pair.
+    args = (batch, jnp.asarray(jitter))
+    _, _, tau, *_ = em_iteration(
+        params, weights, tau, *args, yes, max_steps, optimiser_tol, no
+    )
+    _, _, _, post, value, *_ = em_iteration(
+        params, weights, tau, *args, no, max_steps, optimiser_tol, no
+    )
     return EMResult(
         params=params,
         weights=np.asarray(weights),

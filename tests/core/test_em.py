@@ -6,6 +6,7 @@ import itertools
 
 import core_reference as ref
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -242,12 +243,42 @@ def test_em_iteration_elbo_from_the_objective_equals_the_direct_elbo(cluster_spe
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
     weights = jnp.mean(tau, axis=0)
     jitter = jnp.asarray(1e-6)
-    new, w, tau1, post, value, steps = em.em_iteration(
+    new, w, tau1, post, value, steps, finite = em.em_iteration(
         params, weights, tau, batch, jitter, jnp.asarray(True), 10, 1e-5
     )
     direct = float(elbo(new, w, tau1, post, batch, jitter))
-    assert int(steps) > 0
+    assert int(steps) > 0 and bool(finite)
     np.testing.assert_allclose(float(value), direct, rtol=1e-10)
+
+
+def test_em_iteration_without_the_vm_step_is_an_e_step_and_the_elbo():
+    # run_em's final E-steps reuse em_iteration with update_params=False: the
+    # hyperparameters and weights must come back untouched, q(mu) and tau must be the
+    # plain VE-step's, and the value must be the ELBO at the unchanged parameters.
+    rng, _, batch, params, _ = _setup(
+        6, 2, shared_task_hps=False, shared_cluster_hps=False, shared_output_hps=False
+    )
+    tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
+    weights = jnp.asarray([0.3, 0.7])
+    jitter = jnp.asarray(1e-6)
+    new, w, tau1, post, value, steps, finite = em.em_iteration(
+        params, weights, tau, batch, jitter, jnp.asarray(True), 10, 1e-5, jnp.asarray(False)
+    )
+    assert int(steps) == 0 and bool(finite)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(weights))
+    post_ref, tau_ref = e_step(params, weights, tau, batch, jitter, True)
+    np.testing.assert_allclose(np.asarray(post.mean), np.asarray(post_ref.mean), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(tau1), np.asarray(tau_ref), rtol=1e-10, atol=1e-14)
+    direct = float(elbo(params, weights, tau1, post, batch, jitter))
+    np.testing.assert_allclose(float(value), direct, rtol=1e-10)
+    # With the VM-step on, the same call moves the parameters (the flag is not ignored).
+    moved = em.em_iteration(
+        params, weights, tau, batch, jitter, jnp.asarray(True), 10, 1e-5, jnp.asarray(True)
+    )
+    assert int(moved[5]) > 0
+    assert not np.allclose(np.asarray(moved[0].log_noise), np.asarray(params.log_noise))
 
 
 # --------------------------------------------------------------------------- run_em
@@ -270,6 +301,14 @@ def test_run_em_elbo_is_non_decreasing():
     assert hist[-1] > hist[0]  # it actually learned something
     # The final E-step (tau, then q(mu)) is coordinate ascent too.
     assert result.elbo >= hist[-1] - 1e-6 * abs(hist[-1])
+    # ... and leaves q(mu) consistent with the final tau and hyperparameters.
+    batch, jitter = ref.to_batch(tasks), jnp.asarray(result.jitter)
+    weights, tau = jnp.asarray(result.weights), jnp.asarray(result.tau)
+    post_ref, _ = e_step(result.params, weights, tau, batch, jitter, False)
+    np.testing.assert_allclose(np.asarray(result.post.mean), np.asarray(post_ref.mean),
+                               rtol=1e-9, atol=1e-12)
+    direct = float(elbo(result.params, weights, tau, result.post, batch, jitter))
+    np.testing.assert_allclose(result.elbo, direct, rtol=1e-10)
     # Well-separated offsets: the two groups end up in different clusters.
     labels = result.tau.argmax(1)
     assert len(set(labels[::2])) == 1 and len(set(labels[1::2])) == 1
