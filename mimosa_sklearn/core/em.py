@@ -28,7 +28,7 @@ from .likelihood import (
 )
 from .linalg import is_projection, logdet_from_chol, masked_inverse
 from .memberships import entropy_term, responsibilities
-from .mstep import m_step
+from .mstep import m_step, mixture_weights
 from .parallel import map_tasks
 from .params import (
     Params,
@@ -269,24 +269,20 @@ def em_iteration(
         new, w, steps, objective = m_step(
             eqx.combine(dyn, static), tau, post, batch, jitter, max_steps, tol
         )
-        return eqx.filter(new, eqx.is_inexact_array), w, steps.astype(jnp.int32), objective
-
-    def vm_value(dyn):
-        new, w, steps, objective = vm_step(dyn)
         if not is_projection(batch.mappings):
             value = elbo_from_objective(objective, w, tau, post, batch)
         else:
             # The approximate grid's M-step holds the prior offsets fixed, so its
             # objective is not the ELBO at the new parameters: evaluate it directly.
-            value = elbo(eqx.combine(new, static), w, tau, post, batch, jitter)
-        return new, w, steps, value
+            value = elbo(new, w, tau, post, batch, jitter)
+        return eqx.filter(new, eqx.is_inexact_array), w, steps.astype(jnp.int32), value
 
     def hold(dyn):
         value = elbo_from_nll(nll, eqx.combine(dyn, static), weights, tau, post, batch, jitter)
         return dyn, weights, jnp.zeros((), jnp.int32), value
 
     dynamic, weights, steps, value = jax.lax.cond(
-        jnp.asarray(update_params), vm_value, hold, dynamic
+        jnp.asarray(update_params), vm_step, hold, dynamic
     )
     new_params = eqx.combine(dynamic, static)
     finite = _all_finite((value, dynamic, tau, post.mean))
@@ -339,9 +335,8 @@ def run_em(
     ``max_jitter``; beyond that :class:`NumericalFailure` is raised. The loop never
     accepts a non-finite state.
     """
-    # Host-side: eager jnp calls here would each compile a small program per shape.
-    tw, tau_np = np.asarray(batch.task_weight), np.asarray(tau)
-    weights = jnp.asarray((tw[:, None] * tau_np).sum(axis=0) / tw.sum())
+    # On the host: eager jnp calls here would each compile a small program per shape.
+    weights = jnp.asarray(mixture_weights(np.asarray(tau), np.asarray(batch.task_weight)))
     history: list[float] = []
     converged = False
     n_iter = 0

@@ -43,8 +43,11 @@ __all__ = [
 def mixture_weights(
     tau: Float[Array, "T K"], task_weight: Float[Array, " T"]
 ) -> Float[Array, " K"]:
-    """Closed-form mixture proportions ``pi_k = mean_i tau_ik`` over real tasks."""
-    return jnp.sum(task_weight[:, None] * tau, axis=0) / jnp.sum(task_weight)
+    """Closed-form mixture proportions ``pi_k = mean_i tau_ik`` over real tasks.
+
+    Written with array methods, so that numpy inputs stay on the host (no small
+    program compiled per shape when called outside ``jit``)."""
+    return (task_weight[:, None] * tau).sum(axis=0) / task_weight.sum()
 
 
 def cluster_moments(
