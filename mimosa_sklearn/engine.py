@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _runtime
+from . import _parts, _runtime
 from .core import approx as core_approx
 from .core import predict as core_predict
 from .core.em import EMResult, NumericalFailure, run_em
@@ -69,6 +69,10 @@ class FitConfig:
     # Shard the task axis across jax.devices() when there are several (not on CPU
     # devices of jaxlib 0.10.x, see _task_mesh; "force" skips that check).
     shard_tasks: bool | str = True
+    # Most parts of different padded task lengths the EM may split the tasks into
+    # (None: up to _parts.MAX_PARTS from _parts.MIN_TASKS tasks on, else 1; 1: every
+    # task padded to the longest). Not with sharded tasks.
+    task_parts: int | None = None
 
 
 @dataclasses.dataclass
@@ -650,6 +654,64 @@ def _fit_new(params, post, batch, start, weights, xo, yo, mo, jitter, max_steps)
     return jax.lax.map(one, (start, xo, yo, mo), batch_size=64)
 
 
+def _max_parts(config: FitConfig, n_tasks: int) -> int:
+    if config.task_parts is not None:
+        return max(1, int(config.task_parts))
+    return _parts.MAX_PARTS if n_tasks >= _parts.MIN_TASKS else 1
+
+
+def make_parts(
+    x: np.ndarray,
+    y: np.ndarray,
+    mappings: np.ndarray | None,
+    grid: np.ndarray,
+    config: FitConfig,
+    max_parts: int,
+) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
+    """A ragged batch (:mod:`.core.ragged`) of tasks grouped by length, or None when one
+    part is best (:func:`._parts.length_parts`).
+
+    Returns the parts and ``src``: the caller's index of every stacked task row (-1 on
+    padded tasks).
+    """
+    lengths = (~np.isnan(x).any(axis=-1)).sum(axis=1)
+    candidates = np.array([bucket(n, 8) for n in lengths])
+    sizes = _parts.length_parts(lengths, candidates, max_parts)
+    if len(sizes) == 1:
+        return None
+    parts, src = [], []
+    for xp, yp, mp, tasks in _parts.split_by_length(x, y, mappings, sizes):
+        chunk = config.task_chunk
+        if chunk is None:
+            chunk = auto_task_chunk(xp.shape[1], config.n_clusters, y.shape[-1])
+        part = make_batch(xp, yp, mp, grid, task_chunk=chunk)
+        parts.append(part)
+        src.append(_pad_axis(tasks, 0, part.x.shape[0], -1))
+    return tuple(parts), np.concatenate(src)
+
+
+def _unstack_result(result: EMResult, src: np.ndarray, n_rows: int) -> EMResult:
+    """``result`` of a ragged EM with its task axes (tau, task-specific hyperparameters)
+    back in the caller's task order, padded to ``n_rows`` rows."""
+    real = np.flatnonzero(src >= 0)
+    rows = np.empty(n_rows, dtype=np.int64)
+    rows[:] = np.flatnonzero(src < 0)[0] if real.size < src.size else 0
+    rows[src[real]] = real
+    tau = np.asarray(result.tau)[rows]
+    params = result.params
+    if params.log_noise.shape[0] > 1:
+        idx = jnp.asarray(rows)
+        params = eqx.tree_at(
+            lambda p: (p.task_kernel, p.log_noise),
+            params,
+            jax.tree.map(
+                lambda a: a[idx] if eqx.is_inexact_array(a) else a,
+                (params.task_kernel, params.log_noise),
+            ),
+        )
+    return dataclasses.replace(result, tau=tau, params=params)
+
+
 def fit_magma(
     x: np.ndarray,
     y: np.ndarray,
@@ -724,8 +786,16 @@ def fit_magma(
             task_multiple=1 if mesh is None else mesh.size,
         )
         tb = batch.x.shape[0]
+        ragged = None
+        if mesh is None:
+            ragged = make_parts(x, y, mappings, grid, config, _max_parts(config, t))
+        n_rows = tb if ragged is None else ragged[1].size
+        # Task-specific hyperparameters: one row per stacked task during the EM, one per
+        # padded task of the one-part batch afterwards.
+        em_layout = layout
         if not config.shared_task_hps:
             layout = dataclasses.replace(layout, task=(tb,) + layout.task[1:])
+            em_layout = dataclasses.replace(layout, task=(n_rows,) + layout.task[1:])
         row_mask = ~np.isnan(x).any(-1)
         obs = ~np.isnan(y) & row_mask[..., None]
         y0 = np.where(obs, y, 0.0)
@@ -738,7 +808,12 @@ def fit_magma(
                 config.init,
                 np.asarray(batch.task_weight),
             )
-            params = _default_params((x, y0, obs, row_mask), layout, config, tau0[:t])
+            params = _default_params((x, y0, obs, row_mask), em_layout, config, tau0[:t])
+            em_light = batch
+            if ragged is not None:
+                em_light, src = ragged
+                uniform = np.full((src.size, config.n_clusters), 1.0 / config.n_clusters)
+                tau0 = np.where((src >= 0)[:, None], tau0[np.maximum(src, 0)], uniform)
             if mesh is not None:
                 # Tasks split across devices, hyperparameters replicated.
                 batch, tau0 = _shard_batch(batch, mesh), shard_tasks(tau0, mesh, tb)
@@ -748,10 +823,13 @@ def fit_magma(
             refresh = None
             if approximate:
                 # Always rebuilt from the light batch: one compiled program.
-                def refresh(p, _b, j, batch=batch):
-                    return _with_projection(p, batch, jnp.asarray(j, jnp.float64))
+                def refresh(p, _b, j, light=em_light):
+                    j = jnp.asarray(j, jnp.float64)
+                    if isinstance(light, tuple):
+                        return tuple(_with_projection(p, b, j) for b in light)
+                    return _with_projection(p, light, j)
 
-            em_batch = batch if refresh is None else refresh(params, batch, config.jitter)
+            em_batch = em_light if refresh is None else refresh(params, em_light, config.jitter)
             result = run_em(
                 params,
                 jnp.asarray(tau0),
@@ -764,6 +842,9 @@ def fit_magma(
                 callback=callback,
                 refresh=refresh,
             )
+            if ragged is not None:
+                # Predictions use the one-part batch, in the caller's task order.
+                result = _unstack_result(result, ragged[1], tb)
             fitted = FittedMagma(result, batch, t, grid.shape[0], layout, config)
             if best is None or fitted.elbo > best.elbo:
                 best = fitted

@@ -3,6 +3,10 @@
 One EM iteration is a single jit-compiled function of fixed-shape arrays, so a fit
 compiles once per data shape; the outer loop runs in Python only to test convergence,
 report progress and recover from numerical failures.
+
+Functions taking a ``batch: Batch`` also take a ragged batch (:mod:`.ragged`): tasks
+grouped into parts of their own padded length, stacked part after part on every task
+axis (``tau``, task NLLs, task-specific hyperparameters).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from .params import (
     task_covariance_one,
     task_covariances,
 )
+from .ragged import Batch, as_parts, first, part_params, split_tasks, task_weights
 
 __all__ = [
     "EMResult",
@@ -96,15 +101,23 @@ def task_precisions(
 def cluster_task_nll(
     params: Params,
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
     jitter: float,
     precisions: tuple[Array, Array] | None = None,
 ) -> Float[Array, "T K"]:
     """``-l_ik``: full task NLL per (task, cluster), summed over outputs.
 
     ``precisions``: the ``(Psi_i^{-1}, log|Psi_i|)`` of :func:`task_precisions` at the
-    same parameters and jitter, when the caller has them (no second factorisation).
+    same parameters and jitter, when the caller has them (no second factorisation);
+    one pair per part for a ragged batch (:mod:`.ragged`), whose NLLs are stacked.
     """
+    if isinstance(batch, tuple):
+        pairs = precisions if precisions is not None else (None,) * len(batch)
+        nlls = [
+            cluster_task_nll(p, post, b, jitter, pr)
+            for p, b, pr in zip(part_params(params, batch), batch, pairs, strict=True)
+        ]
+        return nlls[0] if len(nlls) == 1 else jnp.concatenate(nlls)
     shared = shared_fast_path(params, batch)
     if precisions is not None:
         nll = task_nlls_from_precisions(
@@ -139,7 +152,7 @@ def e_step(
     params: Params,
     weights: Float[Array, " K"],
     tau: Float[Array, "T K"],
-    batch: TaskBatch,
+    batch: Batch,
     jitter: float,
     update_tau: bool | Array = True,
 ) -> tuple[Hyperposterior, Float[Array, "T K"]]:
@@ -155,25 +168,33 @@ def e_step(
 def _e_step(params, weights, tau, batch, jitter, update_tau):
     """:func:`e_step`, also returning the ``(T, K)`` task NLLs ``-l_ik`` under the
     returned hyperposterior (None when ``update_tau`` is the constant False)."""
-    prec, weighted, logdet = task_precisions(params, batch, jitter)
-    _, prior_mean, prior_chol = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
-    offsets, offset_wy = prior_offsets(params, batch), None
-    if offsets is not None:
-        kidx = cluster_index(tau.shape[1], prec.shape[1])
-        offset_wy = (prec[:, kidx] @ offsets[..., None])[..., 0]  # Psi_i^{-1} d_ik
+    parts, params_p = as_parts(batch), part_params(params, batch)
+    g0 = parts[0]
+    _, prior_mean, prior_chol = prior_on_grid(params, g0.grid, g0.grid_mask, jitter)
+    precs, weighted, logdets, offset_wy = [], [], [], []
+    for p, b in zip(params_p, parts, strict=True):
+        prec, wy, logdet = task_precisions(p, b, jitter)
+        offsets = prior_offsets(p, b)
+        if offsets is not None:
+            kidx = cluster_index(tau.shape[1], prec.shape[1])
+            offset_wy.append((prec[:, kidx] @ offsets[..., None])[..., 0])  # Psi_i^{-1} d_ik
+        precs.append(prec)
+        weighted.append(wy)
+        logdets.append(logdet)
     post = hyperposterior(
-        tau,
-        prec,
-        weighted,
-        batch.mappings,
+        split_tasks(tau, batch),
+        tuple(precs),
+        tuple(weighted),
+        tuple(b.mappings for b in parts),
         prior_chol,
         prior_mean,
-        batch.task_weight,
-        offset_wy=offset_wy,
+        tuple(b.task_weight for b in parts),
+        offset_wy=tuple(offset_wy) if offset_wy else None,
     )
     if update_tau is False:
         return post, tau, None
-    nll = cluster_task_nll(params, post, batch, jitter, precisions=(prec, logdet))
+    pairs = tuple(zip(precs, logdets, strict=True))
+    nll = cluster_task_nll(params, post, parts, jitter, precisions=pairs)
     new_tau = responsibilities(weights, nll)
     return post, jnp.where(update_tau, new_tau, tau), nll
 
@@ -183,7 +204,7 @@ def elbo(
     weights: Float[Array, " K"],
     tau: Float[Array, "T K"],
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
     jitter: float,
 ) -> Float[Array, ""]:
     """Evidence lower bound (ALGORITHM.md §2.1), with the full KL constant."""
@@ -197,15 +218,16 @@ def elbo_from_nll(
     weights: Float[Array, " K"],
     tau: Float[Array, "T K"],
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
     jitter: float,
 ) -> Float[Array, ""]:
     """:func:`elbo` given the task NLLs ``-l_ik`` under ``post`` (the VE-step computes
     them for the responsibilities; only the mean processes' KL is left to do)."""
-    w = batch.task_weight[:, None]
+    w = task_weights(batch)[:, None]
     data_term = -jnp.sum(w * tau * nll) + entropy_term(w * tau, weights)
-    prior_cov, prior_mean, _ = prior_on_grid(params, batch.grid, batch.grid_mask, jitter)
-    g = batch.grid.shape[0]
+    g0 = first(batch)
+    prior_cov, prior_mean, _ = prior_on_grid(params, g0.grid, g0.grid_mask, jitter)
+    g = g0.grid.shape[0]
     # The prior covariances already carry their jitter: do not add it twice.
     c_nll = cluster_nlls(post.mean, post.cov, prior_mean, prior_cov, 0.0, True)  # (K, O)
     kl = c_nll - 0.5 * g * LOG_2PI - 0.5 * g - 0.5 * post.logdet
@@ -217,7 +239,7 @@ def elbo_from_objective(
     weights: Float[Array, " K"],
     tau: Float[Array, "T K"],
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
 ) -> Float[Array, ""]:
     """The ELBO from the VM-step objective at the same parameters and ``q``.
 
@@ -226,8 +248,8 @@ def elbo_from_objective(
     ``q(mu)``. Equal to :func:`elbo` (tested), but free after an M-step: the optimiser
     already evaluated the objective, and one less copy of the NLLs gets compiled.
     """
-    w = batch.task_weight[:, None]
-    g = batch.grid.shape[0]
+    w = task_weights(batch)[:, None]
+    g = first(batch).grid.shape[0]
     entropy_mu = 0.5 * g * (LOG_2PI + 1.0) * post.logdet.size + 0.5 * jnp.sum(post.logdet)
     return -objective + entropy_term(w * tau, weights) + entropy_mu
 
@@ -242,7 +264,7 @@ def em_iteration(
     params: Params,
     weights: Float[Array, " K"],
     tau: Float[Array, "T K"],
-    batch: TaskBatch,
+    batch: Batch,
     jitter: Float[Array, ""],
     update_tau: Array,
     max_steps: int,
@@ -269,7 +291,7 @@ def em_iteration(
         new, w, steps, objective = m_step(
             eqx.combine(dyn, static), tau, post, batch, jitter, max_steps, tol
         )
-        if not is_projection(batch.mappings):
+        if not is_projection(first(batch).mappings):
             value = elbo_from_objective(objective, w, tau, post, batch)
         else:
             # The approximate grid's M-step holds the prior offsets fixed, so its
@@ -307,7 +329,7 @@ class EMResult:
 def run_em(
     params: Params,
     tau: Float[Array, "T K"],
-    batch: TaskBatch,
+    batch: Batch,
     *,
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -336,7 +358,8 @@ def run_em(
     accepts a non-finite state.
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
-    weights = jnp.asarray(mixture_weights(np.asarray(tau), np.asarray(batch.task_weight)))
+    host_weight = np.concatenate([np.asarray(b.task_weight) for b in as_parts(batch)])
+    weights = jnp.asarray(mixture_weights(np.asarray(tau), host_weight))
     history: list[float] = []
     converged = False
     n_iter = 0

@@ -73,26 +73,55 @@ def hyperposterior(
     offset_wy : (T, K, O, N) ``Psi_i^{-1} d_ik``, the prior-mean offsets of the
         approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
         exact grid.
+
+    A ragged batch (:mod:`.ragged`) passes ``tau``, ``precisions``, ``weighted_y``,
+    ``mappings``, ``task_weight`` and ``offset_wy`` as tuples with one entry per part
+    (``N`` and ``T`` may differ between parts): the data precisions of all parts add up.
     """
-    t, kt, o, n = weighted_y.shape
-    shared = precisions.shape[0] == 1 and t > 1
-    k = tau.shape[1]
+    many = isinstance(precisions, tuple)
+    n_parts = len(precisions) if many else 1
+
+    def parts(a):
+        return a if many else (a,)
+
+    taus, precs, wys, maps = parts(tau), parts(precisions), parts(weighted_y), parts(mappings)
+    tws = parts(task_weight) if task_weight is not None else (None,) * n_parts
+    offs = parts(offset_wy) if offset_wy is not None else (None,) * n_parts
+    k = taus[0].shape[1]
+    kt, o = wys[0].shape[1], wys[0].shape[2]
     g = prior_chol.shape[-1]
     prior_chol = jnp.broadcast_to(prior_chol, (k, o, g, g))
     prior_mean = jnp.broadcast_to(prior_mean, (k, o, g))
     kidx = cluster_index(k, kt)
     eye = jnp.eye(g, dtype=prior_chol.dtype)
-    tau_prec, map_prec = tau, mappings
-    if shared:
-        # sum_i tau_ik P^T Psi^{-1} P = (sum_i w_i tau_ik) P^T Psi^{-1} P: one scatter.
-        tw = jnp.ones((t,), tau.dtype) if task_weight is None else task_weight
-        tau_prec = jnp.sum(tw[:, None] * tau, axis=0, keepdims=True)  # (1, K)
-        map_prec = mappings[:1]
+    # Per part: (tau of the precision scatter, its mappings, tau, precisions, weighted y).
+    tau_prec, map_prec, wy_parts = [], [], []
+    for tau_p, prec_p, wy_p, map_p, tw_p, off_p in zip(
+        taus, precs, wys, maps, tws, offs, strict=True
+    ):
+        t = wy_p.shape[0]
+        if prec_p.shape[0] == 1 and t > 1:
+            # sum_i tau_ik P^T Psi^{-1} P = (sum_i w_i tau_ik) P^T Psi^{-1} P: one scatter.
+            tw = jnp.ones((t,), tau_p.dtype) if tw_p is None else tw_p
+            tau_prec.append(jnp.sum(tw[:, None] * tau_p, axis=0, keepdims=True))  # (1, K)
+            map_prec.append(map_p[:1])
+        else:
+            tau_prec.append(tau_p)
+            map_prec.append(map_p)
+        wy = wy_p[:, kidx]
+        wy_parts.append(wy if off_p is None else wy - off_p)
+    prec_parts = tuple(p[:, kidx] for p in precs)
 
     def one(tau_k, tau_prec_k, prec_k, wy_k, chol, m):
-        # prec_k (Ts, N, N), wy_k (T, N): one cluster, one output.
-        w = scatter_matrix(tau_prec_k[:, None, None] * prec_k, map_prec, g)
-        b = scatter_vector(tau_k[:, None] * wy_k, mappings, g)
+        # Per part: prec_k (Ts, N, N), wy_k (T, N); one cluster, one output.
+        w = sum(
+            scatter_matrix(tp[:, None, None] * pk, mp, g)
+            for tp, pk, mp in zip(tau_prec_k, prec_k, map_prec, strict=True)
+        )
+        b = sum(
+            scatter_vector(tk[:, None] * wk, mk, g)
+            for tk, wk, mk in zip(tau_k, wy_k, maps, strict=True)
+        )
         whitened = eye + chol.T @ w @ chol
         r = cholesky(0.5 * (whitened + whitened.T))
         v = solve_lower(r, chol.T)
@@ -103,11 +132,8 @@ def hyperposterior(
 
     over_outputs = jax.vmap(one, in_axes=(None, None, 1, 1, 0, 0))
     over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 1, 0, 0))
-    wy = weighted_y[:, kidx]
-    if offset_wy is not None:
-        wy = wy - offset_wy
     mean, cov, r, logdet = over_clusters(
-        tau, tau_prec, precisions[:, kidx], wy, prior_chol, prior_mean
+        taus, tuple(tau_prec), prec_parts, tuple(wy_parts), prior_chol, prior_mean
     )
     return Hyperposterior(
         mean=mean,

@@ -27,6 +27,7 @@ from .params import (
     shared_fast_path,
     task_covariance_one,
 )
+from .ragged import Batch, as_parts, first, part_params, split_tasks, task_weights
 
 __all__ = [
     "mixture_weights",
@@ -174,23 +175,30 @@ def task_objective(
 def total_objective(
     params: Params,
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
     moments: Float[Array, "T Kt O N N"],
     mweights: Float[Array, "T Kt"],
     jitter: float,
 ) -> Float[Array, ""]:
     """``sum_k J^mu_k + sum_i J^f_i``: the two VM-step objectives are separable, so one
-    L-BFGS run on their sum optimises both (and compiles one solver instead of two)."""
-    return cluster_objective(params, post, batch.grid, batch.grid_mask, jitter) + task_objective(
-        params, batch, moments, mweights, jitter
-    )
+    L-BFGS run on their sum optimises both (and compiles one solver instead of two).
+
+    For a ragged batch (:mod:`.ragged`) ``moments`` and ``mweights`` are tuples with one
+    entry per part, and the task objectives of the parts add up."""
+    g0 = first(batch)
+    value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter)
+    if not isinstance(batch, tuple):
+        return value + task_objective(params, batch, moments, mweights, jitter)
+    for p, b, mom, mw in zip(part_params(params, batch), batch, moments, mweights, strict=True):
+        value = value + task_objective(p, b, mom, mw, jitter)
+    return value
 
 
 def m_step(
     params: Params,
     tau: Float[Array, "T K"],
     post: Hyperposterior,
-    batch: TaskBatch,
+    batch: Batch,
     jitter: float,
     max_steps: int,
     tol: float,
@@ -200,19 +208,27 @@ def m_step(
     Returns the new parameters, the weights, the number of L-BFGS steps taken and the
     objective :func:`total_objective` at the new parameters.
     """
-    weights = mixture_weights(tau, batch.task_weight)
+    weights = mixture_weights(tau, task_weights(batch))
     # Approximate grid: the prior-mean offsets are held at their current value here
     # (a generalised EM step); the prior mean is fitted through the cluster objective.
-    offsets = prior_offsets(params, batch)
-    moments, mweights = task_moments(
-        batch, tau, post, params.log_noise.shape[1], shared_fast_path(params, batch), offsets
-    )
+    kt = params.log_noise.shape[1]
+    moments, mweights = [], []
+    parts = zip(part_params(params, batch), as_parts(batch), split_tasks(tau, batch), strict=True)
+    for p, b, tau_p in parts:
+        mom, mw = task_moments(b, tau_p, post, kt, shared_fast_path(p, b), prior_offsets(p, b))
+        moments.append(mom)
+        mweights.append(mw)
+    if isinstance(batch, tuple):
+        moments, mweights = tuple(moments), tuple(mweights)
+    else:
+        moments, mweights = moments[0], mweights[0]
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
     # The objective sums over every observation, so its gradient grows with the data.
     # L-BFGS starts from an identity Hessian: unscaled, its first step would be
     # thousands of units long and the line search would spend most of the VM-step's
     # budget halving it. Per observation, the first step is of the right size.
-    scale = jnp.maximum(jnp.sum(batch.mask) + jnp.sum(batch.grid_mask), 1).astype(tau.dtype)
+    n_obs = sum(jnp.sum(b.mask) for b in as_parts(batch)) + jnp.sum(first(batch).grid_mask)
+    scale = jnp.maximum(n_obs, 1).astype(tau.dtype)
 
     def fn(dyn, args):
         return total_objective(eqx.combine(dyn, static), *args) / scale
