@@ -144,7 +144,11 @@ def test_ragged_core_equals_one_padded_batch(approximate):
     tau_parts = np.where((src >= 0)[:, None], tau0[np.maximum(src, 0)], 0.5)
     if approximate:
         one = approx.with_projection(p_one, one, jitter)
-        parts = tuple(approx.with_projection(p_parts, b, jitter) for b in parts)
+        # Small chunks: the per-task work of the parts runs chunk by chunk.
+        parts = tuple(
+            dataclasses.replace(approx.with_projection(p_parts, b, jitter), task_chunk=3)
+            for b in parts
+        )
     weights = jnp.asarray([0.3, 0.7])
     a = _core(p_one, weights, jnp.asarray(tau_one), one, jitter)
     b = _core(p_parts, weights, jnp.asarray(tau_parts), parts, jitter)
