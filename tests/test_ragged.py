@@ -167,17 +167,26 @@ def test_ragged_core_equals_one_padded_batch(approximate):
 
 
 @pytest.mark.parametrize(
-    "shared_task_hps",
-    [pytest.param(True, marks=pytest.mark.slow), False],
-    ids=["shared", "task-specific"],
+    ("shared_task_hps", "approximate"),
+    [
+        pytest.param(True, False, marks=pytest.mark.slow, id="shared"),
+        pytest.param(False, False, id="task-specific"),
+        pytest.param(True, True, marks=pytest.mark.slow, id="shared-approximate"),
+    ],
 )
-def test_ragged_fit_equals_one_part_fit(shared_task_hps):
+def test_ragged_fit_equals_one_part_fit(shared_task_hps, approximate):
     x, y, maps, grid, _ = _ragged_data(24, 24, seed=3)
     config = engine.FitConfig(
         n_clusters=2, max_iter=3, tol=0.0, max_steps=4, shared_task_hps=shared_task_hps
     )
-    one = engine.fit_magma(x, y, maps, grid, dataclasses.replace(config, task_parts=1))
-    ragged = engine.fit_magma(x, y, maps, grid, dataclasses.replace(config, task_parts=3))
+    if approximate:  # the projections are rebuilt part by part every iteration
+        maps, grid = None, grid[::3]
+    one, ragged = (
+        engine.fit_magma(
+            x, y, maps, grid, dataclasses.replace(config, task_parts=n), approximate=approximate
+        )
+        for n in (1, 3)
+    )
     assert engine.make_parts(x, y, maps, grid, config, 3) is not None
     # Same objective and gradients to round-off (see the core test), but L-BFGS over one
     # noise per task amplifies round-off a little: 2e-8 after three VM-steps.
