@@ -14,7 +14,7 @@ import pytest
 
 from mimosa_sklearn import _parts, _runtime, engine
 from mimosa_sklearn.core import approx, em, mstep
-from mimosa_sklearn.core.ragged import as_parts, part_params, split_tasks
+from mimosa_sklearn.core.ragged import as_parts
 from mimosa_sklearn.kernels import SharingLayout
 
 
@@ -89,21 +89,10 @@ def _core(params, weights, tau, batch, jitter):
     """E-step, ELBO, VM-step objective and gradient on a one-part or ragged batch."""
     post, new_tau = em.e_step(params, weights, tau, batch, jitter, True)
     value = em.elbo(params, weights, new_tau, post, batch, jitter)
-    kt = params.log_noise.shape[1]
-    moments, mweights = [], []
-    for p, b, t in zip(
-        part_params(params, batch), as_parts(batch), split_tasks(new_tau, batch), strict=True
-    ):
-        mom, mw = mstep.task_moments(b, t, post, kt, False, approx.prior_offsets(p, b))
-        moments.append(mom)
-        mweights.append(mw)
-    if not isinstance(batch, tuple):
-        moments, mweights = moments[0], mweights[0]
-    else:
-        moments, mweights = tuple(moments), tuple(mweights)
+    moments, mweights = mstep.part_moments(params, new_tau, post, batch)
 
     def objective(p):
-        return mstep.total_objective(p, post, batch, moments, mweights, jitter)
+        return mstep.total_objective(p, post, as_parts(batch), moments, mweights, jitter)
 
     obj, grad = eqx.filter_value_and_grad(objective)(params)
     return post.mean, post.cov, new_tau, value, obj, grad

@@ -27,7 +27,7 @@ from .params import (
     shared_fast_path,
     task_covariance_one,
 )
-from .ragged import Batch, as_parts, first, part_params, split_tasks, task_weights
+from .ragged import Batch, as_parts, part_params, split_tasks, task_weights
 
 __all__ = [
     "mixture_weights",
@@ -37,6 +37,7 @@ __all__ = [
     "task_objective",
     "minimise",
     "total_objective",
+    "part_moments",
     "m_step",
 ]
 
@@ -134,9 +135,7 @@ def task_moments(
             return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,))
         return weighted, tau_i
 
-    return map_tasks(
-        per_task, (batch.y, mask_t, batch.mappings, tau, offsets), batch.task_chunk
-    )
+    return map_tasks(per_task, (batch.y, mask_t, batch.mappings, tau, offsets), batch.task_chunk)
 
 
 def task_objective(
@@ -184,14 +183,30 @@ def total_objective(
     L-BFGS run on their sum optimises both (and compiles one solver instead of two).
 
     For a ragged batch (:mod:`.ragged`) ``moments`` and ``mweights`` are tuples with one
-    entry per part, and the task objectives of the parts add up."""
-    g0 = first(batch)
-    value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter)
+    entry per part (:func:`part_moments`), and the task objectives of the parts add up."""
     if not isinstance(batch, tuple):
-        return value + task_objective(params, batch, moments, mweights, jitter)
+        batch, moments, mweights = (batch,), (moments,), (mweights,)
+    g0 = batch[0]
+    value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter)
     for p, b, mom, mw in zip(part_params(params, batch), batch, moments, mweights, strict=True):
         value = value + task_objective(p, b, mom, mw, jitter)
     return value
+
+
+def part_moments(
+    params: Params, tau: Float[Array, "T K"], post: Hyperposterior, batch: Batch
+) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
+    """:func:`task_moments` of every part of a batch (one-tuples for a lone
+    ``TaskBatch``), each with its own tasks' ``tau``, its shared-input fast path and, on
+    the approximate grid, its prior-mean offsets at ``params``."""
+    kt = params.log_noise.shape[1]
+    moments, mweights = [], []
+    parts = zip(part_params(params, batch), as_parts(batch), split_tasks(tau, batch), strict=True)
+    for p, b, tau_p in parts:
+        mom, mw = task_moments(b, tau_p, post, kt, shared_fast_path(p, b), prior_offsets(p, b))
+        moments.append(mom)
+        mweights.append(mw)
+    return tuple(moments), tuple(mweights)
 
 
 def m_step(
@@ -211,30 +226,21 @@ def m_step(
     weights = mixture_weights(tau, task_weights(batch))
     # Approximate grid: the prior-mean offsets are held at their current value here
     # (a generalised EM step); the prior mean is fitted through the cluster objective.
-    kt = params.log_noise.shape[1]
-    moments, mweights = [], []
-    parts = zip(part_params(params, batch), as_parts(batch), split_tasks(tau, batch), strict=True)
-    for p, b, tau_p in parts:
-        mom, mw = task_moments(b, tau_p, post, kt, shared_fast_path(p, b), prior_offsets(p, b))
-        moments.append(mom)
-        mweights.append(mw)
-    if isinstance(batch, tuple):
-        moments, mweights = tuple(moments), tuple(mweights)
-    else:
-        moments, mweights = moments[0], mweights[0]
+    moments, mweights = part_moments(params, tau, post, batch)
+    parts = as_parts(batch)
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
     # The objective sums over every observation, so its gradient grows with the data.
     # L-BFGS starts from an identity Hessian: unscaled, its first step would be
     # thousands of units long and the line search would spend most of the VM-step's
     # budget halving it. Per observation, the first step is of the right size.
-    n_obs = sum(jnp.sum(b.mask) for b in as_parts(batch)) + jnp.sum(first(batch).grid_mask)
+    n_obs = sum(jnp.sum(b.mask) for b in parts) + jnp.sum(parts[0].grid_mask)
     scale = jnp.maximum(n_obs, 1).astype(tau.dtype)
 
     def fn(dyn, args):
         return total_objective(eqx.combine(dyn, static), *args) / scale
 
     new_dyn, value, n_steps = minimise(
-        fn, dynamic, (post, batch, moments, mweights, jitter), max_steps, tol
+        fn, dynamic, (post, parts, moments, mweights, jitter), max_steps, tol
     )
     return eqx.combine(new_dyn, static), weights, n_steps, value * scale
 
