@@ -21,6 +21,7 @@ import numpy as np
 from . import _parts, _runtime
 from .core import approx as core_approx
 from .core import predict as core_predict
+from .core.compile import jit
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.hyperposterior import Hyperposterior
 from .core.init import data_scales, init_responsibilities
@@ -555,17 +556,17 @@ def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
 # jit-compiled kernels of the facade (module level so the compile cache is shared)
 
 
-@eqx.filter_jit
+@jit
 def _with_projection(params, batch, jitter):
     return core_approx.with_projection(params, batch, jitter)
 
 
-@eqx.filter_jit
+@jit
 def _extend(params, post, grid, grid_mask, x):
     return core_predict.extend_hyperposterior(params, post, grid, grid_mask, x)
 
 
-@eqx.filter_jit
+@jit
 def _predict_train(params, post, batch, idx, tau, x_pred, jitter, include_noise):
     ext = core_predict.grid_extension(post)
 
@@ -590,7 +591,7 @@ def _predict_train(params, post, batch, idx, tau, x_pred, jitter, include_noise)
     return jax.lax.map(one, (idx, tau, x_pred), batch_size=64)
 
 
-@eqx.filter_jit
+@jit
 def _predict_new(params, post, batch, task_params, weights, xo, yo, mo, xp, jitter, include_noise):
     ext = core_predict.grid_extension(post)
 
@@ -615,7 +616,7 @@ def _predict_new(params, post, batch, task_params, weights, xo, yo, mo, xp, jitt
     return jax.lax.map(one, (task_params, xo, yo, mo, xp), batch_size=64)
 
 
-@eqx.filter_jit
+@jit
 def _new_tau(params, post, batch, task_params, weights, xo, yo, mo, jitter):
     ext = core_predict.grid_extension(post)
 
@@ -629,7 +630,7 @@ def _new_tau(params, post, batch, task_params, weights, xo, yo, mo, jitter):
     return jax.lax.map(one, (task_params, xo, yo, mo), batch_size=64)
 
 
-@eqx.filter_jit
+@jit
 def _fit_new(params, post, batch, start, weights, xo, yo, mo, jitter, max_steps):
     ext = core_predict.grid_extension(post)
 

@@ -22,7 +22,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .approx import prior_offsets
-from .hyperposterior import Hyperposterior, cluster_index, hyperposterior
+from .compile import jit
+from .hyperposterior import Hyperposterior, cluster_index, hyperposterior, prior_kl
 from .likelihood import (
     LOG_2PI,
     cluster_nlls,
@@ -207,31 +208,35 @@ def elbo(
     batch: Batch,
     jitter: float,
 ) -> Float[Array, ""]:
-    """Evidence lower bound (ALGORITHM.md §2.1), with the full KL constant."""
+    """Evidence lower bound (ALGORITHM.md §2.1), with the full KL constant, at any
+    ``params`` (``post`` need not come from them)."""
     nll = cluster_task_nll(params, post, batch, jitter)  # (T, K)
-    return elbo_from_nll(nll, params, weights, tau, post, batch, jitter)
-
-
-def elbo_from_nll(
-    nll: Float[Array, "T K"],
-    params: Params,
-    weights: Float[Array, " K"],
-    tau: Float[Array, "T K"],
-    post: Hyperposterior,
-    batch: Batch,
-    jitter: float,
-) -> Float[Array, ""]:
-    """:func:`elbo` given the task NLLs ``-l_ik`` under ``post`` (the VE-step computes
-    them for the responsibilities; only the mean processes' KL is left to do)."""
-    w = task_weights(batch)[:, None]
-    data_term = -jnp.sum(w * tau * nll) + entropy_term(w * tau, weights)
     g0 = first(batch)
     prior_cov, prior_mean, _ = prior_on_grid(params, g0.grid, g0.grid_mask, jitter)
     g = g0.grid.shape[0]
     # The prior covariances already carry their jitter: do not add it twice.
     c_nll = cluster_nlls(post.mean, post.cov, prior_mean, prior_cov, 0.0, True)  # (K, O)
     kl = c_nll - 0.5 * g * LOG_2PI - 0.5 * g - 0.5 * post.logdet
-    return data_term - jnp.sum(kl)
+    return _data_term(nll, weights, tau, batch) - jnp.sum(kl)
+
+
+def elbo_from_nll(
+    nll: Float[Array, "T K"],
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    batch: Batch,
+) -> Float[Array, ""]:
+    """:func:`elbo` given the task NLLs ``-l_ik`` under ``post``, when ``post`` was
+    computed at the same hyperparameters (the VE-step computes the NLLs for the
+    responsibilities, and the mean processes' KL comes from ``post``'s own factors,
+    :func:`.hyperposterior.prior_kl`: no prior is factorised again)."""
+    return _data_term(nll, weights, tau, batch) - jnp.sum(prior_kl(post))
+
+
+def _data_term(nll, weights, tau, batch):
+    w = task_weights(batch)[:, None]
+    return -jnp.sum(w * tau * nll) + entropy_term(w * tau, weights)
 
 
 def elbo_from_objective(
@@ -259,7 +264,7 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack(leaves))
 
 
-@eqx.filter_jit
+@jit
 def em_iteration(
     params: Params,
     weights: Float[Array, " K"],
@@ -300,7 +305,7 @@ def em_iteration(
         return eqx.filter(new, eqx.is_inexact_array), w, steps.astype(jnp.int32), value
 
     def hold(dyn):
-        value = elbo_from_nll(nll, eqx.combine(dyn, static), weights, tau, post, batch, jitter)
+        value = elbo_from_nll(nll, weights, tau, post, batch)
         return dyn, weights, jnp.zeros((), jnp.int32), value
 
     dynamic, weights, steps, value = jax.lax.cond(

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from .linalg import cholesky, logdet_from_chol, scatter_matrix, scatter_vector, solve_lower
 
-__all__ = ["Hyperposterior", "hyperposterior", "cluster_index"]
+__all__ = ["Hyperposterior", "hyperposterior", "cluster_index", "prior_kl"]
 
 
 class Hyperposterior(eqx.Module):
@@ -143,3 +143,22 @@ def hyperposterior(
         whitened_chol=r,
         logdet=logdet,
     )
+
+
+def prior_kl(post: Hyperposterior) -> Float[Array, "K O"]:
+    """``KL(q(mu_k) || p(mu_k))`` of every mean process, from the whitened factors.
+
+    With ``C = L L^T`` and ``M = I + L^T W L = R R^T``: ``C^{-1} C_hat`` is similar to
+    ``M^{-1}``, so ``tr(C^{-1} C_hat) = ||R^{-1}||_F^2`` and ``log|C| - log|C_hat| =
+    log|M|``. No covariance is factorised again: the ELBO of an E-step reuses its
+    hyperposterior's factors (padded grid points, prior = posterior, add nothing).
+    """
+    g = post.mean.shape[-1]
+    eye = jnp.eye(g, dtype=post.mean.dtype)
+
+    def one(mean, prior_mean, chol, r):
+        white = solve_lower(chol, (mean - prior_mean)[:, None])[:, 0]
+        trace = jnp.sum(solve_lower(r, eye) ** 2)
+        return 0.5 * (trace + jnp.sum(white**2) - g + logdet_from_chol(r))
+
+    return jax.vmap(jax.vmap(one))(post.mean, post.prior_mean, post.prior_chol, post.whitened_chol)

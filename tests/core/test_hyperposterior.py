@@ -75,6 +75,18 @@ def test_whitened_hyperposterior_equals_direct_precision_form(
                                                                       -1, -2))
     np.testing.assert_allclose(np.swapaxes(lr, -1, -2) @ lr, cov, rtol=1e-9, atol=1e-10)
     assert not np.allclose(cov[:, 0], cov[:, 1])
+    # KL(q || p) from the whitened factors equals the closed form of two Gaussians.
+    prior_cov = chol @ np.swapaxes(chol, -1, -2)
+    prior_cov, pm = np.broadcast_to(prior_cov, cov.shape), np.broadcast_to(prior_mean, mean.shape)
+    kl = np.zeros((K, NOUT))
+    for k in range(K):
+        for o in range(NOUT):
+            c_inv = np.linalg.inv(prior_cov[k, o])
+            d = mean[k, o] - pm[k, o]
+            kl[k, o] = 0.5 * (np.trace(c_inv @ cov[k, o]) + d @ c_inv @ d - GRID.shape[0]
+                              + np.linalg.slogdet(prior_cov[k, o])[1] - logdet[k, o])
+    np.testing.assert_allclose(np.asarray(hp.prior_kl(post)), kl, rtol=1e-8)
+    assert np.all(kl > 0)
 
 
 def test_isotopic_closed_form_with_shared_task_covariance():
@@ -131,6 +143,8 @@ def test_padded_grid_points_change_nothing():
     np.testing.assert_allclose(np.asarray(p1.logdet), np.asarray(p0.logdet), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(tau1), np.asarray(tau0), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(l1, l0, rtol=1e-11)
+    np.testing.assert_allclose(np.asarray(hp.prior_kl(p1)), np.asarray(hp.prior_kl(p0)),
+                               rtol=1e-10)
     # The padded block is the identity prior, untouched and uncorrelated with the real part.
     np.testing.assert_allclose(np.asarray(p1.mean[..., g:]), 0.0, atol=1e-14)
     np.testing.assert_allclose(np.asarray(p1.cov[..., g:, g:]),

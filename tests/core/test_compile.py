@@ -1,0 +1,49 @@
+"""The core's compile options: in use on this jaxlib, same results, safe fallback."""
+
+from __future__ import annotations
+
+import core_reference as ref
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mimosa_sklearn.core import compile as core_compile
+from mimosa_sklearn.core import em
+from mimosa_sklearn.kernels import SharingLayout
+
+
+def _run(tasks, params, tau0):
+    return em.run_em(params, jnp.asarray(tau0), ref.to_batch(tasks), max_iter=4, tol=0.0,
+                     max_steps=20)
+
+
+def test_em_with_the_compile_options_equals_xla_defaults(monkeypatch):
+    rng = np.random.default_rng(11)
+    t = 6
+    offsets = np.where(np.arange(t) % 2 == 0, -2.0, 2.0)
+    grid = np.linspace(0.0, 9.0, 12)[:, None]
+    tasks = ref.make_tasks(rng, t, 7, grid, 3, 7, n_outputs=1, hole_prob=0.2, offsets=offsets)
+    params, _ = ref.random_params(rng, SharingLayout.from_flags(t, 2, 1))
+    tau0 = np.where((np.arange(t) % 2 == 0)[:, None], [0.8, 0.2], [0.2, 0.8])
+    tuned = _run(tasks, params, tau0)
+    # Compiled with the options: a jaxlib that rejected them would have switched off.
+    assert core_compile.options_in_use()
+    monkeypatch.setitem(core_compile._state, "tuned", False)
+    plain = _run(tasks, params, tau0)
+    np.testing.assert_allclose(tuned.elbo_history, plain.elbo_history, rtol=1e-11)
+    np.testing.assert_allclose(tuned.tau, plain.tau, rtol=1e-9, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(tuned.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9)
+
+
+def test_an_option_the_jaxlib_does_not_know_falls_back_to_xla_defaults(monkeypatch):
+    monkeypatch.setitem(core_compile._state, "tuned", True)
+    monkeypatch.setattr(core_compile, "COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    double = core_compile.jit(lambda x: 2 * x + 1)
+    np.testing.assert_array_equal(np.asarray(double(jnp.arange(3.0))), [1.0, 3.0, 5.0])
+    assert not core_compile.options_in_use()
+    # Other compile errors are not swallowed.
+    monkeypatch.setitem(core_compile._state, "tuned", True)
+    with pytest.raises(TypeError):
+        core_compile.jit(lambda x: x @ x)(jnp.ones((2, 3)))
