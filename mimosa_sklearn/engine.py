@@ -21,7 +21,7 @@ import numpy as np
 from . import _parts, _runtime
 from .core import approx as core_approx
 from .core import predict as core_predict
-from .core.compile import jit
+from .core.compile import jit, to_device
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.hyperposterior import Hyperposterior
 from .core.init import data_scales, init_responsibilities
@@ -177,13 +177,13 @@ def make_batch(
     grid_mask = np.arange(gb) < g
     weight = (np.arange(tb) < t).astype(np.float64)
     return TaskBatch(
-        x=jnp.asarray(xf),
-        y=jnp.asarray(yf),
-        mask=jnp.asarray(mask),
-        mappings=jnp.asarray(maps),
-        grid=jnp.asarray(grid_p),
-        grid_mask=jnp.asarray(grid_mask),
-        task_weight=jnp.asarray(weight),
+        x=to_device(xf),
+        y=to_device(yf),
+        mask=to_device(mask),
+        mappings=to_device(maps),
+        grid=to_device(grid_p),
+        grid_mask=to_device(grid_mask),
+        task_weight=to_device(weight),
         shared_inputs=shared,
         task_chunk=int(task_chunk),
     )
@@ -267,7 +267,7 @@ class FittedMagma:
         with _runtime.x64():
             for key in ("params", "post", "batch"):
                 state[key] = jax.tree.map(
-                    lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a, state[key]
+                    lambda a: to_device(a) if isinstance(a, np.ndarray) else a, state[key]
                 )
         self.__dict__.update(state)
 
@@ -285,7 +285,7 @@ class FittedMagma:
                 self.post,
                 self.batch.grid,
                 self.batch.grid_mask,
-                jnp.asarray(x, jnp.float64),
+                to_device(x, jnp.float64),
             )
             return np.asarray(mean), np.maximum(
                 np.asarray(jnp.diagonal(cov, axis1=-2, axis2=-1)), 0.0
@@ -340,7 +340,7 @@ class FittedMagma:
         xp = _pad_axis(_pad_axis(xp, 1, mb, 0.0), 0, pb, 0.0)
         keep = _pad_axis(_pad_axis(real, 1, mb, False), 0, pb, False)
         xp[~keep] = np.asarray(self.batch.grid[0])
-        return jnp.asarray(xp), real, pb
+        return to_device(xp), real, pb
 
     def _finish(self, mean, cov, tau, real, full_cov: bool):
         p, m = real.shape
@@ -370,9 +370,9 @@ class FittedMagma:
         task_index = np.asarray(task_index, dtype=np.int64)
         with _runtime.x64():
             xp, real, pb = self._prep_pred(np.asarray(x_pred, np.float64))
-            idx = jnp.asarray(_pad_axis(task_index, 0, pb, 0).astype(np.int32))
-            tau = jnp.asarray(_pad_axis(self.tau[task_index], 0, pb, 1.0 / self.n_clusters))
-            jitter = jnp.asarray(self.jitter)
+            idx = to_device(_pad_axis(task_index, 0, pb, 0).astype(np.int32))
+            tau = to_device(_pad_axis(self.tau[task_index], 0, pb, 1.0 / self.n_clusters))
+            jitter = to_device(self.jitter)
             mean, cov = _predict_train(
                 self.params, self.post, self.batch, idx, tau, xp, jitter, include_noise
             )
@@ -407,11 +407,11 @@ class FittedMagma:
                     self.post,
                     self.batch,
                     start,
-                    jnp.asarray(self.weights),
+                    to_device(self.weights),
                     xo,
                     yo,
                     mo,
-                    jnp.asarray(self.jitter),
+                    to_device(self.jitter),
                     self.config.max_steps,
                 )
             tau = _new_tau(
@@ -419,11 +419,11 @@ class FittedMagma:
                 self.post,
                 self.batch,
                 start,
-                jnp.asarray(self.weights),
+                to_device(self.weights),
                 xo,
                 yo,
                 mo,
-                jnp.asarray(self.jitter),
+                to_device(self.jitter),
             )
             params_np = jax.tree.map(
                 lambda a: np.asarray(a)[:p] if isinstance(a, jax.Array) else a, start
@@ -442,7 +442,7 @@ class FittedMagma:
         xo[~keep] = ph
         yo = _pad_axis(_pad_axis(np.where(mask, y_obs, 0.0), 1, nb, 0.0), 0, pb, 0.0)
         mo = _pad_axis(_pad_axis(mask, 1, nb, False), 0, pb, False)
-        return jnp.asarray(xo), jnp.asarray(yo), jnp.asarray(mo), pb
+        return to_device(xo), to_device(yo), to_device(mo), pb
 
     def predict_context(
         self,
@@ -469,7 +469,7 @@ class FittedMagma:
                 x_obs, y_obs = context.x, context.y
                 task_params = jax.tree.map(
                     lambda a: (
-                        jnp.asarray(_repeat_first(np.asarray(a), pb))
+                        to_device(_repeat_first(np.asarray(a), pb))
                         if isinstance(a, np.ndarray)
                         else a
                     ),
@@ -481,12 +481,12 @@ class FittedMagma:
                 self.post,
                 self.batch,
                 task_params,
-                jnp.asarray(self.weights),
+                to_device(self.weights),
                 xo,
                 yo,
                 mo,
                 xp,
-                jnp.asarray(self.jitter),
+                to_device(self.jitter),
                 include_noise,
             )
             return self._finish(mean, cov, tau, real, full_cov)
@@ -701,7 +701,7 @@ def _unstack_result(result: EMResult, src: np.ndarray, n_rows: int) -> EMResult:
     tau = np.asarray(result.tau)[rows]
     params = result.params
     if params.log_noise.shape[0] > 1:
-        idx = jnp.asarray(rows)
+        idx = to_device(rows)
         params = eqx.tree_at(
             lambda p: (p.task_kernel, p.log_noise),
             params,
@@ -833,7 +833,7 @@ def fit_magma(
             em_batch = em_light if refresh is None else refresh(params, em_light, config.jitter)
             result = run_em(
                 params,
-                jnp.asarray(tau0),
+                to_device(tau0),
                 em_batch,
                 max_iter=config.max_iter,
                 tol=config.tol,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
-import jax.numpy as jnp
 import kernax
 import numpy as np
 
+from .core.compile import to_device
 from .core.params import Params, stack_module, to_float64
 
 __all__ = [
@@ -95,10 +95,10 @@ def build_params(
     task_kernel = stack_module(to_float64(task_kernel), layout.task)
     prior = stack_module(to_float64(prior_mean), layout.prior)
     if prior_values is not None and isinstance(prior_mean, kernax.ConstantMean):
-        values = jnp.broadcast_to(jnp.asarray(prior_values, jnp.float64), layout.prior)
-        prior = eqx.tree_at(lambda m: m.constant, prior, values)
-    log_noise = jnp.broadcast_to(jnp.log(jnp.asarray(noise, jnp.float64)), layout.task)
-    return Params(mean_kernel, prior, task_kernel, jnp.asarray(log_noise))
+        values = np.broadcast_to(np.asarray(prior_values, np.float64), layout.prior)
+        prior = eqx.tree_at(lambda m: m.constant, prior, to_device(values))
+    log_noise = np.broadcast_to(np.log(np.asarray(noise, np.float64)), layout.task)
+    return Params(mean_kernel, prior, task_kernel, to_device(log_noise))
 
 
 def kernel_hyperparameters(kernel) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ import kernax
 import numpy as np
 
 from . import _runtime
+from .core.compile import to_device
 from .core.em import run_em
 from .core.init import data_scales, init_responsibilities
 from .core.multioutput import PerOutputMean, StackedOutputKernel
@@ -194,7 +195,7 @@ def _correlated_params(
     prior = correlated_prior_mean(config.prior_mean, y0.shape[-1])
     params = build_params(layout, mean_kernel, prior, task_kernel, 0.05 * float(np.mean(var)))
     if config.prior_mean is None:  # start each cluster's levels at its initial tasks
-        levels = jnp.asarray(_start_levels(tau, y0, obs)[:, None, :], jnp.float64)
+        levels = to_device(_start_levels(tau, y0, obs)[:, None, :], jnp.float64)
         params = eqx.tree_at(lambda p: p.prior_mean.mean.constant, params, levels)
     return params
 
@@ -344,7 +345,7 @@ def fit_correlated(
             params = _correlated_params(layout, config, x, y0, obs, tau0[:t])
             result = run_em(
                 params,
-                jnp.asarray(tau0),
+                to_device(tau0),
                 batch,
                 max_iter=config.max_iter,
                 tol=config.tol,

@@ -22,8 +22,9 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import numpy as np
 
-__all__ = ["jit", "COMPILER_OPTIONS", "options_in_use"]
+__all__ = ["jit", "to_device", "COMPILER_OPTIONS", "options_in_use"]
 
 COMPILER_OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
 _state = {"tuned": True}
@@ -55,3 +56,16 @@ def jit(fn: Callable) -> Callable:
         return plain(*args, **kwargs)
 
     return call
+
+
+def to_device(value, dtype=None) -> jax.Array:
+    """A host value (numpy array or Python scalar) as a JAX array, compiling nothing.
+
+    ``jnp.asarray`` of a numpy array compiles a small staging program for every new
+    shape and dtype (20-50 ms each on CPU; a fit used to compile a dozen of them);
+    ``jax.device_put`` only copies. Python scalars keep ``jnp.asarray``'s weak type, so
+    both spellings hit the same compiled programs.
+    """
+    if dtype is None and isinstance(value, bool | int | float):
+        return jax.device_put(value)
+    return jax.device_put(np.asarray(value, dtype))

@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .approx import prior_offsets
-from .compile import jit
+from .compile import jit, to_device
 from .hyperposterior import Hyperposterior, cluster_index, hyperposterior, prior_kl
 from .likelihood import (
     LOG_2PI,
@@ -364,17 +364,17 @@ def run_em(
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
     host_weight = np.concatenate([np.asarray(b.task_weight) for b in as_parts(batch)])
-    weights = jnp.asarray(mixture_weights(np.asarray(tau), host_weight))
+    weights = to_device(mixture_weights(np.asarray(tau), host_weight))
     history: list[float] = []
     converged = False
     n_iter = 0
-    yes, no = jnp.asarray(True), jnp.asarray(False)
+    yes, no = to_device(True), to_device(False)
     while n_iter < max_iter:
-        update = jnp.asarray(not (skip_first_tau_update and n_iter == 0))
+        update = to_device(not (skip_first_tau_update and n_iter == 0))
         if refresh is not None:
-            batch = refresh(params, batch, jnp.asarray(jitter))
+            batch = refresh(params, batch, to_device(jitter))
         out = em_iteration(
-            params, weights, tau, batch, jnp.asarray(jitter), update, max_steps, optimiser_tol, yes
+            params, weights, tau, batch, to_device(jitter), update, max_steps, optimiser_tol, yes
         )
         new_params, new_weights, new_tau, post_i, value, steps, finite = out
         if not (np.isfinite(float(value)) and bool(finite)):
@@ -403,10 +403,10 @@ def run_em(
                 converged = True
                 break
     if refresh is not None:
-        batch = refresh(params, batch, jnp.asarray(jitter))
+        batch = refresh(params, batch, to_device(jitter))
     # Final E-steps at the final hyperparameters: responsibilities from the current
     # q(mu), then q(mu) from those responsibilities, and the ELBO of the pair.
-    args = (batch, jnp.asarray(jitter))
+    args = (batch, to_device(jitter))
     _, _, tau, *_ = em_iteration(
         params, weights, tau, *args, yes, max_steps, optimiser_tol, no
     )

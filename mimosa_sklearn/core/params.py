@@ -14,7 +14,10 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
+
+from .compile import to_device
 
 __all__ = [
     "Params",
@@ -57,18 +60,22 @@ class Params(eqx.Module):
 
 
 def to_float64(module):
-    """Cast every floating leaf to float64 (kernels built with x64 off hold float32)."""
+    """Cast every floating leaf to float64 (kernels built with x64 off hold float32).
+
+    On the host (numpy, then :func:`.compile.to_device`): an eager ``jnp`` cast would
+    compile a small program per leaf shape. Not for traced modules."""
     return jax.tree.map(
-        lambda leaf: jnp.asarray(leaf, dtype=jnp.float64) if eqx.is_inexact_array(leaf) else leaf,
+        lambda leaf: to_device(leaf, np.float64) if eqx.is_inexact_array(leaf) else leaf,
         module,
     )
 
 
 def stack_module(module, shape: tuple[int, ...]):
-    """Broadcast every inexact leaf of ``module`` to ``shape + leaf.shape``."""
+    """Broadcast every inexact leaf of ``module`` to ``shape + leaf.shape`` (float64, on
+    the host like :func:`to_float64`)."""
     return jax.tree.map(
         lambda leaf: (
-            jnp.broadcast_to(jnp.asarray(leaf, jnp.float64), shape + jnp.shape(leaf))
+            to_device(np.broadcast_to(np.asarray(leaf, np.float64), shape + np.shape(leaf)))
             if eqx.is_inexact_array(leaf)
             else leaf
         ),

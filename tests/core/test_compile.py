@@ -47,3 +47,25 @@ def test_an_option_the_jaxlib_does_not_know_falls_back_to_xla_defaults(monkeypat
     monkeypatch.setitem(core_compile._state, "tuned", True)
     with pytest.raises(TypeError):
         core_compile.jit(lambda x: x @ x)(jnp.ones((2, 3)))
+
+
+def test_host_values_reach_the_device_without_compiling(caplog):
+    # jnp.asarray compiles a staging program per new shape; a fit used to compile a
+    # dozen of them before its EM iteration.
+    from mimosa_sklearn.engine import make_batch
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(5, 7, 1))
+    x[0, 5:] = np.nan
+    y = np.where(np.isnan(x), np.nan, np.sin(x))
+    grid = np.unique(x[~np.isnan(x)])[:, None]
+    mappings = np.searchsorted(grid[:, 0], np.nan_to_num(x[..., 0]))
+    with jax.log_compiles(True), caplog.at_level("WARNING", logger="jax"):
+        batch = make_batch(x, y, mappings, grid)
+        scalar, flag = core_compile.to_device(1e-6), core_compile.to_device(True)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
+    assert batch.x.dtype == jnp.float64 and batch.mappings.dtype == jnp.int32
+    assert batch.mask.dtype == jnp.bool_
+    # Python scalars keep jnp.asarray's weak type, so both hit the same compiled code.
+    assert scalar.weak_type == jnp.asarray(1e-6).weak_type and scalar.dtype == jnp.float64
+    assert flag.dtype == jnp.bool_ and flag.weak_type == jnp.asarray(True).weak_type
