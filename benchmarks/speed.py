@@ -31,6 +31,23 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _device_peak_gib() -> float | None:
+    """Peak memory of the accelerator JAX runs on (None on CPU, which reports none)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 1024**3
+
+
+def _platform() -> str:
+    # Asked only after the first fit: mimosa_sklearn's CPU guard must create the backend.
+    import jax
+
+    device = jax.devices()[0]
+    return f"JAX {jax.__version__} on {device.platform} ({device.device_kind})"
+
+
 def _data(n_tasks: int, seed: int):
     return make_magma_data(
         n_tasks=n_tasks, n_points=30, n_clusters=3, grid_size=201, random_state=seed
@@ -111,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         gpr = _time_sklearn_gpr(t)
         mml = _time_mimosa_ml(t, args.iters)
         rows.append((t, cold, warm, pred_cold, pred, rss, gpr, mml))
+        device_peak = _device_peak_gib()
         print(
-            f"T={t}: fit cold {cold:.1f}s warm {warm:.1f}s, predict cold {pred_cold:.1f}s "
-            f"warm {pred:.1f}s",
+            f"T={t}: fit cold {cold:.2f}s warm {warm:.2f}s, predict cold {pred_cold:.2f}s "
+            f"warm {pred:.2f}s, peak RSS {rss:.2f} GiB"
+            + ("" if device_peak is None else f", device peak {device_peak:.2f} GiB")
+            + f", per-task GPR {gpr:.1f}s"
+            + ("" if mml is None else f", mimosa-ml {mml:.2f}s"),
             flush=True,
         )
     print()
@@ -125,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     for t, cold, warm, pred_cold, pred, rss, gpr, mml in rows:
         ratio = "not installed" if mml is None else f"{mml / warm:.1f}x"
         print(
-            f"| {t} | {cold:.1f} | {warm:.1f} | {pred_cold:.1f} / {pred:.1f} | {rss:.2f} "
+            f"| {t} | {cold:.2f} | {warm:.2f} | {pred_cold:.2f} / {pred:.2f} | {rss:.2f} "
             f"| {gpr:.1f} | {gpr / warm:.1f}x | {ratio} |"
         )
-    print(f"\n{args.iters} EM iterations, K=3, ~30 points per task, 201-point grid.")
+    print(f"\n{args.iters} EM iterations, K=3, ~30 points per task, 201-point grid; {_platform()}.")
     return 0
 
 

@@ -8,9 +8,10 @@ search, per-task Cholesky algebra), and compiling them through MLIR took 5.3 s o
 10-25% faster, with the same results (``tests/core/test_compile.py``).
 
 The options are passed per program (``jax.jit(..., compiler_options=...)``), so the
-user's own JAX code keeps XLA's defaults. They only concern the CPU backend; a jaxlib
-that no longer knows one of them rejects it when compiling, and the programs then fall
-back to XLA's defaults for the rest of the process.
+user's own JAX code keeps XLA's defaults. They only concern the CPU backend and are
+passed only when JAX runs on the CPU (on a GPU the programs compile with XLA's
+defaults). A jaxlib that no longer knows one of them rejects it when compiling, and the
+programs then fall back to XLA's defaults for the rest of the process.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ _state = {"tuned": True}
 
 
 def options_in_use() -> bool:
-    """Whether programs compile with :data:`COMPILER_OPTIONS` (False after a fallback)."""
-    return _state["tuned"]
+    """Whether programs compile with :data:`COMPILER_OPTIONS` (False after a fallback
+    and on other backends than the CPU)."""
+    return _state["tuned"] and jax.default_backend() == "cpu"
 
 
 def _unknown_option(err: Exception) -> bool:
@@ -45,7 +47,7 @@ def jit(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        if _state["tuned"]:
+        if options_in_use():
             try:
                 return tuned(*args, **kwargs)
             except jax.errors.JaxRuntimeError as err:

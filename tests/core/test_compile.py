@@ -14,10 +14,14 @@ from mimosa_sklearn.kernels import SharingLayout
 
 
 def _run(tasks, params, tau0):
-    return em.run_em(params, jnp.asarray(tau0), ref.to_batch(tasks), max_iter=4, tol=0.0,
-                     max_steps=20)
+    return em.run_em(
+        params, jnp.asarray(tau0), ref.to_batch(tasks), max_iter=4, tol=0.0, max_steps=20
+    )
 
 
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the options concern the CPU backend only"
+)
 def test_em_with_the_compile_options_equals_xla_defaults(monkeypatch):
     rng = np.random.default_rng(11)
     t = 6
@@ -69,3 +73,14 @@ def test_host_values_reach_the_device_without_compiling(caplog):
     # Python scalars keep jnp.asarray's weak type, so both hit the same compiled code.
     assert scalar.weak_type == jnp.asarray(1e-6).weak_type and scalar.dtype == jnp.float64
     assert flag.dtype == jnp.bool_ and flag.weak_type == jnp.asarray(True).weak_type
+
+
+def test_the_options_are_only_passed_on_the_cpu_backend(monkeypatch):
+    monkeypatch.setitem(core_compile._state, "tuned", True)
+    monkeypatch.setattr(core_compile, "COMPILER_OPTIONS", {"xla_cpu_no_such_option": True})
+    monkeypatch.setattr(core_compile.jax, "default_backend", lambda: "gpu")
+    assert not core_compile.options_in_use()
+    triple = core_compile.jit(lambda x: 3 * x)
+    np.testing.assert_array_equal(np.asarray(triple(jnp.arange(3.0))), [0.0, 3.0, 6.0])
+    # The bad option never reached the compiler, so nothing fell back.
+    assert core_compile._state["tuned"]
