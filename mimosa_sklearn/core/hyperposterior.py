@@ -11,18 +11,27 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .linalg import (
     cholesky,
+    is_projection,
     logdet_from_chol,
     lower_inverse,
     scatter_matrix,
     scatter_vector,
     solve_lower,
 )
+from .parallel import sum_over_chunks
 
-__all__ = ["Hyperposterior", "hyperposterior", "cluster_index", "prior_kl"]
+__all__ = [
+    "Hyperposterior",
+    "hyperposterior",
+    "cluster_index",
+    "prior_kl",
+    "projected_precision",
+]
 
 
 class Hyperposterior(eqx.Module):
@@ -51,6 +60,43 @@ def cluster_index(n_clusters: int, n_task_clusters: int) -> Array:
     if n_task_clusters == n_clusters and n_task_clusters > 1:
         return jnp.arange(n_clusters)
     return jnp.zeros((n_clusters,), dtype=jnp.int32)
+
+
+# Elements of one chunk's per-task (chunk, Kt, O, G, G) blocks in projected_precision:
+# 2**20 float64 = 8 MiB, small enough to stay in cache-friendly sizes (measured on CPU
+# with 3200 tasks and G = 104: 190 ms at 100 tasks per chunk, 300 ms at 800).
+_PROJECTION_CHUNK_BUDGET = 1 << 20
+
+
+def projected_precision(
+    tau: Float[Array, "Ts K"],
+    precisions: Float[Array, "Ts Kt O N N"],
+    projection: Float[Array, "Ts N G"],
+    n_clusters: int,
+) -> Float[Array, "K O G G"]:
+    """Data precisions of the approximate grid, ``W_ko = sum_i tau_ik A_i^T Psi_i^{-1} A_i``.
+
+    Each task's ``(G, G)`` block ``A_i^T Psi_i^{-1} A_i`` is formed once, whatever the
+    number of clusters, and the blocks are weighted and summed a chunk of tasks at a
+    time. One einsum over all tasks per cluster (:func:`.linalg.scatter_matrix`) made
+    XLA materialise a transposed ``(K G, T N)`` operand: 1.0 s for the swimmers (3200
+    tasks of 32 points, ``G = 104``) against 0.19 s this way.
+    """
+    t, kt, o = precisions.shape[:3]
+    g = projection.shape[-1]
+    per_task = max(1, kt * o * g * g)
+    chunk = max(8, 1 << int(np.floor(np.log2(max(_PROJECTION_CHUNK_BUDGET // per_task, 1)))))
+
+    def blocks(args):
+        tau_c, prec_c, proj_c = args
+        right = prec_c @ proj_c[:, None, None]  # (c, Kt, O, N, G)
+        q = jnp.einsum("tng,tjonh->tjogh", proj_c, right)  # (c, Kt, O, G, G)
+        if kt == 1:
+            return jnp.einsum("tk,togh->kogh", tau_c, q[:, 0])
+        return jnp.einsum("tk,tkogh->kogh", tau_c, q)
+
+    out = sum_over_chunks(blocks, (tau, precisions, projection), chunk)
+    return jnp.broadcast_to(out, (n_clusters, o, g, g))
 
 
 def hyperposterior(
@@ -117,14 +163,24 @@ def hyperposterior(
             map_prec.append(map_p)
         wy = wy_p[:, kidx]
         wy_parts.append(wy if off_p is None else wy - off_p)
-    prec_parts = tuple(p[:, kidx] for p in precs)
-
-    def one(tau_k, tau_prec_k, prec_k, wy_k, chol, m):
-        # Per part: prec_k (Ts, N, N), wy_k (T, N); one cluster, one output.
-        w = sum(
-            scatter_matrix(tp[:, None, None] * pk, mp, g)
-            for tp, pk, mp in zip(tau_prec_k, prec_k, map_prec, strict=True)
+    if is_projection(maps[0]):
+        # Approximate grid: all data precisions at once, before the per-cluster vmap.
+        w_all = sum(
+            projected_precision(tp, pk, mp, k)
+            for tp, pk, mp in zip(tau_prec, precs, map_prec, strict=True)
         )
+        prec_parts = (None,) * n_parts
+    else:
+        w_all = None
+        prec_parts = tuple(p[:, kidx] for p in precs)
+
+    def one(tau_k, tau_prec_k, prec_k, wy_k, chol, m, w):
+        # Per part: prec_k (Ts, N, N), wy_k (T, N); one cluster, one output.
+        if w is None:
+            w = sum(
+                scatter_matrix(tp[:, None, None] * pk, mp, g)
+                for tp, pk, mp in zip(tau_prec_k, prec_k, map_prec, strict=True)
+            )
         b = sum(
             scatter_vector(tk[:, None] * wk, mk, g)
             for tk, wk, mk in zip(tau_k, wy_k, maps, strict=True)
@@ -137,10 +193,10 @@ def hyperposterior(
         logdet = logdet_from_chol(chol) - logdet_from_chol(r)
         return mean, cov, r, logdet
 
-    over_outputs = jax.vmap(one, in_axes=(None, None, 1, 1, 0, 0))
-    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 1, 0, 0))
+    over_outputs = jax.vmap(one, in_axes=(None, None, 1, 1, 0, 0, 0))
+    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 1, 0, 0, 0))
     mean, cov, r, logdet = over_clusters(
-        taus, tuple(tau_prec), prec_parts, tuple(wy_parts), prior_chol, prior_mean
+        taus, tuple(tau_prec), prec_parts, tuple(wy_parts), prior_chol, prior_mean, w_all
     )
     return Hyperposterior(
         mean=mean,

@@ -20,7 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["chunk_for", "auto_task_chunk", "map_tasks", "task_mesh", "shard_tasks"]
+__all__ = [
+    "chunk_for",
+    "auto_task_chunk",
+    "map_tasks",
+    "sum_over_chunks",
+    "task_mesh",
+    "shard_tasks",
+]
 
 # Elements of one chunked (chunk, K, O, N, N) intermediate: 2**22 float64 = 32 MiB.
 _CHUNK_BUDGET = 1 << 22
@@ -79,6 +86,26 @@ def map_tasks(fn: Callable, xs, chunk: int):
 
     out = jax.lax.map(jax.vmap(fn), jax.tree.map(split, xs))
     return jax.tree.map(merge, out)
+
+
+def sum_over_chunks(fn: Callable, xs, chunk: int):
+    """``sum_c fn(chunk_c of xs)``: a reduction over tasks, ``chunk`` tasks at a time.
+
+    ``fn`` takes a chunk (every leaf of ``xs`` with a leading axis of at most ``chunk``
+    tasks) and returns its contribution; the contributions of the (strided, as in
+    :func:`map_tasks`) chunks are added. Memory holds one chunk's intermediates.
+    """
+    t = jax.tree.leaves(xs)[0].shape[0]
+    c = chunk_for(t, chunk)
+    if c == t:
+        return fn(xs)
+    n_chunks = t // c
+
+    def split(a):
+        return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
+
+    out = jax.lax.map(fn, jax.tree.map(split, xs))
+    return jax.tree.map(lambda a: jnp.sum(a, axis=0), out)
 
 
 def task_mesh(devices=None):

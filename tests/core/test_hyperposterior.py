@@ -33,12 +33,16 @@ def _numpy_inputs(vals: ref.NpParams, tasks: ref.Tasks, kt: int):
     weighted = np.einsum("tkonm,tom->tkon", prec, np.swapaxes(tasks.y, 1, 2))
     kc, oc = vals.mean_var.shape
     chol = np.stack(
-        [[np.linalg.cholesky(vals.mean_cov(k, o, GRID, GRID)) for o in range(oc)]
-         for k in range(kc)]
+        [
+            [np.linalg.cholesky(vals.mean_cov(k, o, GRID, GRID)) for o in range(oc)]
+            for k in range(kc)
+        ]
     )
     prior_mean = np.stack(
-        [[vals.prior_mean(k, o, GRID.shape[0]) for o in range(vals.prior.shape[1])]
-         for k in range(K)]
+        [
+            [vals.prior_mean(k, o, GRID.shape[0]) for o in range(vals.prior.shape[1])]
+            for k in range(K)
+        ]
     )
     return prec, weighted, chol, prior_mean
 
@@ -55,24 +59,34 @@ def test_whitened_hyperposterior_equals_direct_precision_form(
     # Different masks per output: the hyperposterior covariances must differ per output.
     assert not np.array_equal(tasks.mask[..., 0], tasks.mask[..., 1])
     layout = SharingLayout.from_flags(
-        T, K, NOUT, shared_task_hps=False, shared_cluster_hps=shared_cluster,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=shared_output,
+        T,
+        K,
+        NOUT,
+        shared_task_hps=False,
+        shared_cluster_hps=shared_cluster,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=shared_output,
     )
     _, vals = ref.random_params(rng, layout)
     tau = rng.dirichlet(np.ones(K), size=T)
     kt = layout.task[1]
     prec, weighted, chol, prior_mean = _numpy_inputs(vals, tasks, kt)
     mappings = jnp.asarray(tasks.mappings, dtype=jnp.int32)
-    post = hyperposterior(*[jnp.asarray(a) for a in (tau, prec, weighted)], mappings,
-                          jnp.asarray(chol), jnp.asarray(prior_mean))
+    post = hyperposterior(
+        *[jnp.asarray(a) for a in (tau, prec, weighted)],
+        mappings,
+        jnp.asarray(chol),
+        jnp.asarray(prior_mean),
+    )
     mean, cov = ref.hyperposterior(vals, tasks, tau)
     np.testing.assert_allclose(np.asarray(post.mean), mean, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(np.asarray(post.cov), cov, rtol=1e-9, atol=1e-10)
     logdet = np.linalg.slogdet(cov)[1]
     np.testing.assert_allclose(np.asarray(post.logdet), logdet, rtol=1e-9)
     # The stored factors reproduce C_hat = L (I + L^T W L)^-1 L^T.
-    lr = np.linalg.solve(np.asarray(post.whitened_chol), np.swapaxes(np.asarray(post.prior_chol),
-                                                                      -1, -2))
+    lr = np.linalg.solve(
+        np.asarray(post.whitened_chol), np.swapaxes(np.asarray(post.prior_chol), -1, -2)
+    )
     np.testing.assert_allclose(np.swapaxes(lr, -1, -2) @ lr, cov, rtol=1e-9, atol=1e-10)
     assert not np.allclose(cov[:, 0], cov[:, 1])
     # KL(q || p) from the whitened factors equals the closed form of two Gaussians.
@@ -83,8 +97,13 @@ def test_whitened_hyperposterior_equals_direct_precision_form(
         for o in range(NOUT):
             c_inv = np.linalg.inv(prior_cov[k, o])
             d = mean[k, o] - pm[k, o]
-            kl[k, o] = 0.5 * (np.trace(c_inv @ cov[k, o]) + d @ c_inv @ d - GRID.shape[0]
-                              + np.linalg.slogdet(prior_cov[k, o])[1] - logdet[k, o])
+            kl[k, o] = 0.5 * (
+                np.trace(c_inv @ cov[k, o])
+                + d @ c_inv @ d
+                - GRID.shape[0]
+                + np.linalg.slogdet(prior_cov[k, o])[1]
+                - logdet[k, o]
+            )
     np.testing.assert_allclose(np.asarray(hp.prior_kl(post)), kl, rtol=1e-8)
     assert np.all(kl > 0)
 
@@ -101,8 +120,14 @@ def test_isotopic_closed_form_with_shared_task_covariance():
         perm = rng.permutation(g)
         x[i], mappings[i] = x[i][perm], mappings[i][perm]
     y = rng.standard_normal((t, g, 1))
-    tasks = ref.Tasks(x=x, y=y, mask=np.ones((t, g, 1), bool), row=np.ones((t, g), bool),
-                      mappings=mappings, grid=GRID)
+    tasks = ref.Tasks(
+        x=x,
+        y=y,
+        mask=np.ones((t, g, 1), bool),
+        row=np.ones((t, g), bool),
+        mappings=mappings,
+        grid=GRID,
+    )
     layout = SharingLayout.from_flags(t, 1, 1)
     params, vals = ref.random_params(rng, layout)
     post, tau = e_step(params, jnp.ones(1), jnp.ones((t, 1)), ref.to_batch(tasks), 0.0)
@@ -136,17 +161,42 @@ def test_padded_grid_points_change_nothing():
         post, new_tau = e_step(params, weights, tau, batch, 1e-6)
         out.append((post, new_tau, float(elbo(params, weights, new_tau, post, batch, 1e-6))))
     (p0, tau0, l0), (p1, tau1, l1) = out
-    np.testing.assert_allclose(np.asarray(p1.mean[..., :g]), np.asarray(p0.mean), rtol=1e-10,
-                               atol=1e-12)
-    np.testing.assert_allclose(np.asarray(p1.cov[..., :g, :g]), np.asarray(p0.cov), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(p1.mean[..., :g]), np.asarray(p0.mean), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        np.asarray(p1.cov[..., :g, :g]), np.asarray(p0.cov), rtol=1e-10, atol=1e-12
+    )
     np.testing.assert_allclose(np.asarray(p1.logdet), np.asarray(p0.logdet), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(tau1), np.asarray(tau0), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(l1, l0, rtol=1e-11)
-    np.testing.assert_allclose(np.asarray(hp.prior_kl(p1)), np.asarray(hp.prior_kl(p0)),
-                               rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(hp.prior_kl(p1)), np.asarray(hp.prior_kl(p0)), rtol=1e-10)
     # The padded block is the identity prior, untouched and uncorrelated with the real part.
     np.testing.assert_allclose(np.asarray(p1.mean[..., g:]), 0.0, atol=1e-14)
-    np.testing.assert_allclose(np.asarray(p1.cov[..., g:, g:]),
-                               np.broadcast_to(np.eye(5), (K, NOUT, 5, 5)), atol=1e-14)
+    np.testing.assert_allclose(
+        np.asarray(p1.cov[..., g:, g:]), np.broadcast_to(np.eye(5), (K, NOUT, 5, 5)), atol=1e-14
+    )
     np.testing.assert_allclose(np.asarray(p1.cov[..., :g, g:]), 0.0, atol=1e-14)
+
+
+@pytest.mark.parametrize("kt", [1, 3])
+@pytest.mark.parametrize("budget", [1 << 20, 200])
+def test_projected_precision_equals_a_loop_over_tasks_clusters_and_outputs(monkeypatch, kt, budget):
+    # budget=200 elements: chunks of 8 tasks over 24 tasks, so the chunked sum runs.
+    monkeypatch.setattr(hp, "_PROJECTION_CHUNK_BUDGET", budget)
+    rng = np.random.default_rng(5)
+    t, k, o, n, g = 24, 3, 2, 4, 5
+    tau = rng.dirichlet(np.ones(k), size=t)
+    proj = rng.normal(size=(t, n, g))
+    half = rng.normal(size=(t, kt, o, n, n))
+    prec = half @ np.swapaxes(half, -1, -2)
+    out = np.asarray(
+        hp.projected_precision(jnp.asarray(tau), jnp.asarray(prec), jnp.asarray(proj), k)
+    )
+    expected = np.zeros((k, o, g, g))
+    for i in range(t):
+        for c in range(k):
+            for j in range(o):
+                p = prec[i, c if kt > 1 else 0, j]
+                expected[c, j] += tau[i, c] * proj[i].T @ p @ proj[i]
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)

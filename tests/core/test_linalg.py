@@ -98,10 +98,12 @@ def test_mask_cov_jitters_real_block_only_and_cho_solve_solves():
 def test_add_jitter_is_relative_to_mean_diagonal_with_unit_floor():
     big = np.diag([4.0, 8.0])
     small = np.diag([1e-3, 1e-3])
-    np.testing.assert_allclose(np.asarray(linalg.add_jitter(jnp.asarray(big), 0.1)),
-                               big + 0.6 * np.eye(2))
-    np.testing.assert_allclose(np.asarray(linalg.add_jitter(jnp.asarray(small), 0.1)),
-                               small + 0.1 * np.eye(2))
+    np.testing.assert_allclose(
+        np.asarray(linalg.add_jitter(jnp.asarray(big), 0.1)), big + 0.6 * np.eye(2)
+    )
+    np.testing.assert_allclose(
+        np.asarray(linalg.add_jitter(jnp.asarray(small), 0.1)), small + 0.1 * np.eye(2)
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 32, 33, 65])
@@ -115,3 +117,20 @@ def test_lower_inverse_equals_numpy_inverse(n):
     assert np.all(np.triu(got, 1) == 0.0)
     prec = np.asarray(linalg.inverse_from_chol(jnp.asarray(chols)))
     np.testing.assert_allclose(prec, np.linalg.inv(chols @ np.swapaxes(chols, -1, -2)), rtol=1e-9)
+
+
+def test_sum_over_chunks_equals_the_plain_sum():
+    from mimosa_sklearn.core.parallel import sum_over_chunks
+
+    x = jnp.arange(48.0).reshape(24, 2)
+    w = jnp.linspace(0.5, 2.0, 24)
+
+    def weighted(args):
+        xc, wc = args
+        return {"s": jnp.sum(wc[:, None] * xc, axis=0), "n": jnp.sum(wc)}
+
+    expected = weighted((x, w))
+    for chunk in (1, 5, 8, 24, 0):  # 5: the nearest divisor of 24 below it, 4
+        out = sum_over_chunks(weighted, (x, w), chunk)
+        np.testing.assert_allclose(np.asarray(out["s"]), np.asarray(expected["s"]), rtol=1e-14)
+        np.testing.assert_allclose(float(out["n"]), float(expected["n"]), rtol=1e-14)
