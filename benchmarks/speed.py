@@ -6,9 +6,9 @@ For each number of tasks T (about 30 points each, on a 201-point input grid, K =
 a fixed number of EM iterations) it prints, side by side in one process:
 
 - our fit time cold (first fit of these shapes in the process, compile included) and
-  warm (a refit of the same data), predict time for 1000 new tasks (condition on 10 points, forecast 20;
-  first call with compile, then warm), and peak resident memory (read before the
-  baselines run);
+  warm (a refit of the same data), predict time for 1000 new tasks (condition on 10
+  points, forecast 20; first call with compile, then warm), and peak resident memory
+  (read before the baselines run);
 - per-task scikit-learn ``GaussianProcessRegressor`` on the same tasks (the usual
   baseline: one independent GP per curve), as a ratio to our warm fit;
 - ``mimosa-ml`` (import name ``mimosa``) at the same number of iterations, when it is

@@ -126,10 +126,9 @@ def scatter_matrix(
 
     Padded entries carry the sentinel index ``G`` and are dropped; callers also zero the
     padded rows/columns of ``blocks`` so the result never depends on the index mode.
+    Integer mappings only: the approximate grid's dense projections go through
+    :func:`.hyperposterior.projected_precision`.
     """
-    if is_projection(mappings):
-        # sum_i A_i^T B_i A_i (dense projection of the approximate grid).
-        return jnp.einsum("tng,tnm,tmh->gh", mappings, blocks, mappings, optimize=True)
     out = jnp.zeros((n_grid, n_grid), dtype=blocks.dtype)
     rows = mappings[:, :, None]
     cols = mappings[:, None, :]

@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "chunk_for",
     "auto_task_chunk",
+    "chunk_under_budget",
     "map_tasks",
     "sum_over_chunks",
     "task_mesh",
@@ -46,11 +47,23 @@ def chunk_for(n_tasks: int, chunk: int) -> int:
     return next((d for d in divisors if d % 8 == 0), divisors[0])
 
 
+def chunk_under_budget(per_task: int, budget: int) -> int:
+    """Largest power of two (at least 8) of tasks whose ``per_task`` elements each stay
+    within ``budget`` elements in all."""
+    per_task = max(1, per_task)
+    return max(8, 1 << int(np.floor(np.log2(max(budget // per_task, 1)))))
+
+
 def auto_task_chunk(n_points: int, n_clusters: int, n_outputs: int) -> int:
     """Default chunk: a power of two (>= 8) keeping one ``(chunk, K, O, N, N)``
     intermediate under 32 MiB."""
-    per_task = max(1, n_clusters * n_outputs * n_points * n_points)
-    return max(8, 1 << int(np.floor(np.log2(max(_CHUNK_BUDGET // per_task, 1)))))
+    return chunk_under_budget(n_clusters * n_outputs * n_points * n_points, _CHUNK_BUDGET)
+
+
+def _strided_chunks(a, c: int, n_chunks: int):
+    # (T, ...) -> (c, n_chunks, ...) -> (n_chunks, c, ...): chunk j holds tasks
+    # j, j + n_chunks, ... (see the module docstring).
+    return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
 
 
 def map_tasks(fn: Callable, xs, chunk: int):
@@ -77,14 +90,11 @@ def map_tasks(fn: Callable, xs, chunk: int):
         return jax.vmap(fn)(xs)
     n_chunks = t // c
 
-    def split(a):
-        # (T, ...) -> (c, n_chunks, ...) -> (n_chunks, c, ...): strided chunks.
-        return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
-
     def merge(a):
         return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
 
-    out = jax.lax.map(jax.vmap(fn), jax.tree.map(split, xs))
+    chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
+    out = jax.lax.map(jax.vmap(fn), chunks)
     return jax.tree.map(merge, out)
 
 
@@ -100,11 +110,8 @@ def sum_over_chunks(fn: Callable, xs, chunk: int):
     if c == t:
         return fn(xs)
     n_chunks = t // c
-
-    def split(a):
-        return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
-
-    out = jax.lax.map(fn, jax.tree.map(split, xs))
+    chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
+    out = jax.lax.map(fn, chunks)
     return jax.tree.map(lambda a: jnp.sum(a, axis=0), out)
 
 

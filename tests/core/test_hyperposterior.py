@@ -190,9 +190,7 @@ def test_projected_precision_equals_a_loop_over_tasks_clusters_and_outputs(monke
     proj = rng.normal(size=(t, n, g))
     half = rng.normal(size=(t, kt, o, n, n))
     prec = half @ np.swapaxes(half, -1, -2)
-    out = np.asarray(
-        hp.projected_precision(jnp.asarray(tau), jnp.asarray(prec), jnp.asarray(proj), k)
-    )
+    out = np.asarray(hp.projected_precision(jnp.asarray(tau), jnp.asarray(prec), jnp.asarray(proj)))
     expected = np.zeros((k, o, g, g))
     for i in range(t):
         for c in range(k):
