@@ -74,6 +74,8 @@ class FitConfig:
     # (None: up to _parts.MAX_PARTS from _parts.MIN_TASKS tasks on, else 1; 1: every
     # task padded to the longest). Not with sharded tasks.
     task_parts: int | None = None
+    # SQUAREM extrapolation of the EM iterations (core.accelerate); False: plain EM.
+    accelerate: bool = True
 
 
 @dataclasses.dataclass
@@ -842,6 +844,7 @@ def fit_magma(
                 optimiser_tol=config.optimiser_tol,
                 callback=callback,
                 refresh=refresh,
+                accelerate=config.accelerate,
             )
             if ragged is not None:
                 # Predictions use the one-part batch, in the caller's task order.

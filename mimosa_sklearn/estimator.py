@@ -175,6 +175,11 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         Maximum number of EM iterations.
     tol : float, default=1e-4
         Convergence threshold on the relative change of the ELBO.
+    accelerate : bool, default=True
+        Extrapolate the EM iterations (SQUAREM: after every two iterations, one step
+        along their trend, kept only when the ELBO does not decrease). Slow EM fits
+        converge in far fewer iterations (the swimmers: 20 instead of 33); False runs
+        plain variational EM, iteration for iteration as MagmaClustR does.
     n_init : int, default=1
         Number of initialisations; the fit with the best ELBO is kept.
     init : {"kmeans", "random"}, default="kmeans"
@@ -273,6 +278,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         "normalize_y": ["boolean"],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "accelerate": ["boolean"],
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "init": [StrOptions({"kmeans", "random"})],
         "jitter": [Interval(numbers.Real, 0, None, closed="left")],
@@ -297,6 +303,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         normalize_y: bool = True,
         max_iter: int = 100,
         tol: float = 1e-4,
+        accelerate: bool = True,
         n_init: int = 1,
         init: str = "kmeans",
         jitter: float = 1e-6,
@@ -317,6 +324,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         self.normalize_y = normalize_y
         self.max_iter = max_iter
         self.tol = tol
+        self.accelerate = accelerate
         self.n_init = n_init
         self.init = init
         self.jitter = jitter
@@ -351,6 +359,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         if "model_" in state and "_model_rows" not in state:
             # Fitted before the canonical task order: model rows were first-seen order.
             state["_model_rows"] = np.arange(int(state["n_tasks_"]), dtype=np.int64)
+        state.setdefault("accelerate", True)  # pickled before the parameter existed
         saved = state.pop("_mimosa_version", None)
         current = _package_version()
         if saved is not None and _compat_key(saved) != _compat_key(current):
@@ -602,6 +611,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             correlated_outputs=bool(self.correlated_outputs),
             max_iter=int(self.max_iter),
             tol=float(self.tol),
+            accelerate=bool(self.accelerate),
             n_init=int(self.n_init),
             init=self.init,
             jitter=float(self.jitter),

@@ -353,6 +353,7 @@ def fit_correlated(
                 max_steps=config.max_steps,
                 optimiser_tol=config.optimiser_tol,
                 callback=callback,
+                accelerate=config.accelerate,
             )
             fitted = StackedMagma(
                 result,

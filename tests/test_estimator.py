@@ -286,3 +286,23 @@ def test_single_task_mode(data):
     mean, std = est.predict(X1, return_std=True)
     assert mean.shape == (rows.sum(),) and np.all(std > 0)
     assert est.score(X1, y[rows].to_numpy()) > 0.9
+
+
+def test_accelerate_switches_the_squarem_extrapolation(data, monkeypatch):
+    from mimosa_sklearn.core import accelerate, em
+
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return accelerate.squarem_point(*args)
+
+    monkeypatch.setattr(em, "squarem_point", spy)
+    X, y = data
+    plain = _fit(X, y, max_iter=6, tol=0.0, accelerate=False)
+    assert calls == [] and plain.n_iter_ == 6
+    fast = _fit(X, y, max_iter=6, tol=0.0)
+    assert calls and fast.get_params()["accelerate"] is True
+    # Three plain iterations come first either way; the ELBO never decreases.
+    np.testing.assert_allclose(fast.elbo_[:3], plain.elbo_[:3], rtol=1e-10)
+    assert np.all(np.diff(fast.elbo_) >= -1e-9 * np.abs(fast.elbo_[1:]))

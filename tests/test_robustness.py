@@ -421,3 +421,11 @@ def test_pickle_without_model_rows_maps_tasks_in_first_seen_order(fitted):
     restored = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
     restored.__setstate__(state)
     np.testing.assert_array_equal(restored._model_rows, np.arange(fitted.n_tasks_))
+
+
+def test_pickle_from_before_the_accelerate_parameter_loads_with_its_default(fitted):
+    state = fitted.__getstate__()
+    del state["accelerate"]
+    restored = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
+    restored.__setstate__(state)
+    assert restored.get_params()["accelerate"] is True

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .accelerate import squarem_point
 from .approx import prior_offsets
 from .compile import jit, to_device
 from .hyperposterior import Hyperposterior, cluster_index, hyperposterior, prior_kl
@@ -65,6 +66,10 @@ class NumericalFailure(RuntimeError):
 
 # Smallest relative jitter tried after a numerical failure (when the user's is 0).
 _MIN_RETRY_JITTER = 1e-10
+# SQUAREM step-length bound: starting value, and the factor by which it grows after a
+# kept step that reached it (and shrinks after a dropped one).
+_SQUAREM_MAX_STEP = 4.0
+_SQUAREM_GROWTH = 4.0
 
 
 def task_precisions(
@@ -345,6 +350,7 @@ def run_em(
     callback: Callable[[int, float], None] | None = None,
     max_jitter: float = 1e-1,
     refresh: Callable[[Params, TaskBatch, Array], TaskBatch] | None = None,
+    accelerate: bool = True,
 ) -> EMResult:
     """Run variational EM until the relative ELBO change is below ``tol``.
 
@@ -361,6 +367,13 @@ def run_em(
     iteration with ten times the jitter and a :class:`RuntimeWarning`, up to
     ``max_jitter``; beyond that :class:`NumericalFailure` is raised. The loop never
     accepts a non-finite state.
+
+    ``accelerate``: after every two plain iterations, try a SQUAREM extrapolation of
+    the last three states (:mod:`.accelerate`) and keep the EM iteration applied to it
+    only if its ELBO is at least the last one (a non-finite or lower result is
+    dropped, uncounted, and the next extrapolation steps less far). ``n_iter`` counts
+    the kept iterations, so at most ``max_iter`` of them, plus at most one dropped
+    call per two kept ones.
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
     host_weight = np.concatenate([np.asarray(b.task_weight) for b in as_parts(batch)])
@@ -369,15 +382,35 @@ def run_em(
     converged = False
     n_iter = 0
     yes, no = to_device(True), to_device(False)
+    # States reached by plain iterations since the last extrapolation, oldest first.
+    trail: list[tuple[Params, Array]] = []
+    max_step = _SQUAREM_MAX_STEP
     while n_iter < max_iter:
+        start, step = (params, weights, tau), None
+        if accelerate and len(trail) == 3:
+            *proposal, step_dev = squarem_point(
+                tuple(trail), to_device(host_weight), to_device(max_step)
+            )
+            step = float(step_dev)
+            if step < -1.0:
+                start = tuple(proposal)
+            else:  # the proposal is the last state: iterate plainly
+                trail, step = trail[-1:], None
         update = to_device(not (skip_first_tau_update and n_iter == 0))
         if refresh is not None:
-            batch = refresh(params, batch, to_device(jitter))
-        out = em_iteration(
-            params, weights, tau, batch, to_device(jitter), update, max_steps, optimiser_tol, yes
-        )
+            batch = refresh(start[0], batch, to_device(jitter))
+        out = em_iteration(*start, batch, to_device(jitter), update, max_steps, optimiser_tol, yes)
         new_params, new_weights, new_tau, post_i, value, steps, finite = out
-        if not (np.isfinite(float(value)) and bool(finite)):
+        ok = np.isfinite(float(value)) and bool(finite)
+        if step is not None:
+            if not ok or float(value) < history[-1]:
+                # Overshot: drop it (uncounted) and go on from the last plain state.
+                trail, max_step = trail[-1:], max(1.0, -step / _SQUAREM_GROWTH)
+                continue
+            if step <= -max_step:
+                max_step *= _SQUAREM_GROWTH
+            trail = []
+        if not ok:
             # From jitter=0, ten times nothing would retry forever: start at a floor.
             next_jitter = max(jitter * 10, _MIN_RETRY_JITTER)
             if next_jitter > max_jitter:
@@ -386,6 +419,7 @@ def run_em(
                     f"jitter={jitter:g}; check the data for extreme scales."
                 )
             jitter = next_jitter
+            trail = []  # the map changed with the jitter
             warnings.warn(
                 f"Numerical failure at EM iteration {n_iter + 1}; retrying with jitter={jitter:g}.",
                 RuntimeWarning,
@@ -394,6 +428,9 @@ def run_em(
             continue
         params, weights, tau = new_params, new_weights, new_tau
         n_iter += 1
+        # The starting state is never in the trail: the first iteration keeps its
+        # responsibilities, a different map from the later ones.
+        trail = [*trail[-2:], (params, tau)]
         history.append(float(value))
         if callback is not None:
             callback(n_iter, float(value))
@@ -407,9 +444,7 @@ def run_em(
     # Final E-steps at the final hyperparameters: responsibilities from the current
     # q(mu), then q(mu) from those responsibilities, and the ELBO of the pair.
     args = (batch, to_device(jitter))
-    _, _, tau, *_ = em_iteration(
-        params, weights, tau, *args, yes, max_steps, optimiser_tol, no
-    )
+    _, _, tau, *_ = em_iteration(params, weights, tau, *args, yes, max_steps, optimiser_tol, no)
     _, _, _, post, value, *_ = em_iteration(
         params, weights, tau, *args, no, max_steps, optimiser_tol, no
     )

@@ -232,6 +232,45 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
                - float(_m_objective(other, tau, post, batch, jitter))) > 1.0
 
 
+@pytest.mark.parametrize(
+    "shared_cluster, shared_output", [(True, True), (False, False), (True, False)]
+)
+def test_prior_mean_step_is_the_closed_form_optimum(shared_cluster, shared_output):
+    # Constant prior means: c_ko = 1^T C^-1 mu_ko / 1^T C^-1 1 over the real grid points
+    # (padded ones hold the mean 0 whatever c is), for every sharing of the prior.
+    flags = dict(shared_cluster_hps=shared_cluster, shared_output_hps=shared_output)
+    rng, tasks, _, params, vals = _setup(8, 3, **flags)
+    batch = ref.to_batch(tasks, grid_pad=2)
+    tau = jnp.asarray(rng.dirichlet(np.ones(3), size=T))
+    post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, 0.0, False)
+    g = GRID.shape[0]
+    mean = rng.normal(size=post.mean.shape)  # any q(mu) will do
+    post = _with_post(post, mean=mean)
+    step = eqx.filter_jit(mstep.prior_mean_step)
+    new = step(params, post, batch.grid, batch.grid_mask, 0.0)
+    num, den = np.zeros((3, NOUT)), np.zeros((3, NOUT))
+    for k in range(3):
+        for o in range(NOUT):
+            prec, one = np.linalg.inv(vals.mean_cov(k, o, GRID, GRID)), np.ones(g)
+            num[k, o], den[k, o] = one @ prec @ mean[k, o, :g], one @ prec @ one
+    if np.shape(params.prior_mean.constant)[1] == 1:  # one constant for all outputs
+        num, den = num.sum(1, keepdims=True), den.sum(1, keepdims=True)
+    expected = np.broadcast_to(num / den, (3, NOUT))
+    got = np.broadcast_to(np.asarray(new.prior_mean.constant), (3, NOUT))
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+    # Only the prior means moved, and the M-step objective's gradient in them vanishes.
+    np.testing.assert_array_equal(np.asarray(new.log_noise), np.asarray(params.log_noise))
+    old = np.broadcast_to(np.asarray(params.prior_mean.constant), (3, NOUT))
+    assert np.min(np.abs(old - got)) > 1e-3
+
+    def objective(c):
+        moved = eqx.tree_at(lambda p: p.prior_mean.constant, new, c)
+        return _m_objective(moved, tau, post, batch, 0.0)
+
+    grad = jax.grad(objective)(new.prior_mean.constant)
+    assert np.max(np.abs(np.asarray(grad))) < 1e-8
+
+
 @pytest.mark.parametrize("cluster_specific", [False, True])
 def test_em_iteration_elbo_from_the_objective_equals_the_direct_elbo(cluster_specific):
     # em_iteration derives the ELBO from the VM-step objective instead of recomputing
