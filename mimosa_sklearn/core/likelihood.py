@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from .linalg import (
@@ -32,6 +33,7 @@ __all__ = [
     "masked_cov",
     "masked_factor",
     "logdet_and_trace",
+    "logdet_and_factored_trace",
     "masked_nll",
     "trace_correction",
     "full_nll",
@@ -339,6 +341,60 @@ def _logdet_and_trace_bwd(res, cotangents):
 
 
 logdet_and_trace.defvjp(_logdet_and_trace_fwd, _logdet_and_trace_bwd)
+
+
+@jax.custom_vjp
+def logdet_and_factored_trace(
+    cov: Float[Array, "... G G"],
+    fixed: Float[Array, "... G F"],
+    columns: Float[Array, "... G R"],
+) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+    """``(log|S|, tr(S^{-1} M))`` for ``M = F F^T + R R^T`` given as its factor columns.
+
+    The mean-process objective of the VM-step at a large grid: ``M`` is the
+    hyperposteriors' covariance (``F``, its factor, computed once per VM-step) plus the
+    outer products of the residuals ``R``. With ``S = L L^T`` and ``Y = L^{-1} [F, R]``
+    the trace is ``|Y|_F^2``, and the gradient in ``S``,
+    ``a S^{-1} - b S^{-1} M S^{-1} = L^{-T} (a I - b Y Y^T) L^{-1}``, takes one matrix
+    product and triangular solves, where :func:`logdet_and_trace` takes three products:
+    LAPACK's solves run at about twice XLA's matrix-product speed per flop on CPU, so a
+    1024-point evaluation costs about half as much.
+
+    ``fixed`` is a constant: its cotangent is zero (the VM-step holds ``q`` fixed).
+    """
+    out, _ = _factored_fwd(cov, fixed, columns)
+    return out
+
+
+def _factored_fwd(cov, fixed, columns):
+    chol = cholesky(cov)
+    white = solve_lower(chol, jnp.concatenate([fixed, columns], axis=-1))
+    trace = jnp.sum(white**2, axis=(-2, -1))
+    return (logdet_from_chol(chol), trace), (chol, white, fixed)
+
+
+def _factored_bwd(res, cotangents):
+    chol, white, fixed = res
+    n_fixed = fixed.shape[-1]
+    g_logdet, g_trace = (c[..., None, None] for c in cotangents)
+    eye = jnp.eye(chol.shape[-1], dtype=chol.dtype)
+    inner = g_logdet * eye - g_trace * (white @ jnp.swapaxes(white, -1, -2))
+    # L^{-T} inner L^{-1}: a left solve with L^T, then a right solve with L.
+    left = lax.linalg.triangular_solve(chol, inner, left_side=True, lower=True, transpose_a=True)
+    g_cov = lax.linalg.triangular_solve(chol, left, left_side=False, lower=True)
+    g_cov = 0.5 * (g_cov + jnp.swapaxes(g_cov, -1, -2))
+    # d |L^{-1} R|^2 / dR = 2 S^{-1} R = 2 L^{-T} (L^{-1} R).
+    g_columns = (
+        2.0
+        * g_trace
+        * lax.linalg.triangular_solve(
+            chol, white[..., n_fixed:], left_side=True, lower=True, transpose_a=True
+        )
+    )
+    return g_cov, jnp.zeros_like(fixed), g_columns
+
+
+logdet_and_factored_trace.defvjp(_factored_fwd, _factored_bwd)
 
 
 def moment_nll(

@@ -18,13 +18,14 @@ from jaxtyping import Array, Float, Int
 
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index
-from .likelihood import masked_cov, moment_nll
-from .linalg import gather_matrix, gather_vector
+from .likelihood import LOG_2PI, logdet_and_factored_trace, masked_cov, moment_nll
+from .linalg import cholesky, gather_matrix, gather_vector
 from .optimise import minimise
 from .parallel import map_tasks
 from .params import (
     Params,
     TaskBatch,
+    batch_shape,
     eval_mean,
     per_task_params,
     prior_on_grid,
@@ -35,7 +36,7 @@ from .ragged import Batch, as_parts, part_params, split_tasks, task_weights
 
 __all__ = [
     "mixture_weights",
-    "cluster_moments",
+    "posterior_factor",
     "cluster_objective",
     "task_moments",
     "task_objective",
@@ -57,34 +58,59 @@ def mixture_weights(
     return (task_weight[:, None] * tau).sum(axis=0) / task_weight.sum()
 
 
-def cluster_moments(
-    post: Hyperposterior, prior_mean: Float[Array, "K Om G"], kc: int, oc: int
-) -> tuple[Float[Array, "Kc Oc G G"], Float[Array, "Kc Oc"]]:
-    """Second moments ``E_q[(mu_k - m_k)(mu_k - m_k)^T]`` summed over shared axes.
+def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc Oc G G"]:
+    """Lower factors of the hyperposterior covariances summed over the axes the prior
+    covariances share (``kc``/``oc`` = 1: shared across clusters/outputs).
 
-    Returns the moments grouped by distinct prior covariance and the number of mean
-    processes in each group (the weight of the log-determinant).
+    The VM-step holds ``q`` fixed, so :func:`cluster_objective` takes these once per
+    VM-step instead of factorising in every L-BFGS evaluation. The sums are symmetric
+    positive definite; should rounding make one fail, it is factorised again with a
+    relative jitter of 1e-12.
     """
-    k, o, g = post.mean.shape
-    resid = post.mean - jnp.broadcast_to(prior_mean, (k, o, g))
-    mom = post.cov + resid[..., :, None] * resid[..., None, :]
-    count = jnp.ones((k, o))
+    cov = post.cov
     if kc == 1:
-        mom, count = jnp.sum(mom, axis=0, keepdims=True), jnp.sum(count, axis=0, keepdims=True)
+        cov = jnp.sum(cov, axis=0, keepdims=True)
     if oc == 1:
-        mom, count = jnp.sum(mom, axis=1, keepdims=True), jnp.sum(count, axis=1, keepdims=True)
-    return mom, count
+        cov = jnp.sum(cov, axis=1, keepdims=True)
+    chol = cholesky(cov)
+    scale = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None] / cov.shape[-1]
+    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+    retry = cholesky(cov + 1e-12 * scale * eye)
+    return jnp.where(jnp.all(jnp.isfinite(chol)), chol, retry)
+
+
+def _grouped_columns(resid: Float[Array, "K O G"], kc: int, oc: int) -> Array:
+    """``(K, O, G)`` residuals as ``(Kc, Oc, G, R)`` columns, one group per distinct
+    prior covariance (``R = K/Kc * O/Oc`` mean processes share it)."""
+    k, o, g = resid.shape
+    r = resid.reshape(kc, k // kc, oc, o // oc, g)
+    return r.transpose(0, 2, 4, 1, 3).reshape(kc, oc, g, (k // kc) * (o // oc))
 
 
 def cluster_objective(
-    params: Params, post: Hyperposterior, grid: Float[Array, "G I"], grid_mask: Array, jitter: float
+    params: Params,
+    post: Hyperposterior,
+    grid: Float[Array, "G I"],
+    grid_mask: Array,
+    jitter: float,
+    factor: Float[Array, "Kc Oc G G"] | None = None,
 ) -> Float[Array, ""]:
-    """``sum_k J^mu_k``: expected NLL of the hyperposteriors under their priors."""
+    """``sum_k J^mu_k``: expected NLL of the hyperposteriors under their priors.
+
+    ``E_q[(mu_k - m_k)(mu_k - m_k)^T] = C_hat_k + r_k r_k^T`` enters through the factor
+    of the summed ``C_hat_k`` (:func:`posterior_factor`, computed here when ``factor`` is
+    None) and the residual columns ``r_k`` (:func:`.likelihood.logdet_and_factored_trace`).
+    """
     # The factor that prior_on_grid also returns is unused here, so XLA drops it.
     cov, mean, _ = prior_on_grid(params, grid, grid_mask, jitter)
     kc, oc, g, _ = cov.shape
-    mom, count = cluster_moments(post, mean, kc, oc)
-    return jnp.sum(moment_nll(cov, mom, count, jnp.asarray(g, cov.dtype)))
+    k, o, _ = post.mean.shape
+    if factor is None:
+        factor = posterior_factor(post, kc, oc)
+    resid = post.mean - jnp.broadcast_to(mean, (k, o, g))
+    logdet, trace = logdet_and_factored_trace(cov, factor, _grouped_columns(resid, kc, oc))
+    count = (k // kc) * (o // oc)
+    return 0.5 * jnp.sum(count * (logdet + g * LOG_2PI) + trace)
 
 
 def task_moments(
@@ -183,16 +209,18 @@ def total_objective(
     moments: Float[Array, "T Kt O N N"],
     mweights: Float[Array, "T Kt"],
     jitter: float,
+    factor: Float[Array, "Kc Oc G G"] | None = None,
 ) -> Float[Array, ""]:
     """``sum_k J^mu_k + sum_i J^f_i``: the two VM-step objectives are separable, so one
     L-BFGS run on their sum optimises both (and compiles one solver instead of two).
 
     For a ragged batch (:mod:`.ragged`) ``moments`` and ``mweights`` are tuples with one
-    entry per part (:func:`part_moments`), and the task objectives of the parts add up."""
+    entry per part (:func:`part_moments`), and the task objectives of the parts add up.
+    ``factor``: :func:`posterior_factor` of ``post`` (computed here when None)."""
     if not isinstance(batch, tuple):
         batch, moments, mweights = (batch,), (moments,), (mweights,)
     g0 = batch[0]
-    value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter)
+    value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter, factor)
     for p, b, mom, mw in zip(part_params(params, batch), batch, moments, mweights, strict=True):
         value = value + task_objective(p, b, mom, mw, jitter)
     return value
@@ -289,11 +317,13 @@ def m_step(
     n_obs = sum(jnp.sum(b.mask) for b in parts) + jnp.sum(parts[0].grid_mask)
     scale = jnp.maximum(n_obs, 1).astype(tau.dtype)
 
+    factor = posterior_factor(post, *batch_shape(params.mean_kernel, 2))
+
     def fn(dyn, args):
         return total_objective(eqx.combine(dyn, static), *args) / scale
 
     new_dyn, value, n_steps = minimise(
-        fn, dynamic, (post, parts, moments, mweights, jitter), max_steps, tol
+        fn, dynamic, (post, parts, moments, mweights, jitter, factor), max_steps, tol
     )
     return eqx.combine(new_dyn, static), weights, n_steps, value * scale
 

@@ -233,6 +233,36 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
 
 
 @pytest.mark.parametrize(
+    "shared_cluster, shared_output", [(True, True), (False, False), (True, False), (False, True)]
+)
+def test_cluster_objective_equals_its_explicit_second_moments(shared_cluster, shared_output):
+    # The factored form (posterior factor + residual columns grouped by distinct prior
+    # covariance) against 0.5 sum [n log|C| + tr(C^-1 sum (C_hat + r r^T)) + n G log 2pi]
+    # with numpy, on a grid with padded points.
+    from mimosa_sklearn.core.params import prior_on_grid
+
+    flags = dict(shared_cluster_hps=shared_cluster, shared_output_hps=shared_output)
+    rng, tasks, _, params, _ = _setup(9, 3, **flags)
+    batch = ref.to_batch(tasks, grid_pad=3)
+    tau = jnp.asarray(rng.dirichlet(np.ones(3), size=T))
+    post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, 1e-6, False)
+    got = float(eqx.filter_jit(mstep.cluster_objective)(
+        params, post, batch.grid, batch.grid_mask, 1e-6))
+    cov, mean, _ = (np.asarray(a) for a in prior_on_grid(params, batch.grid, batch.grid_mask, 1e-6))
+    pm, pc = np.asarray(post.mean), np.asarray(post.cov)
+    k, o, g = pm.shape
+    want = 0.0
+    for kk in range(k):
+        for oo in range(o):
+            c = cov[kk % cov.shape[0], oo % cov.shape[1]]
+            r = pm[kk, oo] - mean[kk % mean.shape[0], oo % mean.shape[1]]
+            mom = pc[kk, oo] + np.outer(r, r)
+            want += 0.5 * (np.linalg.slogdet(c)[1] + np.trace(np.linalg.solve(c, mom))
+                           + g * np.log(2 * np.pi))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
     "shared_cluster, shared_output", [(True, True), (False, False), (True, False)]
 )
 def test_prior_mean_step_is_the_closed_form_optimum(shared_cluster, shared_output):
