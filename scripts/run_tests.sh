@@ -17,13 +17,18 @@ echo "==> ruff check ."
 ruff check .
 
 marker=(-m "not slow")
+# Two worker processes (pytest-xdist): each JAX process computes on one XLA thread
+# (mimosa_sklearn._runtime sizes the pool to one CPU), so one process leaves a core
+# idle. Pass -n (e.g. -n 0) to choose otherwise.
+workers=(-n 2)
 for arg in "$@"; do
     if [[ "${arg}" == "-m" || "${arg}" == -m* ]]; then marker=(); fi
+    if [[ "${arg}" == "-n" || "${arg}" == -n* || "${arg}" == "-p" ]]; then workers=(); fi
 done
 
-echo "==> python -m pytest -q ${marker[*]} $*"
+echo "==> python -m pytest -q ${marker[*]} ${workers[*]} $*"
 rc=0
-python -m pytest -q "${marker[@]}" "$@" || rc=$?
+python -m pytest -q "${marker[@]}" "${workers[@]}" "$@" || rc=$?
 if [[ ${rc} -eq 5 ]]; then
     echo "==> pytest collected no tests (exit code 5); treating as success."
     rc=0

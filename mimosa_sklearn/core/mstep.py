@@ -19,7 +19,7 @@ from jaxtyping import Array, Float, Int
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import LOG_2PI, logdet_and_factored_trace, masked_cov, moment_nll
-from .linalg import cholesky, gather_matrix, gather_vector
+from .linalg import cholesky, gather_matrix, gather_vector, solve_lower
 from .optimise import minimise
 from .parallel import map_tasks
 from .params import (
@@ -73,10 +73,12 @@ def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc
     if oc == 1:
         cov = jnp.sum(cov, axis=1, keepdims=True)
     chol = cholesky(cov)
-    scale = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None] / cov.shape[-1]
-    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
-    retry = cholesky(cov + 1e-12 * scale * eye)
-    return jnp.where(jnp.all(jnp.isfinite(chol)), chol, retry)
+
+    def retry():
+        scale = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None] / cov.shape[-1]
+        return cholesky(cov + 1e-12 * scale * jnp.eye(cov.shape[-1], dtype=cov.dtype))
+
+    return lax.cond(jnp.all(jnp.isfinite(chol)), lambda: chol, retry)
 
 
 def _grouped_columns(resid: Float[Array, "K O G"], kc: int, oc: int) -> Array:
@@ -266,20 +268,11 @@ def prior_mean_step(
     if flat.size == 0:
         return params
 
-    def whiten(c, r):  # L^{-1} r
-        return lax.linalg.triangular_solve(c, r[:, None], left_side=True, lower=True)[:, 0]
-
-    # An unbatched factor against batched right-hand sides: one solve, many columns.
-    whiten_o = jax.vmap(whiten, in_axes=(0 if oc > 1 else None, 0))
-    whiten_ko = jax.vmap(whiten_o, in_axes=(0 if kc > 1 else None, 0))
-    factor = chol[:, 0] if oc == 1 else chol
-    factor = factor[0] if kc == 1 else factor
-
     def q(v):
         prior = eqx.combine(unravel(v), static)
         mean = jnp.where(grid_mask, eval_mean(prior, 2, grid), 0.0)
         resid = post.mean - jnp.broadcast_to(mean, (k, o, g))
-        return 0.5 * jnp.sum(whiten_ko(factor, resid) ** 2)
+        return 0.5 * jnp.sum(solve_lower(chol, _grouped_columns(resid, kc, oc)) ** 2)
 
     grad = jax.grad(q)(flat)
     hess = jax.hessian(q)(flat)

@@ -262,6 +262,27 @@ def test_cluster_objective_equals_its_explicit_second_moments(shared_cluster, sh
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
+def test_posterior_factor_survives_a_singular_sum():
+    # Rank-deficient hyperposterior covariances (positive semi-definite sums): the first
+    # factorisation fails and the 1e-12 relative jitter takes over, still reproducing the
+    # sum; a positive definite sum is factorised as it is.
+    rng, _, batch, params, _ = _setup(10, 2)
+    tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
+    post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, 1e-6, False)
+    g = post.cov.shape[-1]
+    low = rng.standard_normal((2, NOUT, g, 1))  # four rank-1 terms, G = 8
+    singular = _with_post(post, cov=low @ np.swapaxes(low, -1, -2))
+    factor = np.asarray(eqx.filter_jit(mstep.posterior_factor)(singular, 1, 1))
+    summed = np.asarray(singular.cov).sum(axis=(0, 1))
+    assert np.linalg.matrix_rank(summed) == 4
+    assert np.isnan(np.asarray(jnp.linalg.cholesky(jnp.asarray(summed)))).any()
+    assert np.all(np.isfinite(factor))
+    np.testing.assert_allclose(factor[0, 0] @ factor[0, 0].T, summed, atol=1e-9 * summed.max())
+    regular = np.asarray(eqx.filter_jit(mstep.posterior_factor)(post, 2, NOUT))
+    np.testing.assert_allclose(regular, np.linalg.cholesky(np.asarray(post.cov)), rtol=1e-10,
+                               atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "shared_cluster, shared_output", [(True, True), (False, False), (True, False)]
 )
