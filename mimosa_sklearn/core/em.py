@@ -385,12 +385,11 @@ def run_em(
     # States reached by plain iterations since the last extrapolation, oldest first.
     trail: list[tuple[Params, Array]] = []
     max_step = _SQUAREM_MAX_STEP
+    weight_dev = to_device(host_weight) if accelerate else None
     while n_iter < max_iter:
         start, step = (params, weights, tau), None
         if accelerate and len(trail) == 3:
-            *proposal, step_dev = squarem_point(
-                tuple(trail), to_device(host_weight), to_device(max_step)
-            )
+            *proposal, step_dev = squarem_point(tuple(trail), weight_dev, to_device(max_step))
             step = float(step_dev)
             if step < -1.0:
                 start = tuple(proposal)

@@ -26,8 +26,8 @@ from .params import (
     Params,
     TaskBatch,
     batch_shape,
-    eval_mean,
     per_task_params,
+    prior_means_on_grid,
     prior_on_grid,
     shared_fast_path,
     task_covariance_one,
@@ -81,11 +81,13 @@ def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc
     return lax.cond(jnp.all(jnp.isfinite(chol)), lambda: chol, retry)
 
 
-def _grouped_columns(resid: Float[Array, "K O G"], kc: int, oc: int) -> Array:
-    """``(K, O, G)`` residuals as ``(Kc, Oc, G, R)`` columns, one group per distinct
+def _residual_columns(
+    post_mean: Float[Array, "K O G"], prior_mean: Float[Array, "K Om G"], kc: int, oc: int
+) -> Array:
+    """Residuals ``mu_hat_k - m_k`` as ``(Kc, Oc, G, R)`` columns, one group per distinct
     prior covariance (``R = K/Kc * O/Oc`` mean processes share it)."""
-    k, o, g = resid.shape
-    r = resid.reshape(kc, k // kc, oc, o // oc, g)
+    k, o, g = post_mean.shape
+    r = (post_mean - jnp.broadcast_to(prior_mean, (k, o, g))).reshape(kc, k // kc, oc, o // oc, g)
     return r.transpose(0, 2, 4, 1, 3).reshape(kc, oc, g, (k // kc) * (o // oc))
 
 
@@ -109,8 +111,8 @@ def cluster_objective(
     k, o, _ = post.mean.shape
     if factor is None:
         factor = posterior_factor(post, kc, oc)
-    resid = post.mean - jnp.broadcast_to(mean, (k, o, g))
-    logdet, trace = logdet_and_factored_trace(cov, factor, _grouped_columns(resid, kc, oc))
+    columns = _residual_columns(post.mean, mean, kc, oc)
+    logdet, trace = logdet_and_factored_trace(cov, factor, columns)
     count = (k // kc) * (o // oc)
     return 0.5 * jnp.sum(count * (logdet + g * LOG_2PI) + trace)
 
@@ -261,7 +263,6 @@ def prior_mean_step(
     when it lowers ``q`` (a nonlinear mean function may make it overshoot).
     """
     _, _, chol = prior_on_grid(params, grid, grid_mask, jitter)
-    k, o, g = post.mean.shape
     kc, oc = chol.shape[:2]
     dynamic, static = eqx.partition(params.prior_mean, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(dynamic)
@@ -269,10 +270,8 @@ def prior_mean_step(
         return params
 
     def q(v):
-        prior = eqx.combine(unravel(v), static)
-        mean = jnp.where(grid_mask, eval_mean(prior, 2, grid), 0.0)
-        resid = post.mean - jnp.broadcast_to(mean, (k, o, g))
-        return 0.5 * jnp.sum(solve_lower(chol, _grouped_columns(resid, kc, oc)) ** 2)
+        mean = prior_means_on_grid(eqx.combine(unravel(v), static), grid, grid_mask)
+        return 0.5 * jnp.sum(solve_lower(chol, _residual_columns(post.mean, mean, kc, oc)) ** 2)
 
     grad = jax.grad(q)(flat)
     hess = jax.hessian(q)(flat)

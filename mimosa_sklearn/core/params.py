@@ -35,6 +35,7 @@ __all__ = [
     "task_covariances",
     "task_kernel_cross",
     "prior_on_grid",
+    "prior_means_on_grid",
 ]
 
 
@@ -225,5 +226,11 @@ def prior_on_grid(
     eps = jitter_amount(cov, jitter, grid_mask)[..., None, None]
     cov = mask_cov(cov, grid_mask, eps)
     chol = jnp.linalg.cholesky(cov)
-    mean = jnp.where(grid_mask, eval_mean(params.prior_mean, 2, grid), 0.0)
-    return cov, mean, chol
+    return cov, prior_means_on_grid(params.prior_mean, grid, grid_mask), chol
+
+
+def prior_means_on_grid(
+    prior_mean, grid: Float[Array, "G I"], grid_mask: Array
+) -> Float[Array, "K Om G"]:
+    """The stacked prior mean function on the grid, 0 on padded grid points."""
+    return jnp.where(grid_mask, eval_mean(prior_mean, 2, grid), 0.0)
