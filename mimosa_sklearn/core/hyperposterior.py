@@ -15,8 +15,10 @@ from jaxtyping import Array, Float, Int
 
 from .linalg import (
     cholesky,
+    gram,
     is_projection,
     logdet_from_chol,
+    lower_congruence,
     lower_inverse,
     scatter_matrix,
     scatter_vector,
@@ -181,10 +183,9 @@ def hyperposterior(
             scatter_vector(tk[:, None] * wk, mk, g)
             for tk, wk, mk in zip(tau_k, wy_k, maps, strict=True)
         )
-        whitened = eye + chol.T @ w @ chol
-        r = cholesky(0.5 * (whitened + whitened.T))
+        r = cholesky(eye + lower_congruence(w, chol))
         v = solve_lower(r, chol.T)
-        cov = v.T @ v
+        cov = gram(v)
         mean = m + cov @ (b - w @ m)
         logdet = logdet_from_chol(chol) - logdet_from_chol(r)
         return mean, cov, r, logdet

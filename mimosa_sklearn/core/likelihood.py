@@ -19,6 +19,7 @@ from .linalg import (
     cholesky,
     gather_matrix,
     gather_vector,
+    gram,
     inverse_from_chol,
     logdet_from_chol,
     mask_cov,
@@ -378,7 +379,7 @@ def _factored_bwd(res, cotangents):
     n_fixed = fixed.shape[-1]
     g_logdet, g_trace = (c[..., None, None] for c in cotangents)
     eye = jnp.eye(chol.shape[-1], dtype=chol.dtype)
-    inner = g_logdet * eye - g_trace * (white @ jnp.swapaxes(white, -1, -2))
+    inner = g_logdet * eye - g_trace * gram(jnp.swapaxes(white, -1, -2))
     # L^{-T} inner L^{-1}: a left solve with L^T, then a right solve with L.
     left = lax.linalg.triangular_solve(chol, inner, left_side=True, lower=True, transpose_a=True)
     g_cov = lax.linalg.triangular_solve(chol, left, left_side=False, lower=True)

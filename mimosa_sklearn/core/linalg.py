@@ -30,6 +30,9 @@ __all__ = [
     "masked_inverse",
     "inverse_from_chol",
     "lower_inverse",
+    "gram",
+    "lower_congruence",
+    "BLOCKED_PRODUCT_MIN",
     "scatter_matrix",
     "scatter_vector",
     "gather_matrix",
@@ -63,8 +66,17 @@ def mask_cov(
 
 
 def cholesky(cov: Float[Array, "... N N"]) -> Array:
-    """Lower Cholesky factor (NaN where the matrix is not positive definite)."""
-    return jnp.linalg.cholesky(cov)
+    """Lower Cholesky factor (NaN where the matrix is not positive definite).
+
+    ``cov`` is symmetrised, as :func:`jax.numpy.linalg.cholesky` does, and the
+    transpose of the (now exactly symmetric) result is factorised: the same matrix,
+    but LAPACK reads its input column-major, so XLA can then write the covariance in
+    its usual row-major layout and hand it over without a transposing copy. Without
+    the swap, the covariance was produced column-major and every other use of it (the
+    kernel gradients, across the L-BFGS step's ``cond``) copied it back, one matrix at
+    a time: the VM-step of 1000 tasks ran about 12% slower.
+    """
+    return lax.linalg.cholesky(jnp.swapaxes(_symmetrise(cov), -1, -2), symmetrize_input=False)
 
 
 def logdet_from_chol(chol: Float[Array, "... N N"]) -> Array:
@@ -117,6 +129,64 @@ def lower_inverse(chol: Float[Array, "... N N"]) -> Array:
     upper = jnp.swapaxes(chol, -1, -2)
     x = lax.linalg.triangular_solve(upper, eye, left_side=False, lower=False)
     return jnp.swapaxes(x, -1, -2)
+
+
+# Smallest matrix size at which the symmetric products below go through 2 x 2 blocks:
+# on smaller ones the saved flops do not pay for the extra kernels (and compile time).
+BLOCKED_PRODUCT_MIN = 512
+
+
+def _join_symmetric(lower_left: Array, upper_left: Array, lower_right: Array) -> Array:
+    """The symmetric matrix with diagonal blocks ``upper_left``, ``lower_right`` and
+    lower off-diagonal block ``lower_left``."""
+    top = jnp.concatenate([upper_left, jnp.swapaxes(lower_left, -1, -2)], axis=-1)
+    bottom = jnp.concatenate([lower_left, lower_right], axis=-1)
+    return jnp.concatenate([top, bottom], axis=-2)
+
+
+def gram(v: Float[Array, "... M N"]) -> Float[Array, "... N N"]:
+    """``V^T V``, exactly symmetric.
+
+    From ``BLOCKED_PRODUCT_MIN`` columns on, three of the four ``2 x 2`` blocks are
+    multiplied and the fourth mirrored: a quarter fewer flops than the full product (the
+    hyperposterior covariance at a 1024-point grid is three such products of 1024).
+    """
+    n = v.shape[-1]
+    if n < BLOCKED_PRODUCT_MIN:
+        return jnp.swapaxes(v, -1, -2) @ v
+    h = n // 2
+    v1, v2 = v[..., :h], v[..., h:]
+    t1, t2 = jnp.swapaxes(v1, -1, -2), jnp.swapaxes(v2, -1, -2)
+    return _join_symmetric(t2 @ v1, t1 @ v1, t2 @ v2)
+
+
+def lower_congruence(
+    w: Float[Array, "... N N"], chol: Float[Array, "... N N"]
+) -> Float[Array, "... N N"]:
+    """``L^T W L`` for a symmetric ``W`` and a lower-triangular ``L``, exactly symmetric.
+
+    From ``BLOCKED_PRODUCT_MIN`` on, in ``2 x 2`` blocks that skip the zero block of
+    ``L`` and the upper block of the (symmetric) result: ``2.75 n^3`` flops instead of
+    ``4 n^3``.
+    """
+    n = w.shape[-1]
+    if n < BLOCKED_PRODUCT_MIN:
+        return _symmetrise(jnp.swapaxes(chol, -1, -2) @ w @ chol)
+    h = n // 2
+    a, b, d = chol[..., :h, :h], chol[..., h:, :h], chol[..., h:, h:]
+    w1, w2 = w[..., :h, :], w[..., h:, :]
+    # Z = L^T W, by block rows: [A^T W1 + B^T W2; D^T W2].
+    z1 = jnp.swapaxes(a, -1, -2) @ w1 + jnp.swapaxes(b, -1, -2) @ w2
+    z2 = jnp.swapaxes(d, -1, -2) @ w2
+    # H = Z L: only the lower blocks.
+    h11 = z1[..., :h] @ a + z1[..., h:] @ b
+    h21 = z2[..., :h] @ a + z2[..., h:] @ b
+    h22 = z2[..., h:] @ d
+    return _join_symmetric(h21, _symmetrise(h11), _symmetrise(h22))
+
+
+def _symmetrise(m: Array) -> Array:
+    return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
 def scatter_matrix(

@@ -220,12 +220,12 @@ def prior_on_grid(
     """Prior covariances (jittered, identity on padded grid points), their lower factors
     and the prior means (0 on padded grid points)."""
     from .likelihood import jitter_amount
-    from .linalg import mask_cov
+    from .linalg import cholesky, mask_cov
 
     cov = eval_kernel(params.mean_kernel, 2, grid, grid)
     eps = jitter_amount(cov, jitter, grid_mask)[..., None, None]
     cov = mask_cov(cov, grid_mask, eps)
-    chol = jnp.linalg.cholesky(cov)
+    chol = cholesky(cov)
     return cov, prior_means_on_grid(params.prior_mean, grid, grid_mask), chol
 
 

@@ -119,6 +119,53 @@ def test_lower_inverse_equals_numpy_inverse(n):
     np.testing.assert_allclose(prec, np.linalg.inv(chols @ np.swapaxes(chols, -1, -2)), rtol=1e-9)
 
 
+@pytest.mark.parametrize("n", [6, linalg.BLOCKED_PRODUCT_MIN, linalg.BLOCKED_PRODUCT_MIN + 3])
+def test_symmetric_products_equal_plain_products(n):
+    # Below BLOCKED_PRODUCT_MIN the plain products; from it on 2 x 2 blocks (odd sizes
+    # too), which must give the same matrices, exactly symmetric.
+    rng = np.random.default_rng(n)
+    v = rng.standard_normal((2, n + 2, n))
+    w = np.stack([spd(rng, n), spd(rng, n, 3.0)])
+    chol = np.linalg.cholesky(np.stack([spd(rng, n), spd(rng, n, 0.5)]))
+    got_gram = np.asarray(linalg.gram(jnp.asarray(v)))
+    got_cong = np.asarray(linalg.lower_congruence(jnp.asarray(w), jnp.asarray(chol)))
+    want_gram = np.swapaxes(v, -1, -2) @ v
+    want_cong = np.swapaxes(chol, -1, -2) @ w @ chol
+    np.testing.assert_allclose(
+        got_gram, want_gram, rtol=1e-11, atol=1e-11 * np.abs(want_gram).max()
+    )
+    np.testing.assert_allclose(
+        got_cong, want_cong, rtol=1e-11, atol=1e-11 * np.abs(want_cong).max()
+    )
+    np.testing.assert_array_equal(got_cong, np.swapaxes(got_cong, -1, -2))
+    if n >= linalg.BLOCKED_PRODUCT_MIN:
+        np.testing.assert_array_equal(got_gram, np.swapaxes(got_gram, -1, -2))
+
+
+def test_cholesky_symmetrises_and_matches_numpy_and_jax_gradients():
+    import jax
+
+    rng = np.random.default_rng(3)
+    s = spd(rng, 7)
+    skew = 1e-3 * rng.standard_normal((7, 7))
+    # The factor of the symmetric part, as jnp.linalg.cholesky gives.
+    got = np.asarray(linalg.cholesky(jnp.asarray(s + skew)))
+    np.testing.assert_allclose(got, np.linalg.cholesky(s + 0.5 * (skew + skew.T)), rtol=1e-12)
+    # Not positive definite: NaN on and below the diagonal, as jnp.linalg.cholesky.
+    assert np.all(np.isnan(np.asarray(linalg.cholesky(jnp.asarray(-s)))[np.tril_indices(7)]))
+
+    def logdet(fn, a):
+        return jnp.sum(jnp.log(jnp.diagonal(fn(a + jnp.eye(7) * a[0, 1] ** 2))))
+
+    a = jnp.asarray(s + skew)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(lambda m: logdet(linalg.cholesky, m))(a)),
+        np.asarray(jax.grad(lambda m: logdet(jnp.linalg.cholesky, m))(a)),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
 def test_sum_over_chunks_equals_the_plain_sum():
     from mimosa_sklearn.core.parallel import sum_over_chunks
 
