@@ -148,16 +148,16 @@ def gram(v: Float[Array, "... M N"]) -> Float[Array, "... N N"]:
     """``V^T V``, exactly symmetric.
 
     From ``BLOCKED_PRODUCT_MIN`` columns on, three of the four ``2 x 2`` blocks are
-    multiplied and the fourth mirrored: a quarter fewer flops than the full product (the
-    hyperposterior covariance at a 1024-point grid is three such products of 1024).
+    multiplied and the fourth mirrored: a quarter fewer flops than the full product
+    (the hyperposterior covariances and the mean-process gradient at a 1024-point grid).
     """
     n = v.shape[-1]
     if n < BLOCKED_PRODUCT_MIN:
-        return jnp.swapaxes(v, -1, -2) @ v
+        return _symmetrise(jnp.swapaxes(v, -1, -2) @ v)
     h = n // 2
     v1, v2 = v[..., :h], v[..., h:]
     t1, t2 = jnp.swapaxes(v1, -1, -2), jnp.swapaxes(v2, -1, -2)
-    return _join_symmetric(t2 @ v1, t1 @ v1, t2 @ v2)
+    return _join_symmetric(t2 @ v1, _symmetrise(t1 @ v1), _symmetrise(t2 @ v2))
 
 
 def lower_congruence(

@@ -122,7 +122,7 @@ def test_lower_inverse_equals_numpy_inverse(n):
 @pytest.mark.parametrize("n", [6, linalg.BLOCKED_PRODUCT_MIN, linalg.BLOCKED_PRODUCT_MIN + 3])
 def test_symmetric_products_equal_plain_products(n):
     # Below BLOCKED_PRODUCT_MIN the plain products; from it on 2 x 2 blocks (odd sizes
-    # too), which must give the same matrices, exactly symmetric.
+    # too). Both must give the same matrices, exactly symmetric.
     rng = np.random.default_rng(n)
     v = rng.standard_normal((2, n + 2, n))
     w = np.stack([spd(rng, n), spd(rng, n, 3.0)])
@@ -138,8 +138,7 @@ def test_symmetric_products_equal_plain_products(n):
         got_cong, want_cong, rtol=1e-11, atol=1e-11 * np.abs(want_cong).max()
     )
     np.testing.assert_array_equal(got_cong, np.swapaxes(got_cong, -1, -2))
-    if n >= linalg.BLOCKED_PRODUCT_MIN:
-        np.testing.assert_array_equal(got_gram, np.swapaxes(got_gram, -1, -2))
+    np.testing.assert_array_equal(got_gram, np.swapaxes(got_gram, -1, -2))
 
 
 def test_cholesky_symmetrises_and_matches_numpy_and_jax_gradients():
