@@ -25,6 +25,7 @@ from .linalg import (
     mask_cov,
     masked_inverse,
     solve_lower,
+    symmetrise,
 )
 from .parallel import map_tasks
 
@@ -383,7 +384,7 @@ def _factored_bwd(res, cotangents):
     # L^{-T} inner L^{-1}: a left solve with L^T, then a right solve with L.
     left = lax.linalg.triangular_solve(chol, inner, left_side=True, lower=True, transpose_a=True)
     g_cov = lax.linalg.triangular_solve(chol, left, left_side=False, lower=True)
-    g_cov = 0.5 * (g_cov + jnp.swapaxes(g_cov, -1, -2))
+    g_cov = symmetrise(g_cov)
     # d |L^{-1} R|^2 / dR = 2 S^{-1} R = 2 L^{-T} (L^{-1} R).
     g_columns = (
         2.0

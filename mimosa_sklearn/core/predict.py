@@ -14,7 +14,7 @@ from jaxtyping import Array, Bool, Float
 
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import LOG_2PI, masked_factor
-from .linalg import cho_solve, logdet_from_chol, lower_inverse, solve_lower
+from .linalg import cho_solve, logdet_from_chol, lower_inverse, solve_lower, symmetrise
 from .memberships import log_weights
 from .optimise import minimise
 from .params import Params, eval_kernel, eval_mean, index_module
@@ -88,7 +88,7 @@ def extend_hyperposterior(
     mean = mx + jnp.einsum("kogm,kog->kom", z, extension.alpha)
     u = extension.whitened_inv @ cross_t
     cov = kxx - jnp.swapaxes(z, -1, -2) @ z + jnp.swapaxes(u, -1, -2) @ u
-    return mean, 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+    return mean, symmetrise(cov)
 
 
 def task_params_of(params: Params, index) -> tuple[object, Float[Array, "Kt Ot"]]:
@@ -163,7 +163,7 @@ def predict_training_task(
         var = c_pp - b @ c_po.T - c_po @ b.T + b @ c_oo @ b.T + s_ko[:p, :p] - b @ s_op
         if include_noise:
             var = var + noise_ko * jnp.eye(p)
-        return mean, 0.5 * (var + var.T)
+        return mean, symmetrise(var)
 
     over_o = jax.vmap(one, in_axes=(0, 0, 0, 0, 1, 0, 0))
     means, covs = jax.vmap(over_o, in_axes=(0, 0, 0, 0, None, None, None))(
@@ -206,7 +206,7 @@ def _new_task_terms(
         mean = mu_ko[:p] + z.T @ a
         var = gam[:p, :p] - z.T @ z
         logml = -0.5 * (a @ a + logdet_from_chol(chol) + jnp.sum(m_o) * LOG_2PI)
-        return mean, 0.5 * (var + var.T), logml
+        return mean, symmetrise(var), logml
 
     over_o = jax.vmap(one, in_axes=(0, 0, 0, 0, 1, 0, 0))
     means, covs, logml = jax.vmap(over_o, in_axes=(0, 0, 0, 0, None, None, None))(
