@@ -118,13 +118,15 @@ def test_dropped_extrapolations_leave_plain_em_unchanged(monkeypatch):
 
 
 def test_accelerated_em_reaches_the_same_fixed_point_in_far_fewer_iterations():
-    # Measured: plain EM needs 181 iterations to tol=1e-7 here, SQUAREM 61.
+    # Measured: plain EM needs 102 iterations to tol=1e-7 here, SQUAREM 55 (181 and 61
+    # when one L-BFGS run optimised all hyperparameters together: the two runs of
+    # mstep.m_step already take the plain EM there in fewer iterations).
     params, tau0, batch = _slow_problem()
     kwargs = dict(max_iter=250, tol=1e-7, max_steps=50)
     plain = em.run_em(params, tau0, batch, accelerate=False, **kwargs)
     fast = em.run_em(params, tau0, batch, accelerate=True, **kwargs)
     assert plain.converged and fast.converged
-    assert fast.n_iter < 0.5 * plain.n_iter, (fast.n_iter, plain.n_iter)
+    assert fast.n_iter < 0.6 * plain.n_iter, (fast.n_iter, plain.n_iter)
     np.testing.assert_allclose(fast.elbo, plain.elbo, rtol=1e-5)
     np.testing.assert_allclose(fast.tau, plain.tau, atol=1e-3)
     hist = fast.elbo_history

@@ -322,6 +322,49 @@ def test_prior_mean_step_is_the_closed_form_optimum(shared_cluster, shared_outpu
     assert np.max(np.abs(np.asarray(grad))) < 1e-8
 
 
+def test_m_step_reaches_the_optimum_of_the_whole_objective():
+    # The VM-step runs L-BFGS separately on the mean-process and the task parameters:
+    # the objective is separable, so together they must reach the joint optimum that
+    # scipy's L-BFGS-B finds on the whole objective (a run that left either group
+    # short of its optimum would leave a gradient and a higher value).
+    from jax.flatten_util import ravel_pytree
+    from scipy.optimize import minimize
+
+    rng, _, batch, params, _ = _setup(
+        9, 2, shared_task_hps=False, shared_cluster_hps=False, shared_output_hps=False
+    )
+    tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
+    jitter = 1e-6
+    post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, jitter, False)
+    new, _, steps, value = eqx.filter_jit(mstep.m_step)(
+        params, tau, post, batch, jitter, 500, 1e-10
+    )
+    dyn, static = eqx.partition(params, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(dyn)
+
+    @jax.jit
+    def f(v):
+        return _m_objective(eqx.combine(unravel(v), static), tau, post, batch, jitter)
+
+    grad = jax.jit(jax.grad(f))
+    with jax.enable_x64(True):
+        ref_opt = minimize(
+            lambda v: float(f(jnp.asarray(v))),
+            np.asarray(flat),
+            jac=lambda v: np.asarray(grad(jnp.asarray(v))),
+            method="L-BFGS-B",
+            options={"maxiter": 5000, "gtol": 1e-10, "ftol": 1e-15},
+        )
+        ours = float(_m_objective(new, tau, post, batch, jitter))
+        got_grad = np.asarray(grad(ravel_pytree(eqx.filter(new, eqx.is_inexact_array))[0]))
+        start_grad = np.asarray(grad(flat))
+    assert 0 < int(steps) < 500
+    np.testing.assert_allclose(float(value), ours, rtol=1e-12)
+    np.testing.assert_allclose(ours, ref_opt.fun, rtol=1e-9)
+    # Every parameter, of both groups, at a stationary point.
+    assert np.max(np.abs(got_grad)) < 1e-4 * np.max(np.abs(start_grad))
+
+
 @pytest.mark.parametrize("cluster_specific", [False, True])
 def test_em_iteration_elbo_from_the_objective_equals_the_direct_elbo(cluster_specific):
     # em_iteration derives the ELBO from the VM-step objective instead of recomputing
