@@ -225,9 +225,16 @@ def total_objective(
         batch, moments, mweights = (batch,), (moments,), (mweights,)
     g0 = batch[0]
     value = cluster_objective(params, post, g0.grid, g0.grid_mask, jitter, factor)
-    for p, b, mom, mw in zip(part_params(params, batch), batch, moments, mweights, strict=True):
-        value = value + task_objective(p, b, mom, mw, jitter)
-    return value
+    return value + _parts_task_objective(params, batch, moments, mweights, jitter)
+
+
+def _parts_task_objective(
+    params: Params, parts: tuple, moments: tuple, mweights: tuple, jitter: float
+) -> Float[Array, ""]:
+    """:func:`task_objective` summed over the parts of a batch (tuples, one entry per
+    part, as :func:`part_moments` returns them)."""
+    terms = zip(part_params(params, parts), parts, moments, mweights, strict=True)
+    return sum(task_objective(p, b, mom, mw, jitter) for p, b, mom, mw in terms)
 
 
 def part_moments(
@@ -287,6 +294,14 @@ def _split_params(dynamic: Params) -> tuple[tuple, tuple]:
     return (dynamic.mean_kernel, dynamic.prior_mean), (dynamic.task_kernel, dynamic.log_noise)
 
 
+def _join_params(cluster: tuple, task: tuple) -> Params:
+    """The inverse of :func:`_split_params`."""
+    (mean_kernel, prior_mean), (task_kernel, log_noise) = cluster, task
+    return Params(
+        mean_kernel=mean_kernel, prior_mean=prior_mean, task_kernel=task_kernel, log_noise=log_noise
+    )
+
+
 def _minimise_scaled(fn, dynamic, scale, max_steps: int, tol: float):
     """:func:`minimise` of ``fn(dynamic) / scale``; returns the new leaves, ``fn`` at
     them and the number of steps. A group without trainable leaves is left as is."""
@@ -334,7 +349,7 @@ def m_step(
     cluster_dyn, task_dyn = _split_params(dynamic)
 
     def rebuild(cluster, task):
-        return eqx.combine(Params(*cluster, *task), static)
+        return eqx.combine(_join_params(cluster, task), static)
 
     # Each objective sums over its values, so its gradient grows with them. L-BFGS
     # starts from an identity Hessian: unscaled, its first step would be thousands of
@@ -350,11 +365,7 @@ def m_step(
         return cluster_objective(p, post, g0.grid, g0.grid_mask, jitter, factor)
 
     def task_fn(task):
-        p = rebuild(cluster_dyn, task)
-        value = jnp.zeros((), tau.dtype)
-        for pp, b, mom, mw in zip(part_params(p, batch), parts, moments, mweights, strict=True):
-            value = value + task_objective(pp, b, mom, mw, jitter)
-        return value
+        return _parts_task_objective(rebuild(cluster_dyn, task), parts, moments, mweights, jitter)
 
     cluster, cluster_value, cluster_steps = _minimise_scaled(
         cluster_fn, cluster_dyn, n_mean, max_steps, tol
