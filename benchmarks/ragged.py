@@ -45,7 +45,7 @@ def _with_parts(task_parts):
 def _fit(X, y, task_parts, **kwargs):
     engine.fit_magma = _with_parts(task_parts)
     try:
-        est = MagmaClusterRegressor(n_clusters=3, random_state=0, **kwargs)
+        est = MagmaClusterRegressor(n_clusters=3, grid=None, random_state=0, **kwargs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ConvergenceWarning at a fixed iteration count
             t0 = time.perf_counter()

@@ -25,7 +25,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from .auto_grid import GridChoice, choose_grid
 from .data import build_task_data, encode_task_ids, inducing_inputs
+from .memory import check_fit_memory
 
 if TYPE_CHECKING:
     from .engine import Context
@@ -150,24 +152,40 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         The noise variance is shared by the outputs (after standardisation with
         ``normalize_y``). Missing outputs (NaN) are simply absent rows. The cost grows
         with the number of *observed* ``(input, output)`` pairs, cubically. No effect
-        with a single output; not available with an approximate ``grid``.
-    grid : None, int or array-like of shape (M, n_inputs), default=None
+        with a single output; not available with an approximate ``grid`` (so
+        ``grid="auto"`` keeps the exact grid).
+    grid : "auto", None, int or array-like of shape (M, n_inputs), default="auto"
         Inputs on which the mean processes are represented. None: the union of the
-        training inputs (exact; its size ``G`` grows with the number of distinct inputs
-        and the cost with ``G^3``). An int or an array selects the *approximate grid*:
-        the mean processes live on ``M`` inducing inputs ``u`` and are interpolated to
-        any input ``x`` by GP conditioning, ``mu_k(x) = m_k(x) + A(x) (mu_k(u) -
-        m_k(u))`` with ``A(x) = c(x, u) c(u, u)^{-1}`` (``c`` the mean kernel), so a fit
-        costs ``O(T N M^2 + K M^3)`` per iteration: linear in the number of tasks, for
-        irregular continuous inputs. ``A`` is recomputed from the current mean kernel
-        before every EM iteration (held fixed within the M-step), so predictions, which
-        condition on ``u`` with the final kernel, interpolate exactly as the fit did.
-        An int ``M >= 2`` picks the inducing inputs from the data: a regular lattice
-        from the smallest to the largest input with one input column, k-means centres
-        of the distinct inputs with several; when ``M`` is at least the number of
-        distinct training inputs the exact grid is used. An array gives them directly
-        (one column per input; duplicates are merged). Not available with
-        ``correlated_outputs=True``.
+        training inputs (exact; its size ``G`` grows with the number of distinct inputs,
+        the cost with ``G^3`` and the memory with ``G^2``). An int or an array selects
+        the *approximate grid*: the mean processes live on ``M`` inducing inputs ``u``
+        and are interpolated to any input ``x`` by GP conditioning, ``mu_k(x) = m_k(x)
+        + A(x) (mu_k(u) - m_k(u))`` with ``A(x) = c(x, u) c(u, u)^{-1}`` (``c`` the mean
+        kernel), so a fit costs ``O(T N M^2 + K M^3)`` per iteration: linear in the
+        number of tasks, for irregular continuous inputs. ``A`` is recomputed from the
+        current mean kernel before every EM iteration (held fixed within the M-step), so
+        predictions, which condition on ``u`` with the final kernel, interpolate exactly
+        as the fit did. An int ``M >= 2`` picks the inducing inputs from the data: a
+        regular lattice from the smallest to the largest input with one input column,
+        k-means centres of the distinct inputs with several; when ``M`` is at least the
+        number of distinct training inputs the exact grid is used. An array gives them
+        directly (one column per input; duplicates are merged).
+
+        ``"auto"`` chooses between the two from the data (the choice is in
+        :attr:`grid_choice_`, and printed with ``verbose``). It keeps the exact grid
+        when ``G <= 256``, or when the grid costs no more than the tasks: ``G^3 <=
+        sum_i N_i^3`` (``N_i`` the rows of task ``i``; then also ``G^2 <= sum_i
+        N_i^2``, the memory).
+        Otherwise it takes ``M`` inducing inputs: per input column, the column's range
+        divided by half the median gap between consecutive values inside a task, plus
+        one; the product over columns, clipped to ``[32, 512]`` (and the exact grid
+        when that is not fewer than ``G``). The choice depends on the data only, not on
+        the order of the rows. With ``correlated_outputs=True`` and several outputs it
+        is always the exact grid, as the approximate grid is not available there.
+
+        Before it starts, a fit estimates the memory its grid needs and raises
+        :class:`~mimosa_sklearn.memory.FitMemoryError` (a ``MemoryError``) naming the
+        grid size and the estimate when the machine does not have it.
     normalize_y : bool, default=True
         Standardise each output (observed values) before fitting; predictions are
         returned in the original units.
@@ -221,6 +239,11 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         inducing inputs with an approximate ``grid``): the input
         columns, ``cluster``, ``output``, ``mean`` and ``std`` (original output units).
         Computed on first access.
+    grid_choice_ : GridChoice
+        The grid the mean processes live on: ``kind`` (``"exact"`` or
+        ``"inducing"``), ``size`` (its number of points), ``n_distinct_inputs`` (``G``)
+        and ``reason`` (the rule of ``grid="auto"`` with its numbers, or the ``grid``
+        passed).
     model_ : FittedMagma
         The fitted engine model (a ``StackedMagma`` with ``correlated_outputs=True`` and
         several outputs).
@@ -274,7 +297,12 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         "cluster_specific_task_hps": ["boolean"],
         "shared_output_hps": ["boolean"],
         "correlated_outputs": ["boolean"],
-        "grid": [None, Interval(numbers.Integral, 2, None, closed="left"), "array-like"],
+        "grid": [
+            None,
+            StrOptions({"auto"}),
+            Interval(numbers.Integral, 2, None, closed="left"),
+            "array-like",
+        ],
         "normalize_y": ["boolean"],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
@@ -299,7 +327,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         cluster_specific_task_hps: bool = False,
         shared_output_hps: bool = True,
         correlated_outputs: bool = False,
-        grid: Any = None,
+        grid: Any = "auto",
         normalize_y: bool = True,
         max_iter: int = 100,
         tol: float = 1e-4,
@@ -617,10 +645,19 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             jitter=float(self.jitter),
             seed=int(check_random_state(self.random_state).randint(2**31 - 1)),
         )
-        # Approximate grid (None: the exact union grid of the training inputs).
-        inducing = None
-        if self.grid is not None:
-            inducing = inducing_inputs(rows.inputs, self.grid, seed=config.seed)
+        choice, inducing = self._grid_for(rows.inputs, td, y2.shape[1], config.seed)
+        if self.verbose:
+            print(f"MagmaClust grid: {choice.reason}", flush=True)
+        # Correlated outputs stack (input, output) pairs: their grid has up to O G points.
+        stacked = self.correlated_outputs and y2.shape[1] > 1
+        check_fit_memory(
+            n_clusters=config.n_clusters,
+            n_outputs=1 if stacked else y2.shape[1],
+            grid_size=choice.size * (y2.shape[1] if stacked else 1),
+            n_tasks=n_tasks,
+            n_rows=int(td.inputs.shape[0] * td.inputs.shape[1]),
+            approximate=inducing is not None,
+        )
         with _progress(self.verbose, self.max_iter) as callback:
             try:
                 if inducing is None:
@@ -639,6 +676,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 raise
 
         self.model_ = model
+        self.grid_choice_ = choice
         self.task_ids_ = task_ids
         self.n_tasks_ = n_tasks
         # model_ row of each training task (task_ids_ order).
@@ -672,6 +710,33 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 stacklevel=2,
             )
         return self
+
+    def _grid_for(
+        self, inputs: np.ndarray, td: Any, n_outputs: int, seed: int
+    ) -> tuple[GridChoice, np.ndarray | None]:
+        """The grid of a fit: its :class:`GridChoice` and the inducing inputs (None for
+        the exact grid)."""
+        g = int(td.grid.shape[0])
+        if isinstance(self.grid, str):  # "auto"
+            if self.correlated_outputs and n_outputs > 1:
+                why = f"exact grid of {g} distinct inputs (correlated outputs need it)"
+                return GridChoice("exact", g, g, why), None
+            choice = choose_grid(td.inputs, td.n_points, g)
+            if choice.kind == "exact":
+                return choice, None
+            grid, given = choice.size, "grid='auto'"
+        elif self.grid is None:
+            return GridChoice("exact", g, g, f"exact grid of {g} distinct inputs (grid=None)"), None
+        else:
+            grid = self.grid
+            given = f"grid={int(grid)}" if np.ndim(grid) == 0 else "inducing inputs given as grid"
+        inducing = inducing_inputs(inputs, grid, seed=seed)
+        if inducing is None:  # an int M at least the number of distinct inputs
+            return GridChoice("exact", g, g, f"exact grid of {g} distinct inputs ({given})"), None
+        if isinstance(self.grid, str):
+            return choice, inducing
+        m = int(inducing.shape[0])
+        return GridChoice("inducing", m, g, f"{m} inducing inputs ({given})"), inducing
 
     @staticmethod
     def _check_observed(
