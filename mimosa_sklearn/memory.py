@@ -146,17 +146,14 @@ def available_bytes() -> int | None:
     return device if device is not None else _host_available()
 
 
-def check_fit_memory(
-    *,
-    n_clusters: int,
-    n_outputs: int,
-    grid_size: int,
-    n_tasks: int,
-    n_rows: int,
-    approximate: bool,
-) -> None:
+def check_fit_memory(**sizes: int | bool) -> None:
     """Raise :class:`FitMemoryError` when :func:`estimate_fit_bytes` exceeds
-    :func:`available_bytes` (parameters as for :func:`estimate_fit_bytes`).
+    :func:`available_bytes`.
+
+    Parameters
+    ----------
+    **sizes
+        The keyword arguments of :func:`estimate_fit_bytes`.
 
     Raises
     ------
@@ -164,19 +161,13 @@ def check_fit_memory(
         With the grid size, the estimate, the memory available and the ``grid=``
         option that avoids it.
     """
-    need = estimate_fit_bytes(
-        n_clusters=n_clusters,
-        n_outputs=n_outputs,
-        grid_size=grid_size,
-        n_tasks=n_tasks,
-        n_rows=n_rows,
-        approximate=approximate,
-    )
+    need = estimate_fit_bytes(**sizes)
+    grid_size = sizes["grid_size"]
     have = available_bytes()
     if have is None or need <= have:
         return
     gib = 2.0**30
-    if approximate:
+    if sizes["approximate"]:
         where = f"an approximate grid of {grid_size} inducing inputs"
         fix = f"Pass fewer inducing inputs (grid=M with M < {grid_size}) or fit fewer tasks"
     else:
@@ -187,7 +178,7 @@ def check_fit_memory(
         )
     raise FitMemoryError(
         f"This fit would need about {need / gib:.1f} GiB: its mean processes live on "
-        f"{where}, {n_clusters} cluster(s) x {n_outputs} output(s) of "
+        f"{where}, {sizes['n_clusters']} cluster(s) x {sizes['n_outputs']} output(s) of "
         f"{grid_size} x {grid_size} matrices, and only {have / gib:.1f} GiB is available. "
         f"{fix}. {LIMIT_ENV} sets the memory a fit may use."
     )
