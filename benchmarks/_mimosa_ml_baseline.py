@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from mimosa_sklearn._runtime import ensure_safe_cpu_backend
+from mimosa_sklearn.core.runtime import ensure_safe_cpu_backend
 
 __all__ = ["MimosaMLFit", "fit_mimosa_ml", "predict_mimosa_ml"]
 

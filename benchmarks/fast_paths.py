@@ -4,7 +4,7 @@ Run ``python benchmarks/fast_paths.py [--tasks 1000] [--points 30] [--iters 5]``
 (``--tasks 50 --iters 2`` for a quick check).
 
 All tasks are observed at the same ``--points`` inputs (e.g. one measurement per
-week), so the engine flags the batch as shared-input and the EM factorises one task
+week), so the fit flags the batch as shared-input and the EM factorises one task
 covariance instead of ``T``. The script fits the same data three ways at a fixed number
 of EM iterations (``tol=0``) and prints warm fit times (a first fit of each variant
 compiles; its time is printed as "cold"):
@@ -24,7 +24,8 @@ import time
 
 import numpy as np
 
-from mimosa_sklearn import engine
+from mimosa_sklearn import _batching
+from mimosa_sklearn import _fit as fit_module
 
 
 def _data(n_tasks: int, n_points: int, seed: int = 0):
@@ -38,15 +39,15 @@ def _data(n_tasks: int, n_points: int, seed: int = 0):
 
 
 def _fit(data, config, shared: bool):
-    original = engine.shared_inputs
+    original = _batching.shared_inputs
     if not shared:
-        engine.shared_inputs = lambda *args: False
+        _batching.shared_inputs = lambda *args: False
     try:
         t0 = time.perf_counter()
-        model = engine.fit_magma(*data, config)
+        model = fit_module.fit_magma(*data, config)
         return time.perf_counter() - t0, model
     finally:
-        engine.shared_inputs = original
+        _batching.shared_inputs = original
 
 
 def main(argv=None) -> None:
@@ -56,11 +57,11 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     args = parser.parse_args(argv)
     data = _data(args.tasks, args.points)
-    base = engine.FitConfig(n_clusters=3, max_iter=args.iters, tol=0.0, task_chunk=0)
+    base = fit_module.FitConfig(n_clusters=3, max_iter=args.iters, tol=0.0, task_chunk=0)
     variants = [
         ("shared", base, True),
         ("general", base, False),
-        ("general, chunk=64", engine.FitConfig(**{**base.__dict__, "task_chunk": 64}), False),
+        ("general, chunk=64", fit_module.FitConfig(**{**base.__dict__, "task_chunk": 64}), False),
     ]
     print(f"T={args.tasks} tasks x N={args.points} shared points, K=3, {args.iters} EM iterations")
     print(f"{'variant':<20}{'cold s':>10}{'warm s':>10}{'final ELBO':>22}")

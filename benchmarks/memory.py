@@ -11,7 +11,7 @@ iteration runs:
 
 Each fit goes through the estimator's own steps (task ids encoded, rows padded with
 :func:`mimosa_sklearn.data.build_task_data`, outputs standardised) and calls
-:func:`mimosa_sklearn.engine.fit_magma` with a callback that records the current RSS
+:func:`mimosa_sklearn._fit.fit_magma` with a callback that records the current RSS
 and the peak RSS after every EM iteration. The first iterations compile and allocate
 the working set, so growth is judged after a warm-up (``--warmup`` iterations): the
 script prints a sample of the per-iteration readings, the RSS change from the end of
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from mimosa_sklearn import engine
+from mimosa_sklearn import _fit
 from mimosa_sklearn.data import build_task_data, encode_task_ids
 from mimosa_sklearn.datasets import make_magma_data
 
@@ -77,7 +77,7 @@ def fit_with_probe(
     y2 = y.to_numpy(dtype=np.float64)[:, None]
     y2 = (y2 - np.nanmean(y2, axis=0)) / np.nanstd(y2, axis=0)
     td = build_task_data(codes, ids.size, X[["Input"]].to_numpy(dtype=np.float64), y2)
-    config = engine.FitConfig(n_clusters=3, max_iter=iters, tol=0.0, seed=seed)
+    config = _fit.FitConfig(n_clusters=3, max_iter=iters, tol=0.0, seed=seed)
     rss: list[float] = []
     peak: list[float] = []
 
@@ -86,7 +86,7 @@ def fit_with_probe(
         peak.append(peak_rss_mib())
 
     t0 = time.perf_counter()
-    engine.fit_magma(td.inputs, td.outputs, td.mappings, td.grid, config, callback=probe)
+    _fit.fit_magma(td.inputs, td.outputs, td.mappings, td.grid, config, callback=probe)
     return rss, peak, time.perf_counter() - t0
 
 

@@ -32,8 +32,8 @@ import warnings
 import jax
 
 from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn._runtime import x64
 from mimosa_sklearn.core import em
+from mimosa_sklearn.core.runtime import jax_scope
 from mimosa_sklearn.datasets import make_magma_data
 
 # Bookkeeping events of XLA's thunk runtime, not kernels.
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
     call_args, call_kwargs = _record_calls(args.tasks)[args.call]
-    with x64():
+    with jax_scope():
         jax.block_until_ready(em.em_iteration(*call_args, **call_kwargs))
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()

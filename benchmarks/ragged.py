@@ -8,14 +8,14 @@ Data: the bundled swimmers (3456 swimmers with 16 to 61 races each, median 20, a
 
 1. Side by side, at a fixed number of EM iterations (``tol=0``): the fit with every
    task padded to the longest (``FitConfig.task_parts=1``) and the default, which
-   groups the tasks into parts of their own padded length (``engine.make_parts``).
+   groups the tasks into parts of their own padded length (``_fit.make_parts``).
    Each variant is fitted twice (cold: compile included; warm: a refit), and the
    final ELBOs are printed: they agree to round-off.
 2. Full fits (until the relative ELBO change is below ``tol``, at most 100 iterations)
    with the default parts, for each ``--tol``: time, iterations, whether it converged,
    and the ELBO.
 
-The part layout is set through ``engine.fit_magma``'s ``config``, which the script
+The part layout is set through ``_fit.fit_magma``'s ``config``, which the script
 wraps (the estimator does not expose it).
 """
 
@@ -28,10 +28,11 @@ import warnings
 
 import numpy as np
 
-from mimosa_sklearn import MagmaClusterRegressor, engine
+from mimosa_sklearn import MagmaClusterRegressor, _batching
+from mimosa_sklearn import _fit as fit_module
 from mimosa_sklearn.datasets import load_swimmers
 
-_fit_magma = engine.fit_magma
+_fit_magma = fit_module.fit_magma
 
 
 def _with_parts(task_parts):
@@ -43,7 +44,7 @@ def _with_parts(task_parts):
 
 
 def _fit(X, y, task_parts, **kwargs):
-    engine.fit_magma = _with_parts(task_parts)
+    fit_module.fit_magma = _with_parts(task_parts)
     try:
         est = MagmaClusterRegressor(n_clusters=3, grid=None, random_state=0, **kwargs)
         with warnings.catch_warnings():
@@ -52,12 +53,12 @@ def _fit(X, y, task_parts, **kwargs):
             est.fit(X, y)
         return time.perf_counter() - t0, est
     finally:
-        engine.fit_magma = _fit_magma
+        fit_module.fit_magma = _fit_magma
 
 
 def _layout(X) -> str:
     lengths = X.groupby("ID").size().to_numpy()
-    candidates = np.array([engine.bucket(n, 8) for n in lengths])
+    candidates = np.array([_batching.bucket(n, 8) for n in lengths])
     from mimosa_sklearn import _parts
 
     sizes = _parts.length_parts(lengths, candidates)

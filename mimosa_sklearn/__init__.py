@@ -1,7 +1,7 @@
 """scikit-learn compatible MagmaClust: multi-task Gaussian processes with clustered means.
 
 Public names: :class:`MagmaClusterRegressor`, :func:`make_forecast_scorer`, and the
-:mod:`mimosa_sklearn.datasets` subpackage. The JAX engine is imported on first use
+:mod:`mimosa_sklearn.datasets` subpackage. The JAX core is imported on first use
 (fit/predict), so importing the package stays light.
 """
 
@@ -13,7 +13,7 @@ from importlib.metadata import version as _version
 try:
     __version__ = _version("mimosa-sklearn")
 except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.1.0"
+    __version__ = "0.2.0"
 
 # Imported after __version__: the estimator reads it when pickling.
 from . import datasets

@@ -15,11 +15,23 @@ is the same for a data set whatever the order of its rows.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 from jaxtyping import Float, Int
 
-__all__ = ["EXACT_ALWAYS", "MAX_INDUCING", "MIN_INDUCING", "GridChoice", "choose_grid"]
+from .data import TaskData, build_grid, first_bad_row, snap_inputs, to_2d_float
+
+__all__ = [
+    "EXACT_ALWAYS",
+    "MAX_INDUCING",
+    "MIN_INDUCING",
+    "GridChoice",
+    "choose_grid",
+    "inducing_count",
+    "inducing_inputs",
+    "resolve_grid",
+]
 
 #: An exact grid of at most this many points is always kept: ``256^3`` flops take
 #: milliseconds, less than any task work worth comparing with.
@@ -133,3 +145,133 @@ def choose_grid(
         f"{m} inducing inputs from the inputs' range and half their spacing inside a task, "
         f"not the {exact} (G^3 = {g**3:.3g} > sum N_i^3 = {work:.3g})",
     )
+
+
+def inducing_inputs(
+    x: np.ndarray, grid: Any, *, seed: int = 0, rtol: float = 1e-9
+) -> np.ndarray | None:
+    """Inducing inputs of the approximate grid (``MagmaClusterRegressor(grid=...)``).
+
+    Parameters
+    ----------
+    x : array-like of shape (n,) or (n, I)
+        Training inputs (finite).
+    grid : int or array-like of shape (M, I) or (M,)
+        An int ``M >= 2`` picks ``M`` inputs from the data: a regular lattice from the
+        smallest to the largest input when ``I = 1`` (uniform resolution, the range
+        covered end to end), k-means centres of the distinct inputs (columns
+        standardised) when ``I > 1``. An array gives the inducing inputs themselves;
+        (near-)duplicate rows are merged since they would make ``c(u, u)`` singular.
+    seed : int, default=0
+        Seed of the k-means initialisation.
+    rtol : float, default=1e-9
+        Tolerance of :func:`snap_inputs` for counting distinct inputs.
+
+    Returns
+    -------
+    ndarray of shape (M, I) or None
+        Inducing inputs sorted lexicographically, or None when an int ``M`` is at least
+        the number of distinct training inputs: the exact union grid is then no larger,
+        so it is used instead.
+
+    Raises
+    ------
+    ValueError
+        For an int below 2, a non-integer scalar, an array with the wrong number of
+        columns, non-finite values or no rows.
+    """
+    xa = to_2d_float(x, "x")
+    n_in = xa.shape[1]
+    if isinstance(grid, bool | np.bool_) or (np.ndim(grid) == 0 and not _is_int(grid)):
+        raise ValueError(
+            f"grid must be None, an int >= 2 (number of inducing inputs) or an array of "
+            f"inducing inputs with {n_in} column(s); got {grid!r}"
+        )
+    if np.ndim(grid) == 0:
+        m = int(grid)
+        if m < 2:
+            raise ValueError(
+                f"grid={m}: an int grid is a number of inducing inputs and must be >= 2"
+            )
+        uniq = build_grid(snap_inputs(xa, rtol))
+        if m >= uniq.shape[0]:
+            return None
+        if n_in == 1:
+            lo, hi = float(uniq[0, 0]), float(uniq[-1, 0])
+            return np.linspace(lo, hi, m)[:, None]
+        centre, scale = uniq.mean(axis=0), uniq.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        # Imported here: the core brings JAX in, and importing the package must not.
+        from .core.init import kmeans
+
+        points = (uniq - centre) / scale
+        labels = kmeans(points, m, np.random.default_rng(seed), n_restarts=1, n_iter=25)
+        centres = np.stack([points[labels == k].mean(axis=0) for k in range(m)])
+        return build_grid(centres * scale + centre)
+    try:
+        arr = np.asarray(grid, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"grid must be numeric: {exc}") from exc
+    if arr.ndim == 1 and n_in == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != n_in:
+        raise ValueError(
+            f"grid must have one column per input ({n_in}), got an array of shape {arr.shape}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError("grid has no rows: give at least one inducing input")
+    row = first_bad_row(~np.isfinite(arr))
+    if row is not None:
+        raise ValueError(f"grid must be finite; grid row {row} is {arr[row].tolist()}")
+    return build_grid(snap_inputs(arr, rtol))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def resolve_grid(
+    grid: Any, inputs: np.ndarray, td: TaskData, *, joint: bool, seed: int
+) -> tuple[GridChoice, np.ndarray | None]:
+    """The grid of a fit from the estimator's ``grid`` parameter.
+
+    Parameters
+    ----------
+    grid : "auto", None, int or array-like
+        As ``MagmaClusterRegressor(grid=...)``.
+    inputs : ndarray of shape (n, I)
+        The training inputs, one row per observation.
+    td : TaskData
+        The training tasks laid out on their exact grid.
+    joint : bool
+        Correlated outputs, which need the exact grid (``"auto"`` keeps it).
+    seed : int
+        Seed of the k-means that places inducing inputs with several input columns.
+
+    Returns
+    -------
+    choice : GridChoice
+        The grid chosen, with the reason.
+    inducing : ndarray of shape (M, I) or None
+        The inducing inputs; None for the exact grid.
+    """
+    g = int(td.grid.shape[0])
+    exact = f"exact grid of {g} distinct inputs"
+    if isinstance(grid, str):  # "auto"
+        if joint:
+            return GridChoice("exact", g, g, f"{exact} (correlated outputs need it)"), None
+        choice = choose_grid(td.inputs, td.n_points, g)
+        if choice.kind == "exact":
+            return choice, None
+        inducing = inducing_inputs(inputs, choice.size, seed=seed)
+        if inducing is None:
+            return GridChoice("exact", g, g, f"{exact} (grid='auto')"), None
+        return choice, inducing
+    if grid is None:
+        return GridChoice("exact", g, g, f"{exact} (grid=None)"), None
+    given = f"grid={int(grid)}" if np.ndim(grid) == 0 else "inducing inputs given as grid"
+    inducing = inducing_inputs(inputs, grid, seed=seed)
+    if inducing is None:  # an int M at least the number of distinct inputs
+        return GridChoice("exact", g, g, f"{exact} ({given})"), None
+    m = int(inducing.shape[0])
+    return GridChoice("inducing", m, g, f"{m} inducing inputs ({given})"), inducing

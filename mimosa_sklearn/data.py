@@ -26,7 +26,6 @@ Python-level loop over rows.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
@@ -36,9 +35,7 @@ __all__ = [
     "build_grid",
     "build_task_data",
     "encode_task_ids",
-    "inducing_inputs",
     "map_to_grid",
-    "pad_values",
     "snap_inputs",
 ]
 
@@ -62,8 +59,7 @@ class TaskData:
         Outputs, NaN on padded rows and wherever an output is missing. None
         when the data were built without outputs.
     mappings : ndarray of shape (T, N), dtype int64
-        Index into ``grid`` of each row's input; ``G`` on padded rows and
-        ``-1`` for real rows that are not on a user-supplied grid.
+        Index into ``grid`` of each row's input; ``G`` on padded rows.
     grid : ndarray of shape (G, I), dtype float64
         Unique input rows sorted lexicographically (column 0 first).
     task_codes : ndarray of shape (n,), dtype int64
@@ -286,7 +282,7 @@ def _encode_by_hash(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- inputs and grid
 
 
-def _as_2d_float(a: Any, name: str) -> np.ndarray:
+def to_2d_float(a: Any, name: str) -> np.ndarray:
     """Convert to a float64 array of shape (n, d); a 1-D array becomes one column."""
     try:
         arr = np.asarray(a, dtype=np.float64)
@@ -383,7 +379,7 @@ def build_grid(x: np.ndarray) -> np.ndarray:
     ndarray of shape (G, I), dtype float64
         Distinct rows of ``x`` in lexicographic order (column 0 first).
     """
-    arr = _as_2d_float(x, "x")
+    arr = to_2d_float(x, "x")
     if arr.shape[0] == 0:
         return arr.copy()
     _, first = _row_keys(arr)
@@ -421,8 +417,8 @@ def map_to_grid(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
         If the input dimensions differ, or if a row of ``x`` is not a grid row
         (the message names the first such row).
     """
-    arr = _as_2d_float(x, "x")
-    grd = _as_2d_float(grid, "grid")
+    arr = to_2d_float(x, "x")
+    grd = to_2d_float(grid, "grid")
     if arr.shape[1] != grd.shape[1]:
         raise ValueError(f"x has {arr.shape[1]} input columns but grid has {grd.shape[1]}")
     idx = _lookup_rows(arr, grd)
@@ -436,7 +432,7 @@ def map_to_grid(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- padding
 
 
-def _first_bad_row(bad: np.ndarray) -> int | None:
+def first_bad_row(bad: np.ndarray) -> int | None:
     """Index of the first row with any True entry, or None."""
     rows = bad.reshape(bad.shape[0], -1).any(axis=1)
     return int(np.argmax(rows)) if rows.any() else None
@@ -498,9 +494,6 @@ def build_task_data(
     x: np.ndarray,
     y: np.ndarray | None = None,
     *,
-    grid: np.ndarray | None = None,
-    n_bucket: int | None = None,
-    rtol: float = 1e-12,
     canonical: bool = False,
 ) -> TaskData:
     """Pad ragged task rows into ``(T, N, ...)`` arrays indexed on a grid.
@@ -517,19 +510,6 @@ def build_task_data(
     y : array-like of shape (n,) or (n, O), optional
         Outputs; NaN marks a missing output (the row is kept), infinities are
         rejected.
-    grid : array-like of shape (G,) or (G, I), optional
-        Grid to map the inputs onto (e.g. the training grid when predicting).
-        When None, the grid is the set of distinct snapped inputs. When given,
-        it is returned unchanged and rows whose snapped input is not a grid row
-        get mapping ``-1`` (the core handles such points by GP conditioning).
-    n_bucket : int, optional
-        When given, the padded length ``N`` (largest task size) is rounded up
-        to a multiple of ``n_bucket`` so that compiled functions are reused for
-        data sets of similar sizes.
-    rtol : float, default=1e-12
-        Relative tolerance of :func:`snap_inputs`. With a user grid, inputs and
-        grid are snapped together so that inputs within tolerance of a grid
-        point map to it.
     canonical : bool, default=False
         Lay tasks and rows out in an order that depends only on the data, not on
         the caller's row order or task codes: rows of a task sorted
@@ -549,8 +529,7 @@ def build_task_data(
     ------
     ValueError
         On inconsistent shapes or lengths, task codes out of range, non-finite
-        inputs, infinite outputs or a non-finite grid; messages name the first
-        offending row.
+        inputs or infinite outputs; messages name the first offending row.
     """
     codes = np.asarray(task_codes)
     if codes.ndim != 1:
@@ -569,43 +548,25 @@ def build_task_data(
         row = int(np.argmax(bad_code))
         raise ValueError(f"task code {codes[row]} at row {row} is outside [0, {n_tasks})")
 
-    xa = _as_2d_float(x, "x")
+    xa = to_2d_float(x, "x")
     if xa.shape[0] != n:
         raise ValueError(f"x has {xa.shape[0]} rows but task_codes has {n}")
-    row = _first_bad_row(~np.isfinite(xa))
+    row = first_bad_row(~np.isfinite(xa))
     if row is not None:
         raise ValueError(f"x must be finite; row {row} contains {xa[row].tolist()}")
     ya: np.ndarray | None = None
     if y is not None:
-        ya = _as_2d_float(y, "y")
+        ya = to_2d_float(y, "y")
         if ya.shape[0] != n:
             raise ValueError(f"y has {ya.shape[0]} rows but task_codes has {n}")
-        row = _first_bad_row(np.isinf(ya))
+        row = first_bad_row(np.isinf(ya))
         if row is not None:
             raise ValueError(f"y must not contain infinities; row {row} is {ya[row].tolist()}")
-    if n_bucket is not None and int(n_bucket) < 1:
-        raise ValueError(f"n_bucket must be a positive integer, got {n_bucket}")
-
     n_in = xa.shape[1]
-    if grid is None:
-        xs = snap_inputs(xa, rtol)
-        mapping, first = _row_keys(xs)
-        grd = xs[first]
-    else:
-        grd = _as_2d_float(grid, "grid")
-        if grd.shape[1] != n_in:
-            raise ValueError(f"x has {n_in} input columns but grid has {grd.shape[1]}")
-        grow = _first_bad_row(~np.isfinite(grd))
-        if grow is not None:
-            raise ValueError(f"grid must be finite; grid row {grow} is {grd[grow].tolist()}")
-        # Snap jointly so that inputs within tolerance of a grid point hit it.
-        both = snap_inputs(np.concatenate([grd, xa], axis=0), rtol)
-        mapping = _lookup_rows(both[grd.shape[0] :], both[: grd.shape[0]])
-        xs = both[grd.shape[0] :]
+    xs = snap_inputs(xa)
+    mapping, first = _row_keys(xs)
+    grd = xs[first]
     n_grid = grd.shape[0]
-    on_grid = mapping >= 0
-    # On-grid rows take the grid's exact values (so grid[mapping] == inputs).
-    xs = np.where(on_grid[:, None], grd[np.where(on_grid, mapping, 0)], xs)
 
     if canonical:
         content = xs if ya is None else np.concatenate([xs, ya], axis=1)
@@ -617,8 +578,6 @@ def build_task_data(
         order = np.argsort(codes, kind="stable")
     n_points = np.bincount(codes, minlength=n_tasks).astype(np.int64)
     n_max = int(n_points.max())
-    if n_bucket is not None:
-        n_max = math.ceil(n_max / int(n_bucket)) * int(n_bucket)
     starts = np.cumsum(n_points) - n_points
     row_pos = np.empty(n, dtype=np.int64)
     row_pos[order] = np.arange(n, dtype=np.int64) - starts[codes[order]]
@@ -641,144 +600,3 @@ def build_task_data(
         n_points=n_points,
         task_index=task_index,
     )
-
-
-def pad_values(td: TaskData, values: np.ndarray) -> np.ndarray:
-    """Pad per-row values into the ``(T, N, ...)`` layout of ``td``.
-
-    Parameters
-    ----------
-    td : TaskData
-        Layout to follow.
-    values : array-like of shape (n, ...)
-        One entry per caller row (e.g. test outputs or sample weights).
-
-    Returns
-    -------
-    ndarray of shape (T, N, ...)
-        Values placed at their padded positions, NaN elsewhere. Integer and
-        boolean values are promoted to float64 so that NaN can mark padding;
-        floating and complex values keep their dtype.
-
-    Raises
-    ------
-    ValueError
-        If ``values`` does not have one entry per row of ``td``.
-    """
-    vals = np.asarray(values)
-    n = td.task_codes.size
-    if vals.ndim == 0 or vals.shape[0] != n:
-        raise ValueError(f"values must have {n} rows, got shape {vals.shape}")
-    if vals.dtype.kind in "fc":
-        dtype = vals.dtype
-    elif vals.dtype.kind in "biu":
-        dtype = np.dtype(np.float64)
-    else:
-        raise ValueError(f"values must be numeric, got dtype {vals.dtype}")
-    out = np.full((td.n_tasks, td.n_max, *vals.shape[1:]), np.nan, dtype=dtype)
-    out[td.task_codes, td.row_pos] = vals
-    return out
-
-
-# --------------------------------------------------------------------------- approximate grid
-
-
-def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 25) -> np.ndarray:
-    """Lloyd's k-means with k-means++ seeding (loops over centres and iterations only)."""
-    centres = np.empty((k, points.shape[1]))
-    centres[0] = points[rng.integers(points.shape[0])]
-    dist = np.sum((points - centres[0]) ** 2, axis=1)
-    for j in range(1, k):
-        total = dist.sum()
-        idx = rng.choice(points.shape[0], p=dist / total) if total > 0 else rng.integers(len(dist))
-        centres[j] = points[idx]
-        dist = np.minimum(dist, np.sum((points - centres[j]) ** 2, axis=1))
-    for _ in range(n_iter):
-        # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 does not change the argmin.
-        labels = np.argmin(np.sum(centres**2, axis=1) - 2.0 * points @ centres.T, axis=1)
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centres)
-        np.add.at(sums, labels, points)
-        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres)
-        if np.allclose(moved, centres):
-            break
-        centres = moved
-    return centres
-
-
-def inducing_inputs(
-    x: np.ndarray, grid: Any, *, seed: int = 0, rtol: float = 1e-9
-) -> np.ndarray | None:
-    """Inducing inputs of the approximate grid (``MagmaClusterRegressor(grid=...)``).
-
-    Parameters
-    ----------
-    x : array-like of shape (n,) or (n, I)
-        Training inputs (finite).
-    grid : int or array-like of shape (M, I) or (M,)
-        An int ``M >= 2`` picks ``M`` inputs from the data: a regular lattice from the
-        smallest to the largest input when ``I = 1`` (uniform resolution, the range
-        covered end to end), k-means centres of the distinct inputs (columns
-        standardised) when ``I > 1``. An array gives the inducing inputs themselves;
-        (near-)duplicate rows are merged since they would make ``c(u, u)`` singular.
-    seed : int, default=0
-        Seed of the k-means initialisation.
-    rtol : float, default=1e-9
-        Tolerance of :func:`snap_inputs` for counting distinct inputs.
-
-    Returns
-    -------
-    ndarray of shape (M, I) or None
-        Inducing inputs sorted lexicographically, or None when an int ``M`` is at least
-        the number of distinct training inputs: the exact union grid is then no larger,
-        so it is used instead.
-
-    Raises
-    ------
-    ValueError
-        For an int below 2, a non-integer scalar, an array with the wrong number of
-        columns, non-finite values or no rows.
-    """
-    xa = _as_2d_float(x, "x")
-    n_in = xa.shape[1]
-    if isinstance(grid, bool | np.bool_) or (np.ndim(grid) == 0 and not _is_int(grid)):
-        raise ValueError(
-            f"grid must be None, an int >= 2 (number of inducing inputs) or an array of "
-            f"inducing inputs with {n_in} column(s); got {grid!r}"
-        )
-    if np.ndim(grid) == 0:
-        m = int(grid)
-        if m < 2:
-            raise ValueError(
-                f"grid={m}: an int grid is a number of inducing inputs and must be >= 2"
-            )
-        uniq = build_grid(snap_inputs(xa, rtol))
-        if m >= uniq.shape[0]:
-            return None
-        if n_in == 1:
-            lo, hi = float(uniq[0, 0]), float(uniq[-1, 0])
-            return np.linspace(lo, hi, m)[:, None]
-        centre, scale = uniq.mean(axis=0), uniq.std(axis=0)
-        scale = np.where(scale > 0, scale, 1.0)
-        centres = _kmeans((uniq - centre) / scale, m, np.random.default_rng(seed))
-        return build_grid(centres * scale + centre)
-    try:
-        arr = np.asarray(grid, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"grid must be numeric: {exc}") from exc
-    if arr.ndim == 1 and n_in == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[1] != n_in:
-        raise ValueError(
-            f"grid must have one column per input ({n_in}), got an array of shape {arr.shape}"
-        )
-    if arr.shape[0] == 0:
-        raise ValueError("grid has no rows: give at least one inducing input")
-    row = _first_bad_row(~np.isfinite(arr))
-    if row is not None:
-        raise ValueError(f"grid must be finite; grid row {row} is {arr[row].tolist()}")
-    return build_grid(snap_inputs(arr, rtol))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Import the estimator first: it sets up JAX's CPU backend safely (see _runtime).
+# Import the estimator first: it sets up JAX's CPU backend safely (see mimosa_sklearn.core.runtime).
 from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.datasets import load_synth_dev, load_weight
 from mimosa_sklearn.metrics import coverage, nlpd

@@ -2,17 +2,14 @@
 
 This module is the sklearn-facing layer only: it validates inputs, converts rows of
 ``(task id, inputs) -> outputs`` into padded per-task arrays (:mod:`mimosa_sklearn.data`),
-and calls the numpy-in/numpy-out facade :mod:`mimosa_sklearn.engine`. It holds no
-model math.
+and calls the numpy-in/numpy-out fit (:mod:`mimosa_sklearn._fit`) and fitted model
+(:mod:`mimosa_sklearn._fitted`). It holds no model math.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-import pickle
-import re
-import sys
 import warnings
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -23,77 +20,25 @@ from sklearn.base import BaseEstimator, MultiOutputMixin, RegressorMixin, _fit_c
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from .auto_grid import GridChoice, choose_grid
-from .data import build_task_data, encode_task_ids, inducing_inputs
+from ._persistence import pack_state, unpack_state
+from ._validation import Rows, check_observed, validate_rows, validate_y
+from .auto_grid import resolve_grid
+from .data import build_task_data, encode_task_ids
 from .memory import check_fit_memory
 
 if TYPE_CHECKING:
-    from .engine import Context
+    from ._fitted import Context
 
 __all__ = ["MagmaClusterRegressor"]
 
-# Marker of estimator attributes stored as cloudpickle bytes inside a pickle.
-_CLOUDPICKLED = "__cloudpickled__"
-# Attributes that may hold equinox modules deep inside containers.
-_ALWAYS_CLOUDPICKLED = ("_contexts",)
 
+def _fit_module():
+    """Import the fit lazily so that ``import mimosa_sklearn`` stays light (no JAX)."""
+    from . import _fit
 
-def _engine():
-    """Import the JAX engine lazily so that ``import mimosa_sklearn`` stays light."""
-    from . import engine
-
-    return engine
-
-
-def _is_equinox_module(value: Any) -> bool:
-    """True for equinox modules, without importing equinox when nobody else did."""
-    eqx = sys.modules.get("equinox")
-    return eqx is not None and isinstance(value, eqx.Module)
-
-
-def _compat_key(version: str) -> tuple[int, ...]:
-    """Part of a version that must match for pickles to load (semver; 0.x: the minor)."""
-    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
-    parts += [0] * (2 - len(parts))
-    return (parts[0],) if parts[0] >= 1 else (0, parts[1])
-
-
-def _cloudpickle() -> Any:
-    """cloudpickle: a dependency of joblib >= 1.6, vendored by older joblib."""
-    try:
-        import cloudpickle
-    except ImportError:  # pragma: no cover - joblib < 1.6
-        from joblib.externals import cloudpickle
-    return cloudpickle
-
-
-def _is_cloudpickled(value: Any) -> bool:
-    """True for the ``(marker, bytes)`` pairs written by ``__getstate__``."""
-    return (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and value[0] == _CLOUDPICKLED
-        and isinstance(value[1], bytes)
-    )
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rows:
-    """Validated rows of ``X``: task ids, float inputs and how to name things in errors."""
-
-    ids: np.ndarray  # (n,) task id of each row
-    inputs: np.ndarray  # (n, I) float64, finite
-    input_names: list[str]  # names of the input columns
-    index: pd.Index | None  # row labels of a DataFrame X
+    return _fit
 
 
 class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
@@ -245,8 +190,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         and ``reason`` (the rule of ``grid="auto"`` with its numbers, or the ``grid``
         passed).
     model_ : FittedMagma
-        The fitted engine model (a ``StackedMagma`` with ``correlated_outputs=True`` and
-        several outputs).
+        The fitted model (numpy in, numpy out) around the JAX model pytree
+        ``model_.model`` (:class:`mimosa_sklearn.core.model.Model`).
     n_features_in_ : int
         Number of columns of ``X`` seen during fit (task column included).
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -372,205 +317,18 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         return tags
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle state; kernax kernels (not stdlib-picklable) travel as cloudpickle bytes."""
-        cloudpickle = _cloudpickle()
-        state = dict(super().__getstate__())
-        for key, value in state.items():
-            if _is_equinox_module(value) or (key in _ALWAYS_CLOUDPICKLED and value):
-                state[key] = (_CLOUDPICKLED, cloudpickle.dumps(value))
-        state["_mimosa_version"] = _package_version()
-        return state
+        """Pickle state (see :mod:`mimosa_sklearn._persistence`)."""
+        return pack_state(super().__getstate__())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Restore a pickled estimator, refusing pickles from incompatible versions."""
-        state = dict(state)
-        if "model_" in state and "_model_rows" not in state:
-            # Fitted before the canonical task order: model rows were first-seen order.
-            state["_model_rows"] = np.arange(int(state["n_tasks_"]), dtype=np.int64)
-        state.setdefault("accelerate", True)  # pickled before the parameter existed
-        saved = state.pop("_mimosa_version", None)
-        current = _package_version()
-        if saved is not None and _compat_key(saved) != _compat_key(current):
-            raise pickle.UnpicklingError(
-                f"This {type(self).__name__} was pickled with mimosa_sklearn {saved} and "
-                f"cannot be loaded with mimosa_sklearn {current} (incompatible versions). "
-                f"Install mimosa_sklearn=={saved} to load it, or refit the model."
-            )
-        for key, value in state.items():
-            if _is_cloudpickled(value):
-                state[key] = pickle.loads(value[1])
-        super().__setstate__(state)
+        super().__setstate__(unpack_state(state, type(self).__name__))
 
     # ------------------------------------------------------------------ input validation
 
     def _task_col_label(self) -> str:
         """Name of the task column in outputs (tables, error messages)."""
         return self.task_col if isinstance(self.task_col, str) else "task"
-
-    def _validate_rows(self, X: Any, y: Any = "no_validation", *, reset: bool) -> _Rows:
-        """Validate ``X`` (and the presence of ``y``) and split it into ids and inputs."""
-        if isinstance(X, pd.DataFrame):
-            return self._rows_from_frame(X, y, reset=reset)
-        return self._rows_from_array(X, y, reset=reset)
-
-    def _rows_from_frame(self, X: pd.DataFrame, y: Any, *, reset: bool) -> _Rows:
-        n_rows, n_cols = X.shape
-        if n_cols == 0:
-            raise ValueError(
-                f"Found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
-            )
-        validate_data(self, X, y, reset=reset, skip_check_array=True)
-        if n_rows == 0:
-            raise ValueError(
-                f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required."
-            )
-        columns = list(X.columns)
-        if self.task_col is None:
-            ids = np.zeros(n_rows, dtype=np.int64)
-            input_pos, input_cols = list(range(n_cols)), columns
-        else:
-            matches = [j for j, c in enumerate(columns) if _same_label(c, self.task_col)]
-            if not matches:
-                raise ValueError(self._missing_task_col_message(columns))
-            if len(matches) > 1:
-                raise ValueError(f"X has {len(matches)} columns named {self.task_col!r}")
-            ids = X.iloc[:, matches[0]].to_numpy()
-            input_pos = [j for j in range(n_cols) if j != matches[0]]
-            input_cols = [columns[j] for j in input_pos]
-            if not input_cols:
-                raise ValueError(
-                    f"X has 1 feature(s) (shape={X.shape}): only the task column "
-                    f"{self.task_col!r}; at least one input column is required."
-                )
-        inputs = np.empty((n_rows, len(input_cols)), dtype=np.float64)
-        for j, (pos, col) in enumerate(zip(input_pos, input_cols, strict=True)):
-            # Loop over input columns (not rows); positions survive duplicated names.
-            column = X.iloc[:, pos]
-            if not (pd.api.types.is_numeric_dtype(column.dtype) or column.dtype == object):
-                raise TypeError(self._non_numeric_message(col, f"dtype {column.dtype}"))
-            try:
-                inputs[:, j] = column.to_numpy(dtype=np.float64, na_value=np.nan)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(self._non_numeric_message(col, str(exc))) from exc
-        self._check_finite_inputs(inputs, [repr(c) for c in input_cols], X.index)
-        return _Rows(_check_ids(ids, X.index), inputs, [str(c) for c in input_cols], X.index)
-
-    def _rows_from_array(self, X: Any, y: Any, *, reset: bool) -> _Rows:
-        arr = check_array(
-            X,
-            dtype=None,
-            accept_sparse=False,
-            ensure_all_finite=False,
-            input_name="X",
-            estimator=self,
-        )
-        validate_data(self, arr, y, reset=reset, skip_check_array=True)
-        n_rows, n_cols = arr.shape
-        if self.task_col is None:
-            ids = np.zeros(n_rows, dtype=np.int64)
-            input_pos = np.arange(n_cols)
-        else:
-            if not isinstance(self.task_col, numbers.Integral) or isinstance(self.task_col, bool):
-                raise ValueError(
-                    f"task_col={self.task_col!r} is a column name, but X is a "
-                    f"{type(X).__name__} without column names. Pass X as a pandas "
-                    "DataFrame, or set task_col to the integer position of the task "
-                    "column (or None for a single task)."
-                )
-            if not -n_cols <= self.task_col < n_cols:
-                raise ValueError(
-                    f"task_col={self.task_col} is out of range for X with {n_cols} columns"
-                )
-            pos = int(self.task_col) % n_cols
-            ids = arr[:, pos]
-            input_pos = np.delete(np.arange(n_cols), pos)
-            if input_pos.size == 0:
-                raise ValueError(
-                    f"X has 1 feature(s) (shape={arr.shape}): only the task column "
-                    f"task_col={self.task_col}; at least one input column is required."
-                )
-        raw = arr[:, input_pos]
-        try:
-            inputs = np.array(raw, dtype=np.float64)
-        except (TypeError, ValueError):
-            inputs = np.empty(raw.shape, dtype=np.float64)
-            for j in range(raw.shape[1]):  # find the offending input column
-                try:
-                    inputs[:, j] = raw[:, j].astype(np.float64)
-                except (TypeError, ValueError) as exc:
-                    raise TypeError(self._non_numeric_message(int(input_pos[j]), str(exc))) from exc
-        self._check_finite_inputs(inputs, [str(j) for j in input_pos], None)
-        return _Rows(_check_ids(ids, None), inputs, [f"x{j}" for j in input_pos], None)
-
-    def _non_numeric_message(self, col: Hashable, detail: str) -> str:
-        where = "" if self.task_col is None else f" other than the task column {self.task_col!r}"
-        return (
-            f"Input column {col!r} of X is not numeric ({detail}). Every column of X{where} "
-            "is an input dimension and must be numeric: encode or drop it first."
-        )
-
-    def _missing_task_col_message(self, columns: list[Hashable]) -> str:
-        msg = f"task_col={self.task_col!r} is not a column of X (columns: {columns[:10]!r})."
-        prefixed = [c for c in columns if isinstance(c, str) and c.endswith(f"__{self.task_col}")]
-        if prefixed:
-            msg += (
-                f" Column {prefixed[0]!r} looks like a ColumnTransformer output with "
-                "prefixed names: build it with ColumnTransformer(..., "
-                "verbose_feature_names_out=False) so that the task column keeps its name."
-            )
-        return msg
-
-    @staticmethod
-    def _check_finite_inputs(
-        inputs: np.ndarray, labels: list[str], index: pd.Index | None
-    ) -> None:
-        """Reject NaN/inf inputs, naming the column (``labels``) and the row."""
-        bad = ~np.isfinite(inputs)
-        if not bad.any():
-            return
-        row, col = np.argwhere(bad)[0]
-        kind = "NaN" if np.isnan(inputs[row, col]) else "infinity"
-        label = "" if index is None else f" (index {index[row]!r})"
-        raise ValueError(
-            f"Input X contains {kind} in column {labels[col]} at row {row}{label}. Inputs "
-            "must be finite: drop or impute these rows (missing *outputs* may be NaN)."
-        )
-
-    def _validate_y(self, y: Any, n_rows: int) -> tuple[np.ndarray, bool, list[str]]:
-        """Outputs as float64 (n, O) (NaN = missing), whether y was 1-D, output names."""
-        names: list[str] | None = None
-        if isinstance(y, pd.Series):
-            names = [str(y.name) if y.name is not None else "y"]
-        elif isinstance(y, pd.DataFrame):
-            names = [str(c) for c in y.columns]
-        arr = check_array(
-            y,
-            ensure_2d=False,
-            dtype=np.float64,
-            ensure_all_finite=False,
-            ensure_min_samples=0,
-            input_name="y",
-            estimator=self,
-        )
-        if arr.ndim not in (1, 2):
-            raise ValueError(f"y must be 1-D or 2-D, got shape {arr.shape}")
-        if arr.shape[0] != n_rows:
-            raise ValueError(
-                f"X has {n_rows} rows but y has {arr.shape[0]}: they must have the same "
-                "number of rows."
-            )
-        is_1d = arr.ndim == 1
-        y2 = np.array(arr, dtype=np.float64).reshape(n_rows, -1)  # a copy: never alias y
-        if y2.shape[1] == 0:
-            raise ValueError("y has no output column")
-        if names is None or len(names) != y2.shape[1]:
-            names = ["y"] if is_1d else [str(o) for o in range(y2.shape[1])]
-        inf = np.isinf(y2)
-        if inf.any():
-            row, col = np.argwhere(inf)[0]
-            where = "" if is_1d else f" (output {names[col]!r})"
-            raise ValueError(f"Input y contains infinity at row {row}{where}")
-        return y2, is_1d, names
 
     # ------------------------------------------------------------------ fit
 
@@ -600,11 +358,11 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         NotImplementedError
             For ``correlated_outputs=True`` with an approximate ``grid``.
         """
-        rows = self._validate_rows(X, y, reset=True)
-        y2, is_1d, output_names = self._validate_y(y, rows.ids.shape[0])
+        rows = validate_rows(self, X, y, reset=True)
+        y2, is_1d, output_names = validate_y(self, y, rows.ids.shape[0])
         codes, task_ids = encode_task_ids(rows.ids)
         n_tasks = task_ids.shape[0]
-        self._check_observed(y2, codes, task_ids, output_names)
+        check_observed(y2, codes, task_ids, output_names)
         if self.n_clusters > n_tasks:
             raise ValueError(
                 f"n_clusters={self.n_clusters} is larger than the number of training tasks "
@@ -626,26 +384,12 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             mean, std = np.zeros(y2.shape[1]), np.ones(y2.shape[1])
         td = dataclasses.replace(td, outputs=(td.outputs - mean) / std)
 
-        engine = _engine()
-        config = engine.FitConfig(
-            n_clusters=int(self.n_clusters),
-            mean_kernel=self.mean_kernel,
-            task_kernel=self.task_kernel,
-            prior_mean=self.prior_mean,
-            shared_task_hps=bool(self.shared_task_hps),
-            shared_cluster_hps=bool(self.shared_cluster_hps),
-            cluster_specific_task_hps=bool(self.cluster_specific_task_hps),
-            shared_output_hps=bool(self.shared_output_hps),
-            correlated_outputs=bool(self.correlated_outputs),
-            max_iter=int(self.max_iter),
-            tol=float(self.tol),
-            accelerate=bool(self.accelerate),
-            n_init=int(self.n_init),
-            init=self.init,
-            jitter=float(self.jitter),
-            seed=int(check_random_state(self.random_state).randint(2**31 - 1)),
+        fit_module = _fit_module()
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        config = fit_module.FitConfig.from_params(self.get_params(deep=False), seed=seed)
+        choice, inducing = resolve_grid(
+            self.grid, rows.inputs, td, joint=self.correlated_outputs and y2.shape[1] > 1, seed=seed
         )
-        choice, inducing = self._grid_for(rows.inputs, td, y2.shape[1], config.seed)
         if self.verbose:
             print(f"MagmaClust grid: {choice.reason}", flush=True)
         # Correlated outputs stack (input, output) pairs: their grid has up to O G points.
@@ -661,14 +405,14 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         with _progress(self.verbose, self.max_iter) as callback:
             try:
                 if inducing is None:
-                    model = engine.fit_magma(
+                    model = fit_module.fit_magma(
                         td.inputs, td.outputs, td.mappings, td.grid, config, callback=callback
                     )
                 else:
-                    model = engine.fit_magma(
+                    model = fit_module.fit_magma(
                         td.inputs, td.outputs, None, inducing, config, callback, approximate=True
                     )
-            except engine.NumericalFailure as exc:
+            except fit_module.NumericalFailure as exc:
                 exc.add_note(
                     "Hint: try a larger `jitter`, `normalize_y=True`, fewer clusters, or "
                     "rescaling the inputs (e.g. StandardScaler in a ColumnTransformer)."
@@ -710,57 +454,6 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
                 stacklevel=2,
             )
         return self
-
-    def _grid_for(
-        self, inputs: np.ndarray, td: Any, n_outputs: int, seed: int
-    ) -> tuple[GridChoice, np.ndarray | None]:
-        """The grid of a fit: its :class:`GridChoice` and the inducing inputs (None for
-        the exact grid)."""
-        g = int(td.grid.shape[0])
-        if isinstance(self.grid, str):  # "auto"
-            if self.correlated_outputs and n_outputs > 1:
-                why = f"exact grid of {g} distinct inputs (correlated outputs need it)"
-                return GridChoice("exact", g, g, why), None
-            choice = choose_grid(td.inputs, td.n_points, g)
-            if choice.kind == "exact":
-                return choice, None
-            grid, given = choice.size, "grid='auto'"
-        elif self.grid is None:
-            return GridChoice("exact", g, g, f"exact grid of {g} distinct inputs (grid=None)"), None
-        else:
-            grid = self.grid
-            given = f"grid={int(grid)}" if np.ndim(grid) == 0 else "inducing inputs given as grid"
-        inducing = inducing_inputs(inputs, grid, seed=seed)
-        if inducing is None:  # an int M at least the number of distinct inputs
-            return GridChoice("exact", g, g, f"exact grid of {g} distinct inputs ({given})"), None
-        if isinstance(self.grid, str):
-            return choice, inducing
-        m = int(inducing.shape[0])
-        return GridChoice("inducing", m, g, f"{m} inducing inputs ({given})"), inducing
-
-    @staticmethod
-    def _check_observed(
-        y2: np.ndarray, codes: np.ndarray, task_ids: np.ndarray, output_names: list[str]
-    ) -> None:
-        """Every task and every output needs at least one observed value."""
-        observed = ~np.isnan(y2)
-        if not observed.any():
-            raise ValueError(
-                "Input y contains NaN only: no output is observed. NaN marks a missing "
-                "output; every task needs at least one observed value."
-            )
-        never = np.flatnonzero(~observed.any(axis=0))
-        if never.size:
-            raise ValueError(f"Output {output_names[never[0]]!r} of y is never observed (all NaN)")
-        per_task = np.bincount(codes, weights=observed.any(axis=1), minlength=task_ids.size)
-        empty = np.flatnonzero(per_task == 0)
-        if empty.size:
-            shown = ", ".join(repr(t) for t in task_ids[empty[:5]].tolist())
-            more = f" and {empty.size - 5} more" if empty.size > 5 else ""
-            raise ValueError(
-                f"Task(s) {shown}{more} have no observed output (all y values are NaN): "
-                "drop these tasks."
-            )
 
     # ------------------------------------------------------------------ fitted views
 
@@ -823,9 +516,9 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
     def _condition_contexts(
         self, X: Any, y: Any, *, allow_training_ids: bool, allow_empty: bool
     ) -> dict[Hashable, Context]:
-        """Per-task engine contexts of the tasks in ``X`` (nothing is stored)."""
-        rows = self._validate_rows(X, y, reset=False)
-        y2, _, _ = self._validate_y(y, rows.ids.shape[0])
+        """Per-task contexts of the tasks in ``X`` (nothing is stored)."""
+        rows = validate_rows(self, X, y, reset=False)
+        y2, _, _ = validate_y(self, y, rows.ids.shape[0])
         if y2.shape[1] != self._y_train_mean.shape[0]:
             raise ValueError(
                 f"y has {y2.shape[1]} output(s) but the model was fitted with "
@@ -859,43 +552,8 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         td = build_task_data(codes, ids.size, rows.inputs, y_norm, canonical=True)
         context = self.model_.condition(td.inputs, td.outputs)
         return {
-            task: self._slice_context(context, int(i))
-            for task, i in zip(ids.tolist(), td.task_index, strict=True)
+            task: context.task(int(i)) for task, i in zip(ids.tolist(), td.task_index, strict=True)
         }
-
-    def _slice_context(self, context: Context, i: int) -> Context:
-        """The ``i``-th task of a multi-task context, without its padded rows."""
-        real = ~np.isnan(np.asarray(context.x)[i, :, 0])  # padded rows are NaN
-        n_ctx = context.x.shape[0]
-        params = _tree_map(
-            lambda leaf: leaf[i : i + 1] if _leading(leaf) == n_ctx else leaf,
-            context.task_params,
-        )
-        return dataclasses.replace(
-            context,
-            x=np.asarray(context.x)[i : i + 1, real],
-            y=np.asarray(context.y)[i : i + 1, real],
-            tau=np.asarray(context.tau)[i : i + 1],
-            task_params=params,
-        )
-
-    def _stack_contexts(self, contexts: list[Context]) -> Context:
-        """One engine context for several single-task contexts (padded to a common size)."""
-        n_max = max(c.x.shape[1] for c in contexts)
-
-        def pad(a: np.ndarray) -> np.ndarray:
-            return np.pad(a, ((0, 0), (0, n_max - a.shape[1]), (0, 0)), constant_values=np.nan)
-
-        params = contexts[0].task_params
-        if len(contexts) > 1:
-            params = _tree_map(_concat_leaves, *(c.task_params for c in contexts))
-        return dataclasses.replace(
-            contexts[0],
-            x=np.concatenate([pad(np.asarray(c.x)) for c in contexts]),
-            y=np.concatenate([pad(np.asarray(c.y)) for c in contexts]),
-            tau=np.concatenate([np.asarray(c.tau) for c in contexts]),
-            task_params=params,
-        )
 
     # ------------------------------------------------------------------ prediction
 
@@ -914,13 +572,13 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
     def _predict_tasks(
         self,
-        rows: _Rows,
+        rows: Rows,
         contexts: dict[Hashable, Context],
         *,
         full_cov: bool | str,
         include_noise: bool,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-        """Engine predictions per task (model units): mean, var or cov, tau, layout.
+        """Model predictions per task (model units): mean, var or cov, tau, layout.
 
         ``full_cov="joint"`` (correlated outputs only) gives covariances across rows and
         outputs, ``(T, N, O, N, O)``.
@@ -930,38 +588,13 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         # depend on the order of the other rows); everything below is per padded task.
         td = build_task_data(codes, ids.size, rows.inputs, canonical=True)
         ids = ids[td.task_order]
-        x = td.inputs
-        n_tasks, n_max, n_out = x.shape[0], x.shape[1], self._y_train_mean.shape[0]
         train_idx, ctx_idx = self._task_sources(ids, contexts)
-        mean = np.zeros((n_tasks, n_max, n_out))
-        if full_cov == "joint":
-            second = np.zeros((n_tasks, n_max, n_out, n_max, n_out))
-        elif full_cov:
-            second = np.zeros((n_tasks, n_out, n_max, n_max))
-        else:
-            second = np.zeros((n_tasks, n_max, n_out))
-        tau = np.zeros((n_tasks, self.weights_.shape[0]))
-        kw = {"include_noise": include_noise, "full_cov": full_cov}
-        groups: list[tuple[np.ndarray, Callable[[np.ndarray], tuple]]] = [
-            (
-                train_idx >= 0,
-                lambda m: self.model_.predict_train(self._model_rows[train_idx[m]], x[m], **kw),
-            ),
-            (
-                (train_idx < 0) & (ctx_idx >= 0),
-                lambda m: self.model_.predict_context(
-                    self._stack_contexts([contexts[t] for t in ids[m].tolist()]), x[m], **kw
-                ),
-            ),
-            (
-                (train_idx < 0) & (ctx_idx < 0),
-                lambda m: self.model_.predict_context(None, x[m], **kw),
-            ),
-        ]
-        for mask, run in groups:
-            if mask.any():
-                m_mean, m_second, m_tau = run(mask)
-                mean[mask], second[mask], tau[mask] = m_mean, m_second, m_tau
+        train_rows = np.where(train_idx >= 0, self._model_rows[train_idx], -1)
+        pairs = zip(ids.tolist(), ctx_idx.tolist(), strict=True)
+        known = [contexts[t] if c >= 0 else None for t, c in pairs]
+        mean, second, tau = self.model_.predict_tasks(
+            td.inputs, train_rows, known, full_cov=full_cov, include_noise=include_noise
+        )
         return mean, second, tau, td
 
     def predict(
@@ -1006,7 +639,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if return_std and return_cov:
             raise RuntimeError("At most one of return_std or return_cov can be requested.")
-        rows = self._validate_rows(X, reset=False)
+        rows = validate_rows(self, X, reset=False)
         return self._predict_rows(
             rows,
             self._contexts,
@@ -1017,7 +650,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 
     def _predict_rows(
         self,
-        rows: _Rows,
+        rows: Rows,
         contexts: dict[Hashable, Context],
         *,
         return_std: bool,
@@ -1049,12 +682,31 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         """(n, O) -> (n,) when ``y`` was 1-D at fit."""
         return values[:, 0] if self._y_1d else values
 
-    def _forecast(self, X_obs: Any, y_obs: Any, X_new: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Predict ``X_new`` after conditioning on ``(X_obs, y_obs)``, storing nothing.
+    def forecast(self, X_obs: Any, y_obs: Any, X_new: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Forecast tasks from a few observed points, storing nothing.
 
-        Used by :func:`mimosa_sklearn.metrics.make_forecast_scorer`. Task ids may be
-        training ids (they are then treated as new tasks); tasks without observed points
-        get the cluster-mixture prediction.
+        As :meth:`condition` on ``(X_obs, y_obs)`` then :meth:`predict` of ``X_new``
+        with ``return_std=True``, except that the estimator is left unchanged and the
+        task ids may be training ids (their tasks are then treated as new, known only
+        through ``X_obs``). Tasks of ``X_new`` without observed points get the
+        cluster-mixture prediction. :func:`mimosa_sklearn.metrics.make_forecast_scorer`
+        scores held-out tasks with it.
+
+        Parameters
+        ----------
+        X_obs : DataFrame or array-like of shape (n_obs, n_features)
+            Observed rows (may be empty).
+        y_obs : array-like of shape (n_obs,) or (n_obs, n_outputs)
+            Their outputs (NaN = missing).
+        X_new : DataFrame or array-like of shape (n_samples, n_features)
+            Rows to forecast.
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predictive mean.
+        y_std : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predictive standard deviation (noise included).
         """
         check_is_fitted(self, "model_")
         contexts: dict[Hashable, Context] = {}
@@ -1062,13 +714,13 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             contexts = self._condition_contexts(
                 X_obs, y_obs, allow_training_ids=True, allow_empty=True
             )
-        rows = self._validate_rows(X_new, reset=False)
+        rows = validate_rows(self, X_new, reset=False)
         return self._predict_rows(
             rows, contexts, return_std=True, return_cov=False, include_noise=True
         )
 
-    def _row_memberships(self, rows: _Rows) -> np.ndarray:
-        """(n, K) memberships of each row's task, without calling the engine."""
+    def _row_memberships(self, rows: Rows) -> np.ndarray:
+        """(n, K) memberships of each row's task, without calling the model."""
         codes, ids = encode_task_ids(rows.ids)
         train_idx, ctx_idx = self._task_sources(ids, self._contexts)
         tau = np.broadcast_to(self.weights_, (ids.size, self.weights_.size)).copy()
@@ -1099,7 +751,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
             number of outputs: the outputs of a task share its cluster.
         """
         check_is_fitted(self, "model_")
-        return self._row_memberships(self._validate_rows(X, reset=False))
+        return self._row_memberships(validate_rows(self, X, reset=False))
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Coefficient of determination R² of :meth:`predict`, ignoring NaN targets.
@@ -1121,7 +773,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         from .metrics import _masked_r2
 
         y_pred = self.predict(X)
-        y_true, _, _ = self._validate_y(y, y_pred.shape[0])
+        y_true, _, _ = validate_y(self, y, y_pred.shape[0])
         return _masked_r2(y_true, y_pred.reshape(y_true.shape), sample_weight)
 
     def sample_y(
@@ -1157,7 +809,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        rows = self._validate_rows(X, reset=False)
+        rows = validate_rows(self, X, reset=False)
         # Correlated outputs are drawn jointly (covariance across rows and outputs).
         joint = "joint" if self._joint_outputs() else True
         mean, cov, _, td = self._predict_tasks(
@@ -1196,7 +848,7 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
-        rows = self._validate_rows(X, reset=False)
+        rows = validate_rows(self, X, reset=False)
         mean, var, tau, td = self._predict_tasks(
             rows, self._contexts, full_cov=False, include_noise=include_noise
         )
@@ -1222,26 +874,6 @@ class MagmaClusterRegressor(MultiOutputMixin, RegressorMixin, BaseEstimator):
 # ---------------------------------------------------------------------- helpers
 
 
-def _same_label(column: Hashable, label: Hashable) -> bool:
-    """Column label equality that never broadcasts (labels may be arrays or tuples)."""
-    try:
-        return bool(column == label) and type(column) is not bool
-    except (TypeError, ValueError):
-        return False
-
-
-def _check_ids(ids: np.ndarray, index: pd.Index | None) -> np.ndarray:
-    """Reject infinite numeric task ids (missing ids are caught by encode_task_ids)."""
-    ids = np.asarray(ids)
-    if ids.dtype.kind in "fc":
-        bad = np.isinf(ids)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            label = "" if index is None else f" (index {index[row]!r})"
-            raise ValueError(f"Input X contains infinity in the task column at row {row}{label}")
-    return ids
-
-
 def _task_hps_in_order(
     hps: dict[str, Any], model_rows: np.ndarray, *, per_task: bool
 ) -> dict[str, np.ndarray]:
@@ -1259,27 +891,6 @@ def _task_hps_in_order(
             ):
                 out[key] = value[model_rows]
     return out
-
-
-def _leading(leaf: Any) -> int | None:
-    shape = getattr(leaf, "shape", ())
-    return shape[0] if len(shape) else None
-
-
-def _concat_leaves(*leaves: Any) -> Any:
-    """Concatenate per-task array leaves along the task axis; keep other leaves.
-
-    Leaves stay numpy arrays: the engine pads numpy leaves to its task bucket.
-    """
-    if _leading(leaves[0]) is None:
-        return leaves[0]
-    return np.concatenate([np.asarray(leaf) for leaf in leaves], axis=0)
-
-
-def _tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(fn, *trees)
 
 
 class _progress:

@@ -1,7 +1,9 @@
 """Default kernax kernels and mean functions, and the hyperparameter sharing layout.
 
 The core encodes sharing in the leading axes of the hyperparameter leaves; this module
-turns the estimator's sharing flags into those shapes and builds data-driven defaults.
+turns the estimator's sharing flags into those shapes and builds data-driven defaults:
+:func:`default_params` for independent outputs, :func:`correlated_params` for outputs
+modelled jointly by multi-output kernels on stacked ``(x, output)`` inputs.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import equinox as eqx
+import jax.numpy as jnp
 import kernax
 import numpy as np
 
 from .core.compile import to_device
+from .core.init import data_scales
+from .core.multioutput import PerOutputMean, StackedOutputKernel
 from .core.params import Params, stack_module, to_float64
 
 __all__ = [
@@ -20,9 +25,16 @@ __all__ = [
     "default_kernel",
     "default_prior_mean",
     "build_params",
+    "default_params",
+    "correlated_kernel",
+    "correlated_prior_mean",
+    "correlated_params",
     "kernel_hyperparameters",
     "count_trainable",
 ]
+
+# kernax kernels that already take ``output_ids`` and give cross-output covariances.
+_MULTI_OUTPUT_KERNELS = (kernax.ICMKernel, kernax.LCMKernel, kernax.ConvolutionKernel)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +164,128 @@ def count_trainable(module) -> int:
 
     walk(module)
     return total
+
+
+def _start_levels(tau: np.ndarray, y0: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """``(K, O)`` average of every output over each cluster's initial tasks."""
+    num = tau.T @ np.where(obs, y0, 0.0).sum(axis=1)
+    den = np.maximum(tau.T @ obs.sum(axis=1), 1e-12)
+    return num / den
+
+
+def default_params(
+    layout: SharingLayout,
+    x: np.ndarray,
+    y0: np.ndarray,
+    obs: np.ndarray,
+    tau: np.ndarray,
+    *,
+    mean_kernel=None,
+    task_kernel=None,
+    prior_mean=None,
+) -> Params:
+    """Starting hyperparameters of independent outputs.
+
+    ``x`` (T, N, I) has NaN rows on padding, ``y0`` (T, N, O) zeros where ``obs`` is
+    False; ``tau`` (T, K) are the initial memberships. Kernels left None get data-driven
+    SE defaults (length scales a quarter and a tenth of the input span); every cluster's
+    constant prior mean starts at the average of its initial tasks.
+    """
+    span, var = data_scales(x, y0, obs, ~np.isnan(x).any(-1))
+    n_inputs = x.shape[-1]
+    var_mean = float(np.mean(var))
+    mean_kernel = mean_kernel or default_kernel(var_mean, span / 4.0, n_inputs)
+    task_kernel = task_kernel or default_kernel(0.25 * var_mean, span / 10.0, n_inputs)
+    prior = prior_mean or default_prior_mean(0.0)
+    start = _start_levels(tau, y0, obs)  # (K, O)
+    start = start.mean(axis=1, keepdims=True) if layout.prior[1] == 1 else start
+    return build_params(layout, mean_kernel, prior, task_kernel, 0.05 * var_mean, start)
+
+
+def _inner_kernel(length_scale: float | np.ndarray, n_inputs: int):
+    """Unit-variance SE (ARD with several inputs): ``B`` carries the variances."""
+    if n_inputs == 1:
+        return kernax.SEKernel(float(np.ravel(length_scale)[0]))
+    scales = np.broadcast_to(np.asarray(length_scale, dtype=float), (n_inputs,)).copy()
+    unit = kernax.SEKernel(
+        1.0, length_scale_parametrisation=kernax.parametrisations.NonTrainableParametrisation()
+    )
+    return kernax.ARDKernel(unit, scales)
+
+
+def correlated_kernel(
+    kernel, variances: np.ndarray, length_scale: float | np.ndarray, n_inputs: int
+) -> StackedOutputKernel:
+    """Multi-output kernel on stacked inputs for ``len(variances)`` outputs.
+
+    Parameters
+    ----------
+    kernel : kernax kernel or None
+        None: the ICM ``B k(x, x')`` with a unit-variance SE ``k`` (ARD length scales
+        over the inputs when ``n_inputs >= 2``) and a full-rank ``B = W W^T +
+        diag(kappa)`` starting diagonal (independent outputs, ``variances`` on the
+        diagonal), so correlations are learned from the data. A kernax multi-output
+        kernel (ICM, LCM, convolution) is used as is; any other kernax kernel becomes
+        the ``k`` of such an ICM.
+    variances : array of shape (O,)
+        Starting variance of each output.
+    length_scale : float or array of shape (I,)
+        Starting length scale(s) of the default ``k``.
+    n_inputs : int
+        Input dimension ``I`` (without the output column).
+    """
+    n_out = int(np.size(variances))
+    if isinstance(kernel, StackedOutputKernel):
+        return kernel
+    if isinstance(kernel, _MULTI_OUTPUT_KERNELS):
+        if getattr(kernel, "n_outputs", n_out) != n_out:
+            raise ValueError(
+                f"The multi-output kernel has {kernel.n_outputs} outputs but y has {n_out}."
+            )
+        return StackedOutputKernel(kernel, n_out)
+    half = 0.5 * np.asarray(variances, dtype=float)
+    if kernel is None:
+        inner = _inner_kernel(length_scale, n_inputs)
+    else:  # the user's kernel keeps its own variance: B starts at the identity
+        inner, half = kernel, np.full(n_out, 0.5)
+    icm = kernax.ICMKernel(inner, n_out, n_out, kappa=half).replace(W=np.diag(np.sqrt(half)))
+    return StackedOutputKernel(icm, n_out)
+
+
+def correlated_prior_mean(mean, n_outputs: int) -> PerOutputMean:
+    """One copy of a single-output kernax mean per output (None: a learned constant)."""
+    if isinstance(mean, PerOutputMean):
+        return mean
+    mean = kernax.ConstantMean(0.0) if mean is None else mean
+    return PerOutputMean(stack_module(to_float64(mean), (n_outputs,)), n_outputs)
+
+
+def correlated_params(
+    layout: SharingLayout,
+    x: np.ndarray,
+    y0: np.ndarray,
+    obs: np.ndarray,
+    tau: np.ndarray,
+    *,
+    mean_kernel=None,
+    task_kernel=None,
+    prior_mean=None,
+) -> Params:
+    """Starting hyperparameters of correlated outputs (arguments as
+    :func:`default_params`, in the caller's layout: ``y0`` and ``obs`` (T, N, O)).
+
+    The kernels become multi-output kernels of stacked inputs
+    (:func:`correlated_kernel`); the default prior mean is one learned constant per
+    cluster and output, each starting at the output's average over the cluster's
+    initial tasks.
+    """
+    span, var = data_scales(x, y0, obs, ~np.isnan(x).any(-1))
+    n_in = x.shape[-1]
+    mean_k = correlated_kernel(mean_kernel, var, span / 4.0, n_in)
+    task_k = correlated_kernel(task_kernel, 0.25 * var, span / 10.0, n_in)
+    prior = correlated_prior_mean(prior_mean, y0.shape[-1])
+    params = build_params(layout, mean_k, prior, task_k, 0.05 * float(np.mean(var)))
+    if prior_mean is None:
+        levels = to_device(_start_levels(tau, y0, obs)[:, None, :], jnp.float64)
+        params = eqx.tree_at(lambda p: p.prior_mean.mean.constant, params, levels)
+    return params

@@ -16,6 +16,7 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
+from ._validation import validate_rows
 from .data import encode_task_ids
 
 __all__ = ["coverage", "make_forecast_scorer", "nlpd"]
@@ -165,12 +166,12 @@ class _ForecastScorer:
             model = estimator.steps[-1][1]
             if len(estimator.steps) > 1:
                 Xt = estimator[:-1].transform(X)
-        if not hasattr(model, "_forecast"):
+        if not hasattr(model, "forecast"):
             raise TypeError(
                 "the forecast scorer needs a fitted MagmaClusterRegressor or a Pipeline "
                 f"ending with one, got {type(model).__name__}"
             )
-        rows = model._validate_rows(Xt, reset=False)
+        rows = validate_rows(model, Xt, reset=False)
         codes, ids = encode_task_ids(rows.ids)
         n_rows = codes.size
         # Earliest points of each task along the first input column (stable on ties).
@@ -183,7 +184,7 @@ class _ForecastScorer:
         obs_idx, new_idx = np.flatnonzero(observed), np.flatnonzero(~observed)
 
         y_arr = np.asarray(y, dtype=np.float64)
-        mean, std = model._forecast(
+        mean, std = model.forecast(
             _safe_indexing(Xt, obs_idx),
             _safe_indexing(y_arr, obs_idx),
             _safe_indexing(Xt, new_idx),

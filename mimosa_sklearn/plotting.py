@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_is_fitted
 
+from ._validation import validate_rows
+
 __all__ = ["plot_elbo", "plot_forecast", "plot_mean_processes"]
 
 # Two-sided 95% normal quantile, written out to avoid importing scipy for a constant.
@@ -111,25 +113,8 @@ def _mean_processes_at(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _split_rows(estimator: Any, X: Any) -> tuple[np.ndarray, np.ndarray]:
     """Task ids (n,) and 1-D inputs (n,) of rows laid out like the training ``X``."""
-    task_col = estimator.task_col
-    if isinstance(X, pd.DataFrame):
-        if task_col is None:
-            ids = np.zeros(len(X), dtype=np.int64)
-            inputs = X
-        else:
-            if task_col not in X.columns:
-                raise ValueError(f"task column {task_col!r} is not a column of X")
-            ids = X[task_col].to_numpy()
-            inputs = X.drop(columns=[task_col])
-        return ids, inputs.to_numpy(dtype=np.float64)[:, 0]
-    arr = np.asarray(X, dtype=object)
-    if arr.ndim != 2:
-        raise ValueError(f"X must be 2-D like the training data, got shape {arr.shape}")
-    if task_col is None:
-        return np.zeros(arr.shape[0], dtype=np.int64), arr[:, 0].astype(np.float64)
-    pos = int(task_col) % arr.shape[1]
-    rest = np.delete(arr, pos, axis=1)
-    return arr[:, pos], rest[:, 0].astype(np.float64)
+    rows = validate_rows(estimator, X, reset=False)
+    return rows.ids, rows.inputs[:, 0]
 
 
 def _task_frame(estimator: Any, task_id: Hashable, x: np.ndarray) -> Any:

@@ -23,9 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimosa_sklearn import MagmaClusterRegressor, _runtime, engine
+from mimosa_sklearn import MagmaClusterRegressor, _batching
+from mimosa_sklearn import _fit as fit_module
+from mimosa_sklearn.auto_grid import inducing_inputs
+from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.approx import prior_offsets
-from mimosa_sklearn.data import build_task_data, encode_task_ids, inducing_inputs
+from mimosa_sklearn.data import build_task_data, encode_task_ids
 from mimosa_sklearn.datasets import make_magma_data
 from mimosa_sklearn.metrics import nlpd
 
@@ -100,13 +103,13 @@ def test_one_hot_projection_equals_exact_path(data, monkeypatch):
         proj = jax.nn.one_hot(batch.mappings, batch.grid.shape[0], dtype=jnp.float64)
         return eqx.tree_at(lambda b: b.mappings, batch, proj)
 
-    # The approximate engine path with the exact grid as "inducing inputs" and its
+    # The approximate fit path with the exact grid as "inducing inputs" and its
     # one-hot projection in place of c(x, u) c(u, u)^{-1}.
-    monkeypatch.setattr(engine, "_with_projection", one_hot)
-    config = engine.FitConfig(n_clusters=K, max_iter=3, tol=0.0)
+    monkeypatch.setattr(fit_module, "_with_projection", one_hot)
+    config = fit_module.FitConfig(n_clusters=K, max_iter=3, tol=0.0)
     args = (td.inputs, td.outputs, td.mappings, td.grid, config)
-    exact = engine.fit_magma(*args)
-    proj = engine.fit_magma(*args, approximate=True)
+    exact = fit_module.fit_magma(*args)
+    proj = fit_module.fit_magma(*args, approximate=True)
 
     # Three EM iterations and the final E-step: E-step, ELBO and M-step all agree.
     np.testing.assert_allclose(proj.elbo_history, exact.elbo_history, rtol=1e-10)
@@ -114,14 +117,14 @@ def test_one_hot_projection_equals_exact_path(data, monkeypatch):
     np.testing.assert_allclose(proj.tau, exact.tau, atol=1e-8)
     _close(proj.post, exact.post)
     _close(proj.params, exact.params)
-    with _runtime.x64():
-        batch = engine.make_batch(td.inputs, td.outputs, td.mappings, td.grid)
+    with runtime.jax_scope():
+        batch = _batching.make_batch(td.inputs, td.outputs, td.mappings, td.grid)
         assert prior_offsets(exact.params, batch) is None
         np.testing.assert_array_equal(prior_offsets(exact.params, one_hot(0, batch, 0)), 0.0)
     x_new = np.linspace(-2.0, 12.0, 3)[None, :, None].repeat(td.n_tasks, axis=0)
     for f in (
-        lambda m: m.predict_train(np.arange(td.n_tasks), x_target),
-        lambda m: m.predict_context(None, x_new),
+        lambda m: m.predict_training_tasks(np.arange(td.n_tasks), x_target),
+        lambda m: m.predict_new_tasks(None, x_new),
     ):
         for u, v in zip(f(proj), f(exact), strict=True):
             np.testing.assert_allclose(u, v, atol=1e-8, rtol=1e-8)

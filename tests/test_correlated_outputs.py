@@ -22,18 +22,12 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 
-from mimosa_sklearn import MagmaClusterRegressor, _runtime
+from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn._outputs import stack_inputs, stack_observed, unstack_second
+from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.multioutput import PerOutputMean, StackedOutputKernel
 from mimosa_sklearn.datasets import make_magma_data
-from mimosa_sklearn.kernels import count_trainable
-from mimosa_sklearn.stacking import (
-    StackedMagma,
-    _unstack_second,
-    correlated_kernel,
-    correlated_prior_mean,
-    stack_inputs,
-    stack_observed,
-)
+from mimosa_sklearn.kernels import correlated_kernel, correlated_prior_mean, count_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"n_clusters": 2, "max_iter": 10, "random_state": 0}
@@ -155,7 +149,7 @@ def test_learned_output_correlation(models):
     assert np.all(np.linalg.eigvalsh(b) > 0)
     assert b[0, 1] / np.sqrt(b[0, 0] * b[1, 1]) > 0.8
     assert hps["noise"].shape == (1, 1, 1)  # one noise variance shared by the outputs
-    assert isinstance(models["correlated"].model_, StackedMagma)
+    assert models["correlated"].model_.n_joint_outputs == 2
 
 
 # ---------------------------------------------------------------------- shapes
@@ -235,19 +229,19 @@ def test_unstack_second_layouts():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 6, 6))
     cov = (a @ np.swapaxes(a, 1, 2))[:, None]  # (P, 1, M*O, M*O), M=3, O=2
-    blocks = _unstack_second(cov, 2, True)
+    blocks = unstack_second(cov, 2, True)
     assert blocks.shape == (3, 2, 3, 3)
     np.testing.assert_allclose(blocks[:, 1], cov[:, 0, 1::2, 1::2])
-    joint = _unstack_second(cov, 2, "joint")
+    joint = unstack_second(cov, 2, "joint")
     assert joint.shape == (3, 3, 2, 3, 2)
     np.testing.assert_allclose(joint[:, 0, 1, 2, 0], cov[:, 0, 1, 4])
-    var = _unstack_second(np.arange(12.0).reshape(2, 6, 1), 2, False)
+    var = unstack_second(np.arange(12.0).reshape(2, 6, 1), 2, False)
     np.testing.assert_array_equal(var[0], [[0, 1], [2, 3], [4, 5]])
 
 
 def test_default_correlated_kernel_is_icm_with_ard():
     """``B[p, q] k(x, x')`` with ARD over the inputs only (never the output column)."""
-    with _runtime.x64():
+    with runtime.jax_scope():
         kernel = correlated_kernel(None, np.array([1.0, 2.0]), np.array([1.0, 3.0]), 2)
         assert isinstance(kernel, StackedOutputKernel)
         icm = kernel.kernel
@@ -270,7 +264,7 @@ def test_default_correlated_kernel_is_icm_with_ard():
 
 
 def test_user_kernels_and_means():
-    with _runtime.x64():
+    with runtime.jax_scope():
         var = np.ones(2)
         plain = kernax.Matern32Kernel(2.0)
         wrapped = correlated_kernel(plain, var, 1.0, 1)

@@ -14,7 +14,6 @@ from mimosa_sklearn.data import (
     build_task_data,
     encode_task_ids,
     map_to_grid,
-    pad_values,
     snap_inputs,
 )
 
@@ -106,8 +105,8 @@ def test_round_trip_random_ragged(data):
     assert list(uniques) == list(dict.fromkeys(ids.tolist()))
     td = build_task_data(codes, len(uniques), x, y)
     _check_invariants(td, codes, x, y)
-    # pad_values is the inverse of to_rows.
-    np.testing.assert_array_equal(td.to_rows(pad_values(td, y)), y)
+    # to_rows reads back the padded outputs.
+    np.testing.assert_array_equal(td.to_rows(td.outputs), y)
     # Same inputs (up to snapping) share a grid point.
     xs = snap_inputs(x)
     rows = td.to_rows(td.mappings)
@@ -117,14 +116,12 @@ def test_round_trip_random_ragged(data):
 
 
 @settings(max_examples=30, deadline=None)
-@given(ragged_data(), st.integers(1, 17))
-def test_bucket_and_no_outputs(data, n_bucket):
+@given(ragged_data())
+def test_no_outputs(data):
     ids, x, _ = data
     codes, uniques = encode_task_ids(ids)
-    td = build_task_data(codes, len(uniques), x, n_bucket=n_bucket)
-    n_max = np.bincount(codes).max()
-    assert td.n_max % n_bucket == 0
-    assert n_max <= td.n_max < n_max + n_bucket
+    td = build_task_data(codes, len(uniques), x)
+    assert td.n_max == np.bincount(codes).max()
     assert td.outputs is None
     np.testing.assert_allclose(td.to_rows(td.inputs), x, rtol=1e-9, atol=1e-12)
     assert np.all(td.mappings[~td.row_mask] == td.n_grid)
@@ -235,17 +232,6 @@ def test_duplicated_inputs_inside_task_are_kept():
 # --------------------------------------------------------------------------- build_task_data
 
 
-def test_bucket_rounding():
-    codes = np.repeat([0, 1], [37, 3])
-    x = np.arange(40.0)
-    assert build_task_data(codes, 2, x).n_max == 37
-    assert build_task_data(codes, 2, x, n_bucket=16).n_max == 48
-    assert build_task_data(codes, 2, x, n_bucket=37).n_max == 37
-    assert build_task_data(codes, 2, x, n_bucket=1).n_max == 37
-    with pytest.raises(ValueError, match="n_bucket"):
-        build_task_data(codes, 2, x, n_bucket=0)
-
-
 def test_canonical_layout_orders_tasks_and_rows_by_content():
     codes = np.array([0, 0, 1, 2, 2, 3, 3, 1, 4, 4])
     x = np.array([5.0, 1.0, 2.0, 2.0, 2.0, 5.0, 1.0, 0.5, 1.0, 1.0])
@@ -326,35 +312,15 @@ def test_shape_errors():
         build_task_data(np.zeros(0, dtype=int), 1, np.zeros((0, 1)))
     with pytest.raises(ValueError, match="1-D or 2-D"):
         build_task_data(codes, 1, np.zeros((4, 1, 1)))
-    with pytest.raises(ValueError, match="columns"):
-        build_task_data(codes, 1, np.zeros((4, 2)), grid=np.zeros((3, 1)))
 
 
-def test_user_grid_off_grid_rows_get_minus_one():
-    train = build_task_data(np.array([0, 0, 1]), 2, np.array([0.0, 0.5, 1.0]))
-    x_new = np.array([0.5, 0.75, 0.1 + 0.2 + 0.7, 2.0])  # 0.1+0.2+0.7 != 1.0 exactly
-    td = build_task_data(np.array([0, 0, 1, 1]), 2, x_new, grid=train.grid)
-    np.testing.assert_array_equal(td.grid, train.grid)
-    np.testing.assert_array_equal(td.to_rows(td.mappings), [1, -1, 2, -1])
-    mask = td.row_mask
-    on = mask & (td.mappings >= 0)
-    np.testing.assert_array_equal(td.grid[td.mappings[on]], td.inputs[on])
-    np.testing.assert_allclose(td.to_rows(td.inputs)[:, 0], x_new)
-    with pytest.raises(ValueError, match="finite"):
-        build_task_data(np.array([0]), 1, np.array([0.0]), grid=np.array([[np.nan]]))
-
-
-def test_pad_values_and_to_rows():
+def test_to_rows_reads_each_row_at_its_padded_position():
     codes = np.array([1, 0, 1, 1])
     td = build_task_data(codes, 2, np.arange(4.0))
-    padded = pad_values(td, np.array([10, 20, 30, 40]))
-    assert padded.dtype == np.float64 and padded.shape == (2, 3)
-    np.testing.assert_array_equal(padded, [[20, np.nan, np.nan], [10, 30, 40]])
-    vec = pad_values(td, np.arange(8.0).reshape(4, 2))
-    assert vec.shape == (2, 3, 2)
-    np.testing.assert_array_equal(td.to_rows(vec), np.arange(8.0).reshape(4, 2))
-    with pytest.raises(ValueError, match="4 rows"):
-        pad_values(td, np.arange(3.0))
+    padded = np.array([[20.0, np.nan, np.nan], [10.0, 30.0, 40.0]])
+    np.testing.assert_array_equal(td.to_rows(padded), [10.0, 20.0, 30.0, 40.0])
+    vec = np.stack([padded, -padded], axis=-1)
+    np.testing.assert_array_equal(td.to_rows(vec)[:, 1], [-10.0, -20.0, -30.0, -40.0])
     with pytest.raises(ValueError, match="leading shape"):
         td.to_rows(np.zeros((3, 3)))
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimosa_sklearn import _runtime, engine
-from mimosa_sklearn.core import em, mstep
+from mimosa_sklearn import _batching, _fit, _fitted
+from mimosa_sklearn.core import em, mstep, runtime
 from mimosa_sklearn.core.parallel import chunk_for, map_tasks
 from mimosa_sklearn.core.params import TaskBatch
 from mimosa_sklearn.kernels import SharingLayout
@@ -33,14 +33,14 @@ GRID = np.linspace(0.0, 5.0, 7)[:, None]
 
 @pytest.fixture(autouse=True)
 def _float64():
-    with _runtime.x64():
+    with runtime.jax_scope():
         yield
 
 
 @eqx.filter_jit
 def _core(params, weights, tau, batch, jitter):
     """E-step, ELBO, VM-step objective and its gradient: everything the fast paths touch."""
-    post, new_tau = em.e_step(params, weights, tau, batch, jitter, True)
+    post, new_tau, _ = em.e_step(params, weights, tau, batch, jitter, True)
     value = em.elbo(params, weights, new_tau, post, batch, jitter)
     shared = params.log_noise.shape[0] == 1 and batch.shared_inputs
     moments, mw = mstep.task_moments(batch, new_tau, post, params.log_noise.shape[1], shared)
@@ -54,7 +54,7 @@ def _core(params, weights, tau, batch, jitter):
 
 def _shared_batch(rng, n_real: int, n_pad: int, n_outputs: int) -> TaskBatch:
     """``n_real`` tasks on the same 5 inputs (slots shuffled, one padded row, one hole
-    in output 0), plus ``n_pad`` padded tasks as the engine's bucketing makes them."""
+    in output 0), plus ``n_pad`` padded tasks as the fit's bucketing makes them."""
     g, n = GRID.shape[0], 6
     slots = rng.permutation(n)
     gidx = rng.choice(g, n - 1, replace=False)
@@ -135,34 +135,34 @@ def _shared_data(n_tasks: int, seed: int = 0):
     return x, y, np.repeat(np.arange(6)[None], n_tasks, axis=0), x1
 
 
-def _fit_summary(model: engine.FittedMagma, x, y):
-    mean, var, tau = model.predict_train(np.arange(3), np.repeat(x[:1], 3, axis=0))
+def _fit_summary(model: _fitted.FittedMagma, x, y):
+    mean, var, tau = model.predict_training_tasks(np.arange(3), np.repeat(x[:1], 3, axis=0))
     hps = model.hyperparameters()
     return [model.elbo_history, mean, var, tau] + [hps[key] for key in sorted(hps)]
 
 
 def test_fit_with_shared_inputs_equals_general_fit(monkeypatch):
     x, y, maps, grid = _shared_data(11)
-    assert engine.shared_inputs(x, y, maps)
-    config = engine.FitConfig(n_clusters=2, max_iter=3, tol=0.0, max_steps=10)
-    fast = engine.fit_magma(x, y, maps, grid, config)
+    assert _batching.shared_inputs(x, y, maps)
+    config = _fit.FitConfig(n_clusters=2, max_iter=3, tol=0.0, max_steps=10)
+    fast = _fit.fit_magma(x, y, maps, grid, config)
     assert fast.batch.shared_inputs and fast.batch.x.shape[0] == 16
-    monkeypatch.setattr(engine, "shared_inputs", lambda *args: False)
-    general = engine.fit_magma(x, y, maps, grid, config)
+    monkeypatch.setattr(_batching, "shared_inputs", lambda *args: False)
+    general = _fit.fit_magma(x, y, maps, grid, config)
     assert not general.batch.shared_inputs
     _assert_same(_fit_summary(fast, x, y), _fit_summary(general, x, y))
 
 
 def test_shared_inputs_detection():
     x, y, maps, _ = _shared_data(4)
-    assert engine.shared_inputs(x, y, maps)
+    assert _batching.shared_inputs(x, y, maps)
     y2 = y.copy()
     y2[1, 0, 0] = np.nan  # another observed pattern
-    assert not engine.shared_inputs(x, y2, maps)
+    assert not _batching.shared_inputs(x, y2, maps)
     x2 = x.copy()
     x2[3, 1, 0] = 9.0
-    assert not engine.shared_inputs(x2, y, maps)
-    assert not engine.shared_inputs(x[:1], y[:1], maps[:1])
+    assert not _batching.shared_inputs(x2, y, maps)
+    assert not _batching.shared_inputs(x[:1], y[:1], maps[:1])
 
 
 _SNIPPET_SHARDED = textwrap.dedent(
@@ -170,7 +170,8 @@ _SNIPPET_SHARDED = textwrap.dedent(
     import warnings
     import numpy as np
     import jax
-    from mimosa_sklearn import _runtime, engine
+    from mimosa_sklearn import _fit
+    from mimosa_sklearn.core import runtime
     assert len(jax.devices()) == 2, jax.devices()
     rng = np.random.default_rng(0)
     n = 13
@@ -179,12 +180,12 @@ _SNIPPET_SHARDED = textwrap.dedent(
     grid, maps = np.unique(x.reshape(-1, 1), axis=0, return_inverse=True)
     maps = maps.reshape(n, 5)
     base = dict(max_iter=2, tol=0.0, max_steps=5)
-    if _runtime.jaxlib_is_exposed():
+    if runtime.jaxlib_is_exposed():
         # Two CPU devices share one two-thread pool there: batched LAPACK calls on both
-        # can deadlock, so the engine refuses to shard by default...
+        # can deadlock, so the fit refuses to shard by default...
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            engine._task_mesh(True)
+            _fit._device_mesh(True)
         assert any("Not sharding" in str(w.message) for w in caught)
         # ...and the forced sharded fit keeps one task per device in every batched
         # factorisation (K = 1, chunks of 2 tasks), which never splits a batch.
@@ -195,8 +196,8 @@ _SNIPPET_SHARDED = textwrap.dedent(
         shard = True
     out = {}
     for flag in (shard, False):
-        model = engine.fit_magma(x, y, maps, grid,
-                                 engine.FitConfig(shard_tasks=flag, **config))
+        model = _fit.fit_magma(x, y, maps, grid,
+                                 _fit.FitConfig(shard_tasks=flag, **config))
         out[bool(flag)] = (len(model.batch.x.sharding.device_set), model.elbo_history,
                            np.asarray(model.post.mean), model.tau)
     assert out[True][0] == 2 and out[False][0] == 1
@@ -211,7 +212,7 @@ _SNIPPET_SHARDED = textwrap.dedent(
 @pytest.mark.slow
 def test_sharded_fit_on_two_cpu_devices_equals_one_device():
     """Task axis split over two CPU devices (a fresh process: the device count is fixed
-    when JAX starts; the jaxlib-0.10 CPU guard of ``_runtime`` is active there too)."""
+    when JAX starts; the jaxlib-0.10 CPU guard of ``core.runtime`` is active there too)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run(
         [sys.executable, "-c", _SNIPPET_SHARDED],
@@ -227,9 +228,9 @@ def test_sharded_fit_on_two_cpu_devices_equals_one_device():
 def test_task_buckets_are_powers_of_two_from_one():
     # A padded task costs as much as a real one, so the task axis has no floor of 8;
     # points and grid keep it (their padding is cheap and it bounds the shape count).
-    sizes = [engine.bucket(t, 8, 1) for t in (1, 2, 3, 5, 8, 9, 32, 33, 41)]
+    sizes = [_batching.bucket(t, 8, 1) for t in (1, 2, 3, 5, 8, 9, 32, 33, 41)]
     assert sizes == [1, 2, 4, 8, 8, 16, 32, 40, 48]
-    assert engine.bucket(1, 8) == 8 and engine.bucket(33, 8) == 40
+    assert _batching.bucket(1, 8) == 8 and _batching.bucket(33, 8) == 40
     x = np.array([[[0.0], [1.0], [2.0]]])
-    batch = engine.make_batch(x, np.ones((1, 3, 1)), np.array([[0, 1, 2]]), GRID[:3])
+    batch = _batching.make_batch(x, np.ones((1, 3, 1)), np.array([[0, 1, 2]]), GRID[:3])
     assert batch.x.shape[:2] == (1, 8) and float(batch.task_weight.sum()) == 1.0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator
 from sklearn.metrics import r2_score
 
 from mimosa_sklearn import make_forecast_scorer
@@ -61,13 +60,14 @@ def test_coverage_level_error():
 # ---------------------------------------------------------------------- forecast scorer
 
 
-class _Stub:
+class _Stub(BaseEstimator):
     """Stands in for a fitted MagmaClusterRegressor: predicts 0 ± 1, records its inputs."""
 
-    def _validate_rows(self, X, reset):
-        return SimpleNamespace(ids=X["ID"].to_numpy(), inputs=X[["Input"]].to_numpy(float))
+    task_col = "ID"
+    n_features_in_ = 2
+    feature_names_in_ = np.array(["ID", "Input"], dtype=object)
 
-    def _forecast(self, X_obs, y_obs, X_new):
+    def forecast(self, X_obs, y_obs, X_new):
         self.X_obs, self.y_obs, self.X_new = X_obs, y_obs, X_new
         return np.zeros(len(X_new)), np.ones(len(X_new))
 

@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimosa_sklearn import _parts, _runtime, engine
-from mimosa_sklearn.core import approx, em, mstep
+from mimosa_sklearn import _batching, _fit, _parts, kernels
+from mimosa_sklearn.core import approx, em, mstep, runtime
 from mimosa_sklearn.core.ragged import as_parts
 from mimosa_sklearn.kernels import SharingLayout
 
 
 @pytest.fixture(autouse=True)
 def _float64():
-    with _runtime.x64():
+    with runtime.jax_scope():
         yield
 
 
@@ -48,7 +48,7 @@ def test_length_parts_merge_parts_that_do_not_pay():
     # Swimmers-like: most tasks short, a few long ones worth their own part; the few
     # shortest are folded into the next part (they would save under 10% of the work).
     lengths = np.r_[np.full(400, 14), np.full(2800, 24), np.full(260, 50)]
-    candidates = np.array([engine.bucket(n, 8) for n in lengths])
+    candidates = np.array([_batching.bucket(n, 8) for n in lengths])
     assert _parts.length_parts(lengths, candidates) == [32, 56]
     assert _parts.length_parts(lengths, candidates, max_parts=1) == [56]
     # Equal lengths, or a few short tasks that would save little: one part.
@@ -87,7 +87,7 @@ def _stacked_rows(src: np.ndarray, n_tasks: int) -> np.ndarray:
 @eqx.filter_jit
 def _core(params, weights, tau, batch, jitter):
     """E-step, ELBO, VM-step objective and gradient on a one-part or ragged batch."""
-    post, new_tau = em.e_step(params, weights, tau, batch, jitter, True)
+    post, new_tau, _ = em.e_step(params, weights, tau, batch, jitter, True)
     value = em.elbo(params, weights, new_tau, post, batch, jitter)
     moments, mweights = mstep.part_moments(params, new_tau, post, batch)
 
@@ -104,14 +104,14 @@ def test_ragged_core_equals_one_padded_batch(approximate):
     # tasks' rows. Two outputs with a hole, two clusters.
     t, k, jitter = 20, 2, 1e-6
     x, y, maps, grid, _ = _ragged_data(t, 24, seed=1, n_outputs=2)
-    config = engine.FitConfig(n_clusters=k, shared_task_hps=False)
-    one = engine.make_batch(x, y, maps, grid)
-    parts, src = engine.make_parts(x, y, maps, grid, config, max_parts=3)
+    config = _fit.FitConfig(n_clusters=k, shared_task_hps=False)
+    one = _batching.make_batch(x, y, maps, grid)
+    parts, src = _fit.make_parts(x, y, maps, grid, config, max_parts=3)
     assert len(parts) >= 2 and len({p.x.shape[1] for p in parts}) == len(parts)
     if approximate:
         inducing = grid[::4]
-        one = engine.make_batch(x, y, None, inducing)
-        parts, src = engine.make_parts(x, y, None, inducing, config, max_parts=3)
+        one = _batching.make_batch(x, y, None, inducing)
+        parts, src = _fit.make_parts(x, y, None, inducing, config, max_parts=3)
     rows = _stacked_rows(src, t)
 
     rng = np.random.default_rng(2)
@@ -123,7 +123,7 @@ def test_ragged_core_equals_one_padded_batch(approximate):
 
     def params_for(n_rows, where):
         lay = dataclasses.replace(layout, task=(n_rows,) + layout.task[1:])
-        p = engine._default_params((x, np.where(obs, y, 0.0), obs, row_mask), lay, config, tau0)
+        p = kernels.default_params(lay, x, np.where(obs, y, 0.0), obs, tau0)
         return eqx.tree_at(lambda q: q.log_noise, p, p.log_noise.at[where, 0, 0].add(shift))
 
     p_one = params_for(one.x.shape[0], np.arange(t))
@@ -165,18 +165,18 @@ def test_ragged_core_equals_one_padded_batch(approximate):
 )
 def test_ragged_fit_equals_one_part_fit(shared_task_hps, approximate):
     x, y, maps, grid, _ = _ragged_data(24, 24, seed=3)
-    config = engine.FitConfig(
+    config = _fit.FitConfig(
         n_clusters=2, max_iter=3, tol=0.0, max_steps=4, shared_task_hps=shared_task_hps
     )
     if approximate:  # the projections are rebuilt part by part every iteration
         maps, grid = None, grid[::3]
     one, ragged = (
-        engine.fit_magma(
+        _fit.fit_magma(
             x, y, maps, grid, dataclasses.replace(config, task_parts=n), approximate=approximate
         )
         for n in (1, 3)
     )
-    assert engine.make_parts(x, y, maps, grid, config, 3) is not None
+    assert _fit.make_parts(x, y, maps, grid, config, 3) is not None
     # Same objective and gradients to round-off (see the core test), but L-BFGS over one
     # noise per task amplifies round-off a little: 2e-8 after three VM-steps.
     rtol = 1e-9 if shared_task_hps else 1e-6
@@ -188,8 +188,8 @@ def test_ragged_fit_equals_one_part_fit(shared_task_hps, approximate):
         np.testing.assert_allclose(hp_ragged[key], hp_one[key], rtol=100 * rtol, err_msg=key)
     x_new = np.linspace(0.0, 12.0, 5)[None, :, None].repeat(4, axis=0)
     for u, v in zip(
-        ragged.predict_train(np.arange(4), x_new),
-        one.predict_train(np.arange(4), x_new),
+        ragged.predict_training_tasks(np.arange(4), x_new),
+        one.predict_training_tasks(np.arange(4), x_new),
         strict=True,
     ):
         np.testing.assert_allclose(u, v, rtol=100 * rtol, atol=1e-8)

@@ -1,7 +1,7 @@
 """Numerical robustness, determinism, untouched caller data and persistence.
 
 Every fit here uses at most 8 tasks of at most 8 rows on at most 8 distinct inputs,
-one input, one output and two clusters: the engine pads these to the same buckets,
+one input, one output and two clusters: the fit pads these to the same buckets,
 so the whole module compiles the EM once.
 """
 
@@ -22,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 import mimosa_sklearn
 from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.core import em as core_em
-from mimosa_sklearn.engine import NumericalFailure
+from mimosa_sklearn.core.em import NumericalFailure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"n_clusters": 2, "max_iter": 3, "random_state": 0}
@@ -390,7 +390,7 @@ def test_pickle_and_joblib_in_a_fresh_process(fitted, data, tmp_path):
 def _pickled_as(monkeypatch, est, version: str) -> bytes:
     """Bytes of ``est`` pickled as if by mimosa_sklearn ``version``."""
     with monkeypatch.context() as m:
-        m.setattr("mimosa_sklearn.estimator._package_version", lambda: version)
+        m.setattr("mimosa_sklearn._persistence._package_version", lambda: version)
         return pickle.dumps(est)
 
 
@@ -410,22 +410,3 @@ def test_pickle_from_compatible_version_loads(monkeypatch, fitted, data):
     blob = _pickled_as(monkeypatch, fitted, f"{major}.{minor}.999")
     X, _ = data
     np.testing.assert_array_equal(pickle.loads(blob).predict(X), fitted.predict(X))
-
-
-def test_pickle_without_model_rows_maps_tasks_in_first_seen_order(fitted):
-    # Estimators pickled before the canonical task order had model_ rows in first-seen
-    # task order and no `_model_rows`; loading one restores that identity map.
-    state = fitted.__getstate__()
-    assert "_model_rows" in state
-    del state["_model_rows"]
-    restored = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
-    restored.__setstate__(state)
-    np.testing.assert_array_equal(restored._model_rows, np.arange(fitted.n_tasks_))
-
-
-def test_pickle_from_before_the_accelerate_parameter_loads_with_its_default(fitted):
-    state = fitted.__getstate__()
-    del state["accelerate"]
-    restored = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
-    restored.__setstate__(state)
-    assert restored.get_params()["accelerate"] is True

@@ -1,9 +1,9 @@
 """Pure-JAX numerical core of MagmaClust (no pandas, no scikit-learn).
 
 Importing the core first makes JAX's CPU backend safe from the jaxlib 0.10 thread-pool
-deadlock (see :mod:`mimosa_sklearn._runtime`), before any array is created.
+deadlock (see :mod:`mimosa_sklearn.core.runtime`), before any array is created.
 """
 
-from .._runtime import ensure_safe_cpu_backend
+from .runtime import ensure_safe_cpu_backend
 
 ensure_safe_cpu_backend()

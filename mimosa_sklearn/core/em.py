@@ -161,19 +161,14 @@ def e_step(
     batch: Batch,
     jitter: float,
     update_tau: bool | Array = True,
-) -> tuple[Hyperposterior, Float[Array, "T K"]]:
+) -> tuple[Hyperposterior, Float[Array, "T K"], Float[Array, "T K"] | None]:
     """VE-step: hyperposteriors with the current ``tau``, then new responsibilities.
 
-    ``update_tau`` may be a traced boolean, so skipping the first update does not cost
-    a second compilation.
+    Returns the hyperposterior, the responsibilities and the ``(T, K)`` task NLLs
+    ``-l_ik`` under the returned hyperposterior (None when ``update_tau`` is the
+    constant False). ``update_tau`` may be a traced boolean, so skipping the first
+    update does not cost a second compilation.
     """
-    post, tau, _ = _e_step(params, weights, tau, batch, jitter, update_tau)
-    return post, tau
-
-
-def _e_step(params, weights, tau, batch, jitter, update_tau):
-    """:func:`e_step`, also returning the ``(T, K)`` task NLLs ``-l_ik`` under the
-    returned hyperposterior (None when ``update_tau`` is the constant False)."""
     parts, params_p = as_parts(batch), part_params(params, batch)
     g0 = parts[0]
     _, prior_mean, prior_chol = prior_on_grid(params, g0.grid, g0.grid_mask, jitter)
@@ -294,7 +289,7 @@ def em_iteration(
     hyperposterior of the previous ``tau``). The final E-steps run this way, so a fit
     compiles one program instead of two (compilation dominates small fits).
     """
-    post, tau, nll = _e_step(params, weights, tau, batch, jitter, update_tau)
+    post, tau, nll = e_step(params, weights, tau, batch, jitter, update_tau)
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
 
     def vm_step(dyn):

@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int
 
 from .approx import prior_offsets
-from .hyperposterior import Hyperposterior, cluster_index
+from .hyperposterior import Hyperposterior
 from .likelihood import LOG_2PI, logdet_and_factored_trace, masked_cov, moment_nll
 from .linalg import cholesky, gather_matrix, gather_vector, solve_lower
 from .optimise import minimise
@@ -373,8 +373,3 @@ def m_step(
     task, task_value, task_steps = _minimise_scaled(task_fn, task_dyn, n_obs, max_steps, tol)
     steps = jnp.maximum(cluster_steps, task_steps)
     return rebuild(cluster, task), weights, steps, cluster_value + task_value
-
-
-def cluster_index_for(params: Params, n_clusters: int) -> Array:
-    """Cluster-axis index of the task hyperparameters used by each cluster."""
-    return cluster_index(n_clusters, params.log_noise.shape[1])

@@ -127,7 +127,7 @@ def shard_tasks(tree, mesh, n_tasks: int):
     """Place ``tree`` on ``mesh``: arrays whose leading axis has length ``n_tasks`` are
     split along it across the ``"tasks"`` axis, every other array is replicated.
 
-    ``n_tasks`` must be a multiple of the mesh size (the engine pads with
+    ``n_tasks`` must be a multiple of the mesh size (the fit pads with
     zero-weight tasks).
     """
     from jax.sharding import NamedSharding

@@ -27,13 +27,11 @@ __all__ = [
     "index_module",
     "eval_kernel",
     "eval_mean",
-    "task_batch_shape",
     "TaskBatch",
     "shared_fast_path",
     "task_covariance_one",
     "per_task_params",
     "task_covariances",
-    "task_kernel_cross",
     "prior_on_grid",
     "prior_means_on_grid",
 ]
@@ -90,11 +88,6 @@ def batch_shape(module, n_axes: int) -> tuple[int, ...]:
     if not leaves:
         return (1,) * n_axes
     return tuple(leaves[0].shape[:n_axes])
-
-
-def task_batch_shape(params: Params) -> tuple[int, int, int]:
-    """``(T*, K*, O*)`` of the task hyperparameters."""
-    return tuple(params.log_noise.shape)  # type: ignore[return-value]
 
 
 def index_module(module, index):
@@ -207,11 +200,6 @@ def task_covariances(params: Params, x: Float[Array, "T N I"]) -> Float[Array, "
     noise = jnp.exp(params.log_noise)
     noise = jnp.broadcast_to(noise, (x.shape[0],) + noise.shape[1:])
     return covs + noise[..., None, None] * eye
-
-
-def task_kernel_cross(kernel, x1: Float[Array, "N I"], x2: Float[Array, "M I"]) -> Array:
-    """Noise-free task kernel of ONE task (leaves ``(K*, O*)``): ``(K*, O*, N, M)``."""
-    return eval_kernel(kernel, 2, x1, x2)
 
 
 def prior_on_grid(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
+from .compile import jit
 from .hyperposterior import Hyperposterior, cluster_index
 from .likelihood import LOG_2PI, masked_factor
 from .linalg import cho_solve, logdet_from_chol, lower_inverse, solve_lower, symmetrise
 from .memberships import log_weights
+from .model import Model
 from .optimise import minimise
 from .params import Params, eval_kernel, eval_mean, index_module
 
@@ -29,6 +31,12 @@ __all__ = [
     "predict_new_task",
     "fit_new_task_params",
     "mixture_moments",
+    "mean_processes",
+    "predict_training_tasks",
+    "new_task_memberships",
+    "fit_new_tasks_params",
+    "predict_new_tasks",
+    "typical_task_params",
 ]
 
 
@@ -62,19 +70,16 @@ def grid_extension(post: Hyperposterior) -> GridExtension:
 
 
 def extend_hyperposterior(
-    params: Params,
-    post: Hyperposterior,
-    grid: Float[Array, "G I"],
-    grid_mask: Bool[Array, " G"],
-    x: Float[Array, "M I"],
-    extension: GridExtension | None = None,
+    model: Model, x: Float[Array, "M I"], extension: GridExtension | None = None
 ) -> tuple[Float[Array, "K O M"], Float[Array, "K O M M"]]:
-    """Hyperposterior of every mean process at arbitrary inputs ``x``.
+    """Hyperposterior of every mean process of ``model`` at arbitrary inputs ``x``.
 
     With ``C = L L^T`` and ``Z = L^{-1} C(G, x)``: ``mean = m(x) + Z^T L^{-1}(m_hat - m)``
     and ``cov = C(x, x) - Z^T Z + (R^{-1} Z)^T (R^{-1} Z)``. Pass the ``extension`` of
-    ``post`` when extending to the inputs of many tasks: it is computed here otherwise.
+    the hyperposterior when extending to the inputs of many tasks: it is computed here
+    otherwise.
     """
+    params, post, grid, grid_mask = model.params, model.post, model.grid, model.grid_mask
     if extension is None:
         extension = grid_extension(post)
     k, o, g = post.mean.shape
@@ -122,17 +127,13 @@ def mixture_moments(
 
 
 def predict_training_task(
-    params: Params,
-    post: Hyperposterior,
-    grid: Float[Array, "G I"],
-    grid_mask: Bool[Array, " G"],
+    model: Model,
     task_index,
     tau: Float[Array, " K"],
     x_obs: Float[Array, "N I"],
     y_obs: Float[Array, "N O"],
     mask_obs: Bool[Array, "N O"],
     x_pred: Float[Array, "P I"],
-    jitter: float,
     include_noise: bool,
     extension: GridExtension | None = None,
 ) -> tuple[Float[Array, "O P"], Float[Array, "O P P"]]:
@@ -141,11 +142,12 @@ def predict_training_task(
     ``f_i | mu_k, y_i`` is GP conditioning on ``y_i - mu_k(t_i)``; averaging over
     ``q(mu_k)`` does not count ``y_i`` twice (it is already inside ``q``).
     """
-    k, o, _ = post.mean.shape
+    k, o, _ = model.post.mean.shape
     p, n = x_pred.shape[0], x_obs.shape[0]
+    jitter = model.jitter
     x_all = jnp.concatenate([x_pred, x_obs], axis=0)
-    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_all, extension)
-    kernel, log_noise = task_params_of(params, task_index)
+    mu, cov = extend_hyperposterior(model, x_all, extension)
+    kernel, log_noise = task_params_of(model.params, task_index)
     s, noise = _task_blocks(kernel, log_noise, x_all, k, o)
     mask_t = mask_obs.T  # (O, N)
     both = mask_t[:, :, None] & mask_t[:, None, :]
@@ -229,17 +231,12 @@ def new_task_log_marginal(
 
 
 def predict_new_task(
-    params: Params,
-    post: Hyperposterior,
-    grid: Float[Array, "G I"],
-    grid_mask: Bool[Array, " G"],
+    model: Model,
     params_task,
-    weights: Float[Array, " K"],
     x_obs: Float[Array, "N I"],
     y_obs: Float[Array, "N O"],
     mask_obs: Bool[Array, "N O"],
     x_pred: Float[Array, "P I"],
-    jitter: float,
     include_noise: bool,
     extension: GridExtension | None = None,
 ) -> tuple[Float[Array, "O P"], Float[Array, "O P P"], Float[Array, " K"]]:
@@ -251,11 +248,11 @@ def predict_new_task(
     """
     p = x_pred.shape[0]
     x_all = jnp.concatenate([x_pred, x_obs], axis=0)
-    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_all, extension)
+    mu, cov = extend_hyperposterior(model, x_all, extension)
     means, covs, logml, noise = _new_task_terms(
-        params_task, mu, cov, x_all, y_obs, mask_obs, p, jitter
+        params_task, mu, cov, x_all, y_obs, mask_obs, p, model.jitter
     )
-    logits = log_weights(weights) + jnp.sum(logml, axis=-1)
+    logits = log_weights(model.weights) + jnp.sum(logml, axis=-1)
     tau = jax.nn.softmax(logits)
     if include_noise:
         covs = covs + noise[..., None, None] * jnp.eye(p)
@@ -264,16 +261,11 @@ def predict_new_task(
 
 
 def fit_new_task_params(
-    params: Params,
-    post: Hyperposterior,
-    grid: Float[Array, "G I"],
-    grid_mask: Bool[Array, " G"],
+    model: Model,
     params_task0,
-    weights: Float[Array, " K"],
     x_obs: Float[Array, "N I"],
     y_obs: Float[Array, "N O"],
     mask_obs: Bool[Array, "N O"],
-    jitter: float,
     max_steps: int,
     tol: float,
     extension: GridExtension | None = None,
@@ -284,13 +276,126 @@ def fit_new_task_params(
     (equivalent to the EM of the R reference, ALGORITHM.md §4.1b); the start is kept if
     the optimiser does not improve on it.
     """
-    mu, cov = extend_hyperposterior(params, post, grid, grid_mask, x_obs, extension)
+    mu, cov = extend_hyperposterior(model, x_obs, extension)
     dynamic, static = eqx.partition(params_task0, eqx.is_inexact_array)
 
     def fn(dyn, args):
         pt = eqx.combine(dyn, static)
-        total, _ = new_task_log_marginal(pt, weights, mu, cov, x_obs, y_obs, mask_obs, jitter)
+        total, _ = new_task_log_marginal(
+            pt, model.weights, mu, cov, x_obs, y_obs, mask_obs, model.jitter
+        )
         return -total
 
     best, _, _ = minimise(fn, dynamic, None, max_steps, tol)
     return eqx.combine(best, static)
+
+
+# ---------------------------------------------------------------------- compiled programs
+# Tasks are mapped in chunks (``jax.lax.map``): the per-task work is a few small
+# factorisations, and a chunked map bounds the memory of many tasks.
+
+_CHUNK = 64
+# Tolerance of the L-BFGS fit of a new task's own hyperparameters.
+_NEW_TASK_TOL = 1e-5
+
+
+@jit
+def mean_processes(model: Model, x: Float[Array, "M I"]):
+    """Hyperposterior mean ``(K, O, M)`` and covariance ``(K, O, M, M)`` at ``x``."""
+    return extend_hyperposterior(model, x)
+
+
+@jit
+def predict_training_tasks(
+    model: Model,
+    index: Int[Array, " P"],
+    x_pred: Float[Array, "P M I"],
+    include_noise: bool,
+):
+    """Predictive mean ``(P, O, M)`` and covariance ``(P, O, M, M)`` of the model's
+    training tasks ``index`` at ``x_pred``."""
+    ext = grid_extension(model.post)
+    tasks = model.tasks
+
+    def one(args):
+        i, xp = args
+        return predict_training_task(
+            model, i, model.tau[i], tasks.x[i], tasks.y[i], tasks.mask[i], xp, include_noise, ext
+        )
+
+    return jax.lax.map(one, (index, x_pred), batch_size=_CHUNK)
+
+
+@jit
+def new_task_memberships(
+    model: Model,
+    task_params,
+    x_obs: Float[Array, "P N I"],
+    y_obs: Float[Array, "P N O"],
+    mask_obs: Bool[Array, "P N O"],
+) -> Float[Array, "P K"]:
+    """Memberships of new tasks from their observations (``task_params``: one leading
+    row per task)."""
+    ext = grid_extension(model.post)
+
+    def one(args):
+        pt, xo, yo, mo = args
+        mu, cov = extend_hyperposterior(model, xo, ext)
+        return new_task_log_marginal(pt, model.weights, mu, cov, xo, yo, mo, model.jitter)[1]
+
+    return jax.lax.map(one, (task_params, x_obs, y_obs, mask_obs), batch_size=_CHUNK)
+
+
+@jit
+def fit_new_tasks_params(
+    model: Model,
+    start,
+    x_obs: Float[Array, "P N I"],
+    y_obs: Float[Array, "P N O"],
+    mask_obs: Bool[Array, "P N O"],
+    max_steps: int,
+):
+    """Own hyperparameters of new tasks (task-specific hyperparameters), from ``start``."""
+    ext = grid_extension(model.post)
+
+    def one(args):
+        pt, xo, yo, mo = args
+        return fit_new_task_params(model, pt, xo, yo, mo, max_steps, _NEW_TASK_TOL, ext)
+
+    return jax.lax.map(one, (start, x_obs, y_obs, mask_obs), batch_size=_CHUNK)
+
+
+@jit
+def predict_new_tasks(
+    model: Model,
+    task_params,
+    x_obs: Float[Array, "P N I"],
+    y_obs: Float[Array, "P N O"],
+    mask_obs: Bool[Array, "P N O"],
+    x_pred: Float[Array, "P M I"],
+    include_noise: bool,
+):
+    """Predictive mean ``(P, O, M)``, covariance ``(P, O, M, M)`` and memberships
+    ``(P, K)`` of new tasks from their observations (none: all of ``mask_obs`` False)."""
+    ext = grid_extension(model.post)
+
+    def one(args):
+        pt, xo, yo, mo, xp = args
+        return predict_new_task(model, pt, xo, yo, mo, xp, include_noise, ext)
+
+    return jax.lax.map(one, (task_params, x_obs, y_obs, mask_obs, x_pred), batch_size=_CHUNK)
+
+
+@jit
+def typical_task_params(params: Params, n_tasks: int, n: int):
+    """Task hyperparameters for ``n`` new tasks: the shared ones, or the average of the
+    first ``n_tasks`` (real) tasks' unconstrained values when they are task-specific."""
+    kernel = jax.tree.map(
+        lambda a: jnp.mean(a[:n_tasks], axis=0) if eqx.is_inexact_array(a) else a,
+        params.task_kernel,
+    )
+    noise = jnp.mean(params.log_noise[:n_tasks], axis=0)
+    return jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (n,) + a.shape) if eqx.is_inexact_array(a) else a,
+        (kernel, noise),
+    )

@@ -1,15 +1,15 @@
 """Set-up shared by the numerical-core tests.
 
-The JAX CPU backend must be created by :mod:`mimosa_sklearn._runtime` before any JAX
+The JAX CPU backend must be created by :mod:`mimosa_sklearn.core.runtime` before any JAX
 computation (jaxlib 0.10 thread-pool deadlock), and every core function needs float64:
-each test runs inside ``_runtime.x64()``.
+each test runs inside ``runtime.jax_scope()``.
 """
 
 from __future__ import annotations
 
-from mimosa_sklearn import _runtime
+from mimosa_sklearn.core import runtime
 
-_runtime.ensure_safe_cpu_backend()
+runtime.ensure_safe_cpu_backend()
 
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -24,5 +24,5 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def _float64():
     """Run every core test in float64."""
-    with _runtime.x64():
+    with runtime.jax_scope():
         yield

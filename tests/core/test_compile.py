@@ -56,7 +56,7 @@ def test_an_option_the_jaxlib_does_not_know_falls_back_to_xla_defaults(monkeypat
 def test_host_values_reach_the_device_without_compiling(caplog):
     # jnp.asarray compiles a staging program per new shape; a fit used to compile a
     # dozen of them before its EM iteration.
-    from mimosa_sklearn.engine import make_batch
+    from mimosa_sklearn._batching import make_batch
 
     rng = np.random.default_rng(3)
     x = rng.uniform(size=(5, 7, 1))

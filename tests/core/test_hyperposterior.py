@@ -13,7 +13,7 @@ from mimosa_sklearn.core import hyperposterior as hp
 from mimosa_sklearn.kernels import SharingLayout
 
 hyperposterior = eqx.filter_jit(hp.hyperposterior)
-e_step = eqx.filter_jit(em.e_step)
+e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
 elbo = eqx.filter_jit(em.elbo)
 
 T, N, NOUT, K = 5, 6, 2, 2

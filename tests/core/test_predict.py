@@ -11,13 +11,14 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 from sklearn.gaussian_process.kernels import ConstantKernel as Const
 
-from mimosa_sklearn import engine
+from mimosa_sklearn import _fit, _fitted
 from mimosa_sklearn.core import em, mstep
 from mimosa_sklearn.core import predict as pr
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
+from mimosa_sklearn.core.model import Model
 from mimosa_sklearn.kernels import SharingLayout
 
-e_step = eqx.filter_jit(em.e_step)
+e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
 extend = eqx.filter_jit(pr.extend_hyperposterior)
 predict_new = eqx.filter_jit(pr.predict_new_task)
 predict_train = eqx.filter_jit(pr.predict_training_task)
@@ -28,6 +29,12 @@ mixture_moments = eqx.filter_jit(pr.mixture_moments)
 def _task_objective(params, tau, post, batch, jitter):
     moments, weights = mstep.task_moments(batch, tau, post, params.log_noise.shape[1])
     return mstep.task_objective(params, batch, moments, weights, jitter)
+
+
+def _model(params, post, batch, weights, jitter) -> Model:
+    """The fitted model of ``params`` and ``post`` on the batch's grid."""
+    return Model(params, post, batch.grid, batch.grid_mask, jnp.asarray(weights),
+                 jnp.asarray(jitter, jnp.float64))
 
 
 def _j(*arrays):
@@ -75,10 +82,11 @@ def test_single_task_zero_mean_variance_is_ordinary_gp_regression():
             gpr = GaussianProcessRegressor(kernel, alpha=noise, optimizer=None)
         gpr.fit(x_train, y_train - c)
         mean_sk, cov_sk = gpr.predict(x_pred, return_cov=True)
-        new = predict_new(params, post, batch.grid, batch.grid_mask, task_params, jnp.ones(1),
-                          x_obs, y_obs, mask_obs, jnp.asarray(x_pred), 0.0, include_noise)
-        train = predict_train(params, post, batch.grid, batch.grid_mask, 0, jnp.ones(1), x_obs,
-                              y_obs, mask_obs, jnp.asarray(x_pred), 0.0, include_noise)
+        model = _model(params, post, batch, jnp.ones(1), 0.0)
+        new = predict_new(model, task_params, x_obs, y_obs, mask_obs, jnp.asarray(x_pred),
+                          include_noise)
+        train = predict_train(model, 0, jnp.ones(1), x_obs, y_obs, mask_obs,
+                              jnp.asarray(x_pred), include_noise)
         for mean, cov in (new[:2], train):
             np.testing.assert_allclose(np.asarray(mean[0]), mean_sk + c, rtol=1e-7, atol=1e-8)
             np.testing.assert_allclose(np.asarray(cov[0]), cov_sk, rtol=1e-6, atol=1e-8)
@@ -112,13 +120,14 @@ def test_extended_hyperposterior_equals_recomputation_on_extended_grid():
     batch = ref.to_batch(tasks, grid_pad=3)
     post, _ = e_step(params, jnp.mean(tau, 0), tau, batch, jitter, False)
     # At the grid points: the hyperposterior itself.
-    mean_g, cov_g = extend(params, post, batch.grid, batch.grid_mask, jnp.asarray(grid))
+    model = _model(params, post, batch, jnp.mean(tau, 0), jitter)
+    mean_g, cov_g = extend(model, jnp.asarray(grid))
     np.testing.assert_allclose(np.asarray(mean_g), np.asarray(post.mean[..., :8]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(cov_g), np.asarray(post.cov[..., :8, :8]), atol=1e-6)
     # At new points (off-grid and beyond it), and jointly with the grid.
     x_new = np.array([[-1.0], [2.5], [4.7], [9.0]])
     both = np.concatenate([grid, x_new])
-    mean_x, cov_x = extend(params, post, batch.grid, batch.grid_mask, jnp.asarray(both))
+    mean_x, cov_x = extend(model, jnp.asarray(both))
     big = ref.to_batch(_extended_tasks(tasks, x_new))
     post_big, _ = e_step(params, jnp.mean(tau, 0), tau, big, jitter, False)
     np.testing.assert_allclose(np.asarray(mean_x), np.asarray(post_big.mean), atol=1e-6)
@@ -232,8 +241,8 @@ def test_predict_new_task_matches_numpy_mixture_predictive(cluster_specific):
     task_params = pr.task_params_of(params, 0)
     for include_noise in (False, True):
         mean, cov, tau_new = predict_new(
-            params, post, batch.grid, batch.grid_mask, task_params, jnp.asarray(weights),
-            *_j(x_obs, y_obs, mask_obs, x_pred), 0.0, include_noise)
+            _model(params, post, batch, jnp.asarray(weights), 0.0), task_params,
+            *_j(x_obs, y_obs, mask_obs, x_pred), include_noise)
         r = mask_obs[:, 0]
         exp_mean, exp_cov, exp_tau = _new_task_reference(
             vals, tasks, tau, weights, x_obs[r], y_obs[r, 0], x_pred, include_noise)
@@ -259,13 +268,12 @@ def test_one_hot_memberships_give_the_single_cluster_prediction():
     x_obs, y_obs, mask_obs = _task_inputs(tasks, 2)
     x_pred = jnp.asarray([[-0.5], [2.2], [7.5]])
     task_params = pr.task_params_of(params, 0)
-    mean2, cov2, tau2 = predict_new(params, post, batch.grid, batch.grid_mask, task_params,
-                                    jnp.asarray([0.5, 0.5]), x_obs, y_obs, mask_obs, x_pred,
-                                    1e-8, True)
+    mean2, cov2, tau2 = predict_new(_model(params, post, batch, jnp.asarray([0.5, 0.5]), 1e-8),
+                                    task_params, x_obs, y_obs, mask_obs, x_pred, True)
     np.testing.assert_array_equal(np.asarray(tau2), [1.0, 0.0])
     params1, post1 = _slice_cluster(params, post, 0)
-    mean1, cov1, tau1 = predict_new(params1, post1, batch.grid, batch.grid_mask, task_params,
-                                    jnp.ones(1), x_obs, y_obs, mask_obs, x_pred, 1e-8, True)
+    mean1, cov1, tau1 = predict_new(_model(params1, post1, batch, jnp.ones(1), 1e-8),
+                                    task_params, x_obs, y_obs, mask_obs, x_pred, True)
     np.testing.assert_allclose(np.asarray(mean2), np.asarray(mean1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(cov2), np.asarray(cov1), rtol=1e-12, atol=1e-12)
 
@@ -287,8 +295,9 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
     post, _ = e_step(params, jnp.ones(1), jnp.ones((t, 1)), batch, 0.0, False)
     i = 1
     x_pred = np.array([[-0.7], [tasks.points(i, 0)[0][0, 0]], [3.3], [7.6]])
-    mean, cov = predict_train(params, post, batch.grid, batch.grid_mask, i, jnp.ones(1),
-                              *_task_inputs(tasks, i), jnp.asarray(x_pred), 0.0, include_noise)
+    model = _model(params, post, batch, jnp.ones(1), 0.0)
+    mean, cov = predict_train(model, i, jnp.ones(1), *_task_inputs(tasks, i),
+                              jnp.asarray(x_pred), include_noise)
     # Joint prior of (z, y_1, ..., y_T), z = mu_0(x_pred) + f_i(x_pred) (+ eps).
     xs = [x_pred] + [tasks.points(j, 0)[0] for j in range(t)]
     ys = [tasks.points(j, 0)[1] for j in range(t)]
@@ -310,13 +319,12 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
     np.testing.assert_allclose(np.asarray(mean[0]), exp_mean, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(np.asarray(cov[0]), exp_cov, rtol=1e-6, atol=1e-8)
     # The new-task formula applied to the same training task counts y_i twice: different.
-    new = predict_new(params, post, batch.grid, batch.grid_mask, pr.task_params_of(params, i),
-                      jnp.ones(1), *_task_inputs(tasks, i), jnp.asarray(x_pred), 0.0,
-                      include_noise)
+    new = predict_new(model, pr.task_params_of(params, i), *_task_inputs(tasks, i),
+                      jnp.asarray(x_pred), include_noise)
     assert np.abs(np.asarray(new[1][0]) - exp_cov).max() > 1e-4
 
 
-# --------------------------------------------------------------------------- engine
+# --------------------------------------------------------------------------- fitted model
 
 
 def test_predict_context_with_cluster_specific_task_hyperparameters():
@@ -331,20 +339,20 @@ def test_predict_context_with_cluster_specific_task_hyperparameters():
     post, _ = e_step(params, jnp.asarray(weights), jnp.asarray(tau), batch, 1e-6, False)
     result = em.EMResult(params=params, weights=weights, tau=tau, post=post, elbo=0.0,
                          elbo_history=np.zeros(1), n_iter=1, converged=False, jitter=1e-6)
-    model = engine.FittedMagma(result, batch, 4, 8, layout, engine.FitConfig(n_clusters=2))
+    model = _fitted.FittedMagma(result, batch, 4, 8, layout, _fit.FitConfig(n_clusters=2))
     x_obs, y_obs = tasks.nan_x()[:2], tasks.nan_y()[:2]
     x_pred = np.repeat(np.array([[[0.5], [4.0]]]), 2, axis=0)
     ctx = model.condition(x_obs, y_obs)
-    mean, var, tau_ctx = model.predict_context(ctx, x_pred)
+    mean, var, tau_ctx = model.predict_new_tasks(ctx, x_pred)
     for j in range(2):
-        # The engine pads the 6 slots to 8 (its bucket): do the same, so that both paths
+        # The model pads the 6 slots to 8 (its bucket): do the same, so that both paths
         # factorise identical arrays.
         x_o = np.concatenate([tasks.x[j], np.repeat(grid[:1], 2, axis=0)])
         y_o = np.concatenate([tasks.y[j], np.zeros((2, 1))])
         m_o = np.concatenate([tasks.mask[j], np.zeros((2, 1), bool)])
         ref_mean, ref_cov, ref_tau = predict_new(
-            params, post, batch.grid, batch.grid_mask, pr.task_params_of(params, 0),
-            jnp.asarray(weights), *_j(x_o, y_o, m_o, x_pred[j]), 1e-6, True)
+            _model(params, post, batch, weights, 1e-6), pr.task_params_of(params, 0),
+            *_j(x_o, y_o, m_o, x_pred[j]), True)
         np.testing.assert_allclose(tau_ctx[j], np.asarray(ref_tau), rtol=1e-8)
         np.testing.assert_allclose(mean[j, :, 0], np.asarray(ref_mean[0]), rtol=1e-8)
         np.testing.assert_allclose(var[j, :, 0], np.diag(np.asarray(ref_cov[0])), rtol=1e-8)

@@ -40,7 +40,7 @@ import warnings
 import jax
 
 __all__ = [
-    "x64",
+    "jax_scope",
     "ensure_safe_cpu_backend",
     "jaxlib_is_exposed",
     "release_compiled_code_if_needed",
@@ -170,11 +170,12 @@ def release_compiled_code_if_needed() -> bool:
 
 
 @contextlib.contextmanager
-def x64():
-    """Run the enclosed JAX code in float64 without touching the global config.
+def jax_scope():
+    """The scope of every computation of the package's JAX code.
 
-    Also the one entry point of every core computation, so it guards the process's
-    memory-map budget first (:func:`release_compiled_code_if_needed`).
+    On entry: the CPU backend made safe (:func:`ensure_safe_cpu_backend`), the
+    process's memory-map budget guarded (:func:`release_compiled_code_if_needed`); then
+    the enclosed code runs in float64 without touching the global config.
     """
     ensure_safe_cpu_backend()
     release_compiled_code_if_needed()

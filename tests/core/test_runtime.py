@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from mimosa_sklearn import _runtime
+from mimosa_sklearn.core import runtime
 
 _SNIPPET_THREADS = textwrap.dedent(
     """
@@ -48,11 +48,11 @@ _SNIPPET_FIT = textwrap.dedent(
 
 
 def test_exposed_versions():
-    assert _runtime.jaxlib_is_exposed("0.10.0")
-    assert _runtime.jaxlib_is_exposed("0.10.2")
-    assert not _runtime.jaxlib_is_exposed("0.9.2")
-    assert not _runtime.jaxlib_is_exposed("0.11.2")
-    assert not _runtime.jaxlib_is_exposed("garbage")
+    assert runtime.jaxlib_is_exposed("0.10.0")
+    assert runtime.jaxlib_is_exposed("0.10.2")
+    assert not runtime.jaxlib_is_exposed("0.9.2")
+    assert not runtime.jaxlib_is_exposed("0.11.2")
+    assert not runtime.jaxlib_is_exposed("garbage")
 
 
 def _run(code: str, timeout: float, env_extra: dict[str, str] | None = None):
@@ -68,7 +68,7 @@ def test_guard_builds_one_thread_pool_and_restores_affinity():
     assert out.returncode == 0, out.stderr
     n_pool, min_affinity, process_affinity = map(int, out.stdout.split())
     n_cpus = len(os.sched_getaffinity(0))
-    if _runtime.jaxlib_is_exposed() and n_cpus > 1:
+    if runtime.jaxlib_is_exposed() and n_cpus > 1:
         assert n_pool == 1
     # Nothing stays pinned: every thread may use every CPU again.
     assert min_affinity == n_cpus
@@ -92,12 +92,12 @@ def test_fits_finish_under_cpu_load():
     assert "done" in out.stdout
 
 
-def test_x64_context_leaves_global_config_alone():
+def test_jax_scope_leaves_global_config_alone():
     import jax
     import jax.numpy as jnp
 
     before = jax.config.jax_enable_x64
-    with _runtime.x64():
+    with runtime.jax_scope():
         assert jnp.ones(2).dtype == jnp.float64
     assert jax.config.jax_enable_x64 == before
     if not before:
@@ -119,18 +119,18 @@ def test_compiled_code_is_released_near_the_map_limit(monkeypatch):
     )
     est = MagmaClusterRegressor(n_clusters=2, max_iter=3, random_state=0).fit(X, y)
     first = est.predict(X)
-    held = _runtime.memory_map_count()
-    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, str(10 * held))
-    assert not _runtime.release_compiled_code_if_needed()
-    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, str(2 * held - 2))
-    releases = _runtime._state["releases"]
-    assert _runtime.release_compiled_code_if_needed()
-    assert _runtime._state["releases"] == releases + 1
+    held = runtime.memory_map_count()
+    monkeypatch.setenv(runtime.MAP_LIMIT_ENV, str(10 * held))
+    assert not runtime.release_compiled_code_if_needed()
+    monkeypatch.setenv(runtime.MAP_LIMIT_ENV, str(2 * held - 2))
+    releases = runtime._state["releases"]
+    assert runtime.release_compiled_code_if_needed()
+    assert runtime._state["releases"] == releases + 1
     # The compiled programs of that fit held hundreds of maps.
-    assert _runtime.memory_map_count() < held - 200
+    assert runtime.memory_map_count() < held - 200
     # Every core entry point checks the budget: with a tiny one, each entry releases,
     # and the refit recompiles and reproduces the first fit.
-    monkeypatch.setenv(_runtime.MAP_LIMIT_ENV, "2")
+    monkeypatch.setenv(runtime.MAP_LIMIT_ENV, "2")
     refit = MagmaClusterRegressor(n_clusters=2, max_iter=3, random_state=0).fit(X, y)
-    assert _runtime._state["releases"] >= releases + 2
+    assert runtime._state["releases"] >= releases + 2
     np.testing.assert_array_equal(refit.predict(X), first)

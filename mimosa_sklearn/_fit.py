@@ -1,0 +1,416 @@
+"""The fit: padded numpy tasks -> the variational EM -> a :class:`._fitted.FittedMagma`.
+
+One path for every configuration. :func:`fit_magma` lays the problem out once
+(:class:`_Problem`): independent outputs on the exact or the approximate grid, or
+correlated outputs stacked into ``(x, output)`` pairs (:mod:`._outputs`) with
+multi-output kernels; tasks of very different lengths split into parts
+(:mod:`._parts`, :mod:`.core.ragged`); the task axis sharded across devices. Then the
+same loop runs the EM from ``n_init`` initialisations and keeps the best ELBO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _parts
+from ._batching import bucket, make_batch, pad_axis
+from ._fitted import FittedMagma
+from ._outputs import stack_observed
+from .core import approx as core_approx
+from .core import runtime
+from .core.compile import jit, to_device
+from .core.em import EMResult, NumericalFailure, run_em
+from .core.init import init_responsibilities
+from .core.parallel import auto_task_chunk, shard_tasks, task_mesh
+from .core.params import Params, TaskBatch
+from .data import build_grid, map_to_grid
+from .kernels import SharingLayout, correlated_params, default_params
+
+__all__ = ["FitConfig", "NumericalFailure", "fit_magma", "make_parts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Everything :func:`fit_magma` needs besides the data.
+
+    Kernels are kernax modules (or ``None`` for data-driven defaults); ``seed`` drives
+    every random choice.
+    """
+
+    n_clusters: int = 3
+    mean_kernel: object | None = None
+    task_kernel: object | None = None
+    prior_mean: object | None = None
+    shared_task_hps: bool = True
+    shared_cluster_hps: bool = True
+    cluster_specific_task_hps: bool = False
+    shared_output_hps: bool = True
+    correlated_outputs: bool = False
+    max_iter: int = 100
+    tol: float = 1e-4
+    n_init: int = 1
+    init: str = "kmeans"
+    jitter: float = 1e-6
+    max_steps: int = 50
+    optimiser_tol: float = 1e-3
+    seed: int = 0
+    # Tasks per chunk of the per-task N x N work (None: sized to keep each chunked
+    # intermediate under 32 MiB; 0: never chunk).
+    task_chunk: int | None = None
+    # Shard the task axis across jax.devices() when there are several (not on CPU
+    # devices of jaxlib 0.10.x, see _device_mesh; "force" skips that check).
+    shard_tasks: bool | str = True
+    # Most parts of different padded task lengths the EM may split the tasks into
+    # (None: up to _parts.MAX_PARTS from _parts.MIN_TASKS tasks on, else 1; 1: every
+    # task padded to the longest). Not with sharded tasks.
+    task_parts: int | None = None
+    # SQUAREM extrapolation of the EM iterations (core.accelerate); False: plain EM.
+    accelerate: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict, *, seed: int) -> FitConfig:
+        """The settings among an estimator's ``get_params()``, cast to the types of
+        their defaults (a grid search may pass numpy scalars), with ``seed``."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in params.items():
+            if name not in defaults:
+                continue
+            kind = type(defaults[name])
+            values[name] = kind(value) if kind in (bool, int, float, str) else value
+        return cls(**values, seed=int(seed))
+
+
+# ---------------------------------------------------------------------- devices
+
+
+def _device_mesh(shard: bool | str):
+    """Mesh over all devices for sharding the task axis, or None for one device.
+
+    jaxlib 0.10.x runs every CPU device's program on one intra-op pool with one thread
+    per device (whatever :mod:`.core.runtime` does), and its batched LAPACK kernels block
+    pool threads waiting for chunks scheduled on that same pool: with two CPU devices
+    both threads block and the fit hangs (seen in our EM: both in
+    ``jax::ParallelBatchMap`` under ``lapack_dtrsm_ffi``). Several CPU devices on such
+    a jaxlib therefore run on one device, with a warning.
+    """
+    devices = jax.devices()
+    if not shard or len(devices) < 2:
+        return None
+    if shard != "force" and devices[0].platform == "cpu" and runtime.jaxlib_is_exposed():
+        import jaxlib
+
+        warnings.warn(
+            f"Not sharding tasks across {len(devices)} CPU devices: jaxlib "
+            f"{jaxlib.__version__} can deadlock in batched linear algebra there. Fitting "
+            "on one device; upgrade jaxlib to shard.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return task_mesh(devices)
+
+
+def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
+    """Split the task-axis arrays of ``batch`` across ``mesh``; replicate the grid."""
+    tb = batch.x.shape[0]
+    split = ("x", "y", "mask", "mappings", "task_weight")
+    tasks = shard_tasks(tuple(getattr(batch, f) for f in split), mesh, tb)
+    grid = shard_tasks((batch.grid, batch.grid_mask), mesh, -1)
+    return eqx.tree_at(
+        lambda b: tuple(getattr(b, f) for f in split) + (b.grid, b.grid_mask),
+        batch,
+        tasks + grid,
+    )
+
+
+# ---------------------------------------------------------------------- parts
+
+
+def _max_parts(config: FitConfig, n_tasks: int) -> int:
+    if config.task_parts is not None:
+        return max(1, int(config.task_parts))
+    return _parts.MAX_PARTS if n_tasks >= _parts.MIN_TASKS else 1
+
+
+def make_parts(
+    x: np.ndarray,
+    y: np.ndarray,
+    mappings: np.ndarray | None,
+    grid: np.ndarray,
+    config: FitConfig,
+    max_parts: int,
+) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
+    """A ragged batch (:mod:`.core.ragged`) of tasks grouped by length, or None when one
+    part is best (:func:`._parts.length_parts`).
+
+    Returns the parts and ``src``: the caller's index of every stacked task row (-1 on
+    padded tasks).
+    """
+    lengths = (~np.isnan(x).any(axis=-1)).sum(axis=1)
+    candidates = np.array([bucket(n, 8) for n in lengths])
+    sizes = _parts.length_parts(lengths, candidates, max_parts)
+    if len(sizes) == 1:
+        return None
+    parts, src = [], []
+    for xp, yp, mp, tasks in _parts.split_by_length(x, y, mappings, sizes):
+        chunk = config.task_chunk
+        if chunk is None:
+            chunk = auto_task_chunk(xp.shape[1], config.n_clusters, y.shape[-1])
+        part = make_batch(xp, yp, mp, grid, task_chunk=chunk)
+        parts.append(part)
+        src.append(pad_axis(tasks, 0, part.x.shape[0], -1))
+    return tuple(parts), np.concatenate(src)
+
+
+def _unstack_result(result: EMResult, src: np.ndarray, n_rows: int) -> EMResult:
+    """``result`` of a ragged EM with its task axes (tau, task-specific hyperparameters)
+    back in the caller's task order, padded to ``n_rows`` rows."""
+    real = np.flatnonzero(src >= 0)
+    rows = np.empty(n_rows, dtype=np.int64)
+    rows[:] = np.flatnonzero(src < 0)[0] if real.size < src.size else 0
+    rows[src[real]] = real
+    tau = np.asarray(result.tau)[rows]
+    params = result.params
+    if params.log_noise.shape[0] > 1:
+        idx = to_device(rows)
+        params = eqx.tree_at(
+            lambda p: (p.task_kernel, p.log_noise),
+            params,
+            jax.tree.map(
+                lambda a: a[idx] if eqx.is_inexact_array(a) else a,
+                (params.task_kernel, params.log_noise),
+            ),
+        )
+    return dataclasses.replace(result, tau=tau, params=params)
+
+
+@jit
+def _with_projection(params, batch, jitter):
+    return core_approx.with_projection(params, batch, jitter)
+
+
+# ---------------------------------------------------------------------- the fit
+
+
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+    """A data set laid out for the EM (see :func:`_lay_out`)."""
+
+    batch: TaskBatch  # one part: what predictions use
+    em_batch: TaskBatch | tuple[TaskBatch, ...]  # the EM's (the ragged parts, if any)
+    src: np.ndarray | None  # ragged parts: caller's task of every stacked row
+    mesh: object  # device mesh of a sharded task axis, or None
+    init_y: np.ndarray  # (Tb, N, O) outputs for the k-means initialisation
+    init_mask: np.ndarray
+    layout: SharingLayout  # of the fitted model
+    em_layout: SharingLayout  # of the EM (task-specific rows of the ragged parts)
+    start_params: Callable[[np.ndarray], Params]  # initial memberships -> parameters
+    n_grid: int
+    joint_outputs: int = 1
+    input_grid: np.ndarray | None = None
+
+
+def _layout(config: FitConfig, n_tasks: int, n_outputs: int) -> SharingLayout:
+    return SharingLayout.from_flags(
+        n_tasks if config.shared_task_hps is False else 1,
+        config.n_clusters,
+        n_outputs,
+        shared_task_hps=config.shared_task_hps,
+        shared_cluster_hps=config.shared_cluster_hps,
+        cluster_specific_task_hps=config.cluster_specific_task_hps,
+        shared_output_hps=config.shared_output_hps,
+    )
+
+
+def _task_specific(layout: SharingLayout, rows: int, config: FitConfig) -> SharingLayout:
+    """``layout`` with one task-hyperparameter row per padded task when not shared."""
+    if config.shared_task_hps:
+        return layout
+    return dataclasses.replace(layout, task=(rows,) + layout.task[1:])
+
+
+def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
+    """The EM's view of padded tasks ``x`` (T, N, I), ``y`` (T, N, O)."""
+    t, _, o = y.shape
+    row_mask = ~np.isnan(x).any(-1)
+    obs = ~np.isnan(y) & row_mask[..., None]
+    y0 = np.where(obs, y, 0.0)
+    kernels = {
+        "mean_kernel": config.mean_kernel,
+        "task_kernel": config.task_kernel,
+        "prior_mean": config.prior_mean,
+    }
+    if config.correlated_outputs and o > 1:
+        # One channel of observed (x, output) pairs, on a grid of such pairs.
+        xs, ys = stack_observed(x, y)
+        real = ~np.isnan(xs).any(-1)
+        grid_s = build_grid(xs[real])
+        maps = np.full(real.shape, grid_s.shape[0], dtype=np.int64)
+        maps[real] = map_to_grid(xs[real], grid_s)
+        batch = make_batch(xs, ys, maps, grid_s)
+        tb = batch.x.shape[0]
+        layout = _task_specific(_layout(config, t, 1), tb, config)
+        return _Problem(
+            batch=batch,
+            em_batch=batch,
+            src=None,
+            mesh=None,
+            # k-means sees every output separately (the stacked channel would pool them).
+            init_y=pad_axis(y0, 0, tb, 0.0),
+            init_mask=pad_axis(obs, 0, tb, False),
+            layout=layout,
+            em_layout=layout,
+            start_params=lambda tau: correlated_params(layout, x, y0, obs, tau[:t], **kernels),
+            n_grid=grid_s.shape[0],
+            joint_outputs=o,
+            input_grid=np.asarray(grid, np.float64),
+        )
+    mesh = _device_mesh(config.shard_tasks)
+    chunk = config.task_chunk
+    if chunk is None:
+        chunk = auto_task_chunk(x.shape[1], config.n_clusters, o)
+    batch = make_batch(
+        x, y, mappings, grid, task_chunk=chunk, task_multiple=1 if mesh is None else mesh.size
+    )
+    tb = batch.x.shape[0]
+    ragged = None
+    if mesh is None:
+        ragged = make_parts(x, y, mappings, grid, config, _max_parts(config, t))
+    em_batch, src = (batch, None) if ragged is None else ragged
+    # Task-specific hyperparameters: one row per stacked task during the EM, one per
+    # padded task of the one-part batch afterwards.
+    em_layout = _task_specific(_layout(config, t, o), tb if src is None else src.size, config)
+    return _Problem(
+        batch=batch,
+        em_batch=em_batch,
+        src=src,
+        mesh=mesh,
+        init_y=pad_axis(y0, 0, tb, 0.0),
+        init_mask=pad_axis(obs, 0, tb, False),
+        layout=_task_specific(_layout(config, t, o), tb, config),
+        em_layout=em_layout,
+        start_params=lambda tau: default_params(em_layout, x, y0, obs, tau[:t], **kernels),
+        n_grid=grid.shape[0],
+    )
+
+
+def fit_magma(
+    x: np.ndarray,
+    y: np.ndarray,
+    mappings: np.ndarray | None,
+    grid: np.ndarray,
+    config: FitConfig,
+    callback: Callable[[int, float], None] | None = None,
+    *,
+    approximate: bool = False,
+) -> FittedMagma:
+    """Fit MagmaClust by variational EM on padded tasks.
+
+    Parameters
+    ----------
+    x : array of shape (T, N, I)
+        Task inputs, NaN rows on padding.
+    y : array of shape (T, N, O)
+        Outputs, NaN where padded or not observed (already normalised if wanted).
+    mappings : int array of shape (T, N) or None
+        Grid index of every row (anything on padded rows); ignored (may be None) when
+        ``approximate``.
+    grid : array of shape (G, I)
+        Sorted unique training inputs, or the ``M`` inducing inputs when
+        ``approximate``.
+    config : FitConfig
+        Model and optimisation settings.
+    callback : callable, optional
+        ``callback(iteration, elbo)`` after every EM iteration.
+    approximate : bool, default=False
+        Approximate grid (:mod:`.core.approx`): the mean processes live on the inducing
+        inputs ``grid`` and reach task inputs through ``A = c(x, u) c(u, u)^{-1}``,
+        recomputed from the current mean kernel before every EM iteration.
+
+    Returns
+    -------
+    FittedMagma
+        The best of ``config.n_init`` runs (highest final ELBO).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    grid = np.asarray(grid, np.float64)
+    t = y.shape[0]
+    if approximate and config.correlated_outputs and y.shape[-1] > 1:
+        raise NotImplementedError("An approximate grid with correlated outputs is not available.")
+    rng = np.random.default_rng(config.seed)
+    best: FittedMagma | None = None
+    with runtime.jax_scope():
+        problem = _lay_out(x, y, mappings, grid, config)
+        batch, tb = problem.batch, problem.batch.x.shape[0]
+        em_light = problem.em_batch
+        if problem.mesh is not None:
+            # Tasks split across devices, hyperparameters replicated.
+            batch = em_light = _shard_batch(batch, problem.mesh)
+        # The projection (T, N, M) is only needed by the EM: the fitted model keeps the
+        # light batch (predictions condition on the inducing inputs directly).
+        refresh = None
+        if approximate:
+            # Always rebuilt from the light batch: one compiled program.
+            def refresh(p, _b, j, light=em_light):
+                j = jnp.asarray(j, jnp.float64)
+                if isinstance(light, tuple):
+                    return tuple(_with_projection(p, b, j) for b in light)
+                return _with_projection(p, light, j)
+
+        for _ in range(max(1, config.n_init)):
+            tau0 = init_responsibilities(
+                problem.init_y,
+                problem.init_mask,
+                config.n_clusters,
+                rng,
+                config.init,
+                np.asarray(batch.task_weight),
+            )
+            params = problem.start_params(tau0)
+            if problem.src is not None:
+                src = problem.src
+                uniform = np.full((src.size, config.n_clusters), 1.0 / config.n_clusters)
+                tau0 = np.where((src >= 0)[:, None], tau0[np.maximum(src, 0)], uniform)
+            if problem.mesh is not None:
+                tau0 = shard_tasks(tau0, problem.mesh, tb)
+                params = shard_tasks(params, problem.mesh, -1)
+            em_batch = em_light if refresh is None else refresh(params, em_light, config.jitter)
+            result = run_em(
+                params,
+                to_device(tau0),
+                em_batch,
+                max_iter=config.max_iter,
+                tol=config.tol,
+                jitter=config.jitter,
+                max_steps=config.max_steps,
+                optimiser_tol=config.optimiser_tol,
+                callback=callback,
+                refresh=refresh,
+                accelerate=config.accelerate,
+            )
+            if problem.src is not None:
+                # Predictions use the one-part batch, in the caller's task order.
+                result = _unstack_result(result, problem.src, tb)
+            fitted = FittedMagma(
+                result,
+                batch,
+                t,
+                problem.n_grid,
+                problem.layout,
+                config,
+                joint_outputs=problem.joint_outputs,
+                input_grid=problem.input_grid,
+            )
+            if best is None or fitted.elbo > best.elbo:
+                best = fitted
+    assert best is not None
+    return best

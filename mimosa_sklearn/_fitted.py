@@ -1,0 +1,465 @@
+"""A fitted model as the estimator sees it: numpy arrays in, numpy arrays out.
+
+:class:`FittedMagma` wraps the fitted :class:`~mimosa_sklearn.core.model.Model` (one
+pytree) with what the host needs around it: the numbers of real tasks and grid points,
+the sharing layout, the fit's history and, for correlated outputs, the stacked output
+layout (:mod:`._outputs`). Its methods pad their inputs to bucketed shapes
+(:func:`._batching.pad_tasks`), call the compiled programs of :mod:`.core.predict` inside
+:func:`.core.runtime.jax_scope` and return float64 numpy arrays, so the user's global JAX
+configuration is never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._batching import bucket, pad_axis, pad_tasks, repeat_first
+from ._outputs import stack_inputs, stack_observed, unstack_second
+from ._persistence import to_device_tree, to_host
+from .core import predict as core_predict
+from .core import runtime
+from .core.compile import to_device
+from .core.em import EMResult
+from .core.model import Model
+from .core.params import TaskBatch
+from .kernels import SharingLayout, count_trainable, kernel_hyperparameters
+
+__all__ = ["Context", "FittedMagma"]
+
+
+@dataclasses.dataclass
+class Context:
+    """Observed points of new tasks and what conditioning learned about them.
+
+    ``x`` (P, N, I) and ``y`` (P, N, O) are padded with NaN (stacked pairs with
+    correlated outputs); ``tau`` (P, K) are the memberships and ``task_params`` the
+    task hyperparameters (leaves with a leading axis of at least P rows).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    tau: np.ndarray
+    task_params: object
+
+    def task(self, i: int) -> Context:
+        """The ``i``-th task alone, without its padded rows."""
+        real = ~np.isnan(np.asarray(self.x)[i, :, 0])  # padded rows are NaN
+        n_ctx = self.x.shape[0]
+        params = jax.tree.map(
+            lambda leaf: leaf[i : i + 1] if _leading(leaf) == n_ctx else leaf, self.task_params
+        )
+        return Context(
+            x=np.asarray(self.x)[i : i + 1, real],
+            y=np.asarray(self.y)[i : i + 1, real],
+            tau=np.asarray(self.tau)[i : i + 1],
+            task_params=params,
+        )
+
+    @staticmethod
+    def stack(contexts: list[Context]) -> Context:
+        """One context for several (padded with NaN rows to a common size)."""
+        n_max = max(c.x.shape[1] for c in contexts)
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.pad(a, ((0, 0), (0, n_max - a.shape[1]), (0, 0)), constant_values=np.nan)
+
+        params = contexts[0].task_params
+        if len(contexts) > 1:
+            params = jax.tree.map(_concat_leaves, *(c.task_params for c in contexts))
+        return Context(
+            x=np.concatenate([pad(np.asarray(c.x)) for c in contexts]),
+            y=np.concatenate([pad(np.asarray(c.y)) for c in contexts]),
+            tau=np.concatenate([np.asarray(c.tau) for c in contexts]),
+            task_params=params,
+        )
+
+
+def _leading(leaf) -> int | None:
+    shape = getattr(leaf, "shape", ())
+    return shape[0] if len(shape) else None
+
+
+def _concat_leaves(*leaves):
+    """Concatenate per-task array leaves along the task axis; keep other leaves.
+
+    Leaves stay numpy arrays: :meth:`FittedMagma.predict_new_tasks` pads numpy leaves
+    to its task bucket.
+    """
+    if _leading(leaves[0]) is None:
+        return leaves[0]
+    return np.concatenate([np.asarray(leaf) for leaf in leaves], axis=0)
+
+
+class FittedMagma:
+    """A fitted MagmaClust model: numpy in, numpy out.
+
+    Parameters
+    ----------
+    result : EMResult
+        The EM's result.
+    tasks : TaskBatch
+        The padded training tasks (one part) and the grid.
+    n_tasks, n_grid : int
+        Real training tasks and grid points.
+    layout : SharingLayout
+        Leading axes of the hyperparameters.
+    config : object
+        The fit's settings (``_fit.FitConfig``).
+    joint_outputs : int, default=1
+        Outputs modelled jointly on stacked ``(x, output)`` inputs (correlated outputs);
+        1 for independent outputs.
+    input_grid : array of shape (G, I), optional
+        With ``joint_outputs > 1``: the training inputs (the model's own grid holds
+        stacked pairs).
+    """
+
+    def __init__(
+        self,
+        result: EMResult,
+        tasks: TaskBatch,
+        n_tasks: int,
+        n_grid: int,
+        layout: SharingLayout,
+        config: object,
+        *,
+        joint_outputs: int = 1,
+        input_grid: np.ndarray | None = None,
+    ):
+        self.model = Model(
+            params=result.params,
+            post=result.post,
+            grid=tasks.grid,
+            grid_mask=tasks.grid_mask,
+            weights=to_device(result.weights),
+            jitter=to_device(result.jitter),
+            tasks=tasks,
+            tau=to_device(result.tau),
+        )
+        self.n_tasks = n_tasks
+        self.n_grid = n_grid
+        self.layout = layout
+        self.config = config
+        self.n_clusters = int(result.tau.shape[1])
+        self.tau = np.asarray(result.tau)[:n_tasks]
+        self.weights = np.asarray(result.weights)
+        self.jitter = result.jitter
+        self.elbo = result.elbo
+        self.elbo_history = result.elbo_history
+        self.n_iter = result.n_iter
+        self.converged = result.converged
+        self.n_joint_outputs = int(joint_outputs)
+        self.input_grid = None if input_grid is None else np.asarray(input_grid, np.float64)
+        self.n_inputs = int(tasks.x.shape[-1])
+        self.n_outputs = int(tasks.y.shape[-1])
+
+    # -- persistence: arrays as numpy, modules through cloudpickle (_persistence)
+    def __getstate__(self):
+        import cloudpickle
+
+        state = self.__dict__.copy()
+        for key in ("model", "config"):
+            state[key] = cloudpickle.dumps(to_host(state[key]))
+        return state
+
+    def __setstate__(self, state):
+        import pickle
+
+        for key in ("model", "config"):
+            state[key] = pickle.loads(state[key])
+        state["model"] = to_device_tree(state["model"])
+        self.__dict__.update(state)
+
+    # -- views
+    @property
+    def params(self):
+        """The trained hyperparameters (:class:`~mimosa_sklearn.core.params.Params`)."""
+        return self.model.params
+
+    @property
+    def post(self):
+        """The hyperposterior of the mean processes on the grid."""
+        return self.model.post
+
+    @property
+    def batch(self) -> TaskBatch:
+        """The padded training tasks and the grid."""
+        return self.model.tasks
+
+    @property
+    def grid(self) -> np.ndarray:
+        """(G, I) training grid (the training inputs with correlated outputs)."""
+        if self.n_joint_outputs > 1:
+            return self.input_grid
+        return np.asarray(self.model.grid)[: self.n_grid]
+
+    def _new_task_model(self) -> Model:
+        # Without the training tasks: programs on new tasks do not depend on their shapes.
+        return dataclasses.replace(self.model, tasks=None, tau=None)
+
+    # -- inspection
+    def mean_processes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hyperposterior mean and variance of every mean process at ``x``: ``(K, O, M)``."""
+        x = np.asarray(x, np.float64)
+        o, m = self.n_joint_outputs, x.shape[0]
+        xs = stack_inputs(x, o) if o > 1 else x
+        with runtime.jax_scope():
+            mean, cov = core_predict.mean_processes(self._new_task_model(), to_device(xs))
+            mean = np.asarray(mean)
+            var = np.maximum(np.asarray(jnp.diagonal(cov, axis1=-2, axis2=-1)), 0.0)
+        if o == 1:
+            return mean, var
+        k = mean.shape[0]
+        return (
+            np.swapaxes(mean.reshape(k, m, o), 1, 2),
+            np.swapaxes(var.reshape(k, m, o), 1, 2),
+        )
+
+    def hyperparameters(self) -> dict[str, np.ndarray]:
+        """Readable hyperparameter values keyed ``"<group>.<name>"``.
+
+        Shapes: mean kernel ``(K*, O*)``, prior mean ``(K, O*)``, task kernel and noise
+        ``(T*, K*, O*)`` (size-1 axes are shared values). With correlated outputs, also
+        the coregionalisation matrices ``B = W W^T + diag(kappa)`` of ICM kernels
+        (``"<group>.coregionalisation"``).
+        """
+        out: dict[str, np.ndarray] = {}
+        p = self.params
+        for group, mod in (
+            ("mean_kernel", p.mean_kernel),
+            ("prior_mean", p.prior_mean),
+            ("task_kernel", p.task_kernel),
+        ):
+            for name, val in kernel_hyperparameters(mod).items():
+                out[f"{group}.{name}"] = val
+        noise = np.exp(np.asarray(p.log_noise))
+        out["noise"] = noise[: self.n_tasks] if noise.shape[0] > 1 else noise
+        if out["task_kernel.variance" if "task_kernel.variance" in out else "noise"].shape[0] > 1:
+            for key in [k for k in out if k.startswith("task_kernel.")]:
+                out[key] = out[key][: self.n_tasks]
+        for group in ("mean_kernel", "task_kernel"):
+            w, kappa = out.get(f"{group}.kernel.W"), out.get(f"{group}.kernel.kappa")
+            if w is not None and kappa is not None:
+                b = np.einsum("...pr,...qr->...pq", w, w)
+                out[f"{group}.coregionalisation"] = b + kappa[..., None] * np.eye(w.shape[-2])
+        return out
+
+    def n_parameters(self) -> int:
+        """Free parameters for VBIC (ALGORITHM.md §5), counted on real tasks only."""
+        p = self.params
+        task = count_trainable(p.task_kernel) + int(np.size(p.log_noise))
+        if p.log_noise.shape[0] > 1:
+            task = task * self.n_tasks // p.log_noise.shape[0]
+        return (
+            count_trainable(p.mean_kernel)
+            + count_trainable(p.prior_mean)
+            + task
+            + self.n_clusters
+            - 1
+        )
+
+    def vbic(self) -> float:
+        """Variational BIC: ``ELBO - n_parameters / 2 * log(T)``."""
+        return self.elbo - 0.5 * self.n_parameters() * math.log(max(self.n_tasks, 1))
+
+    # -- prediction
+    def _pad_pred(self, x_pred: np.ndarray):
+        """Prediction inputs (P, M, I), NaN rows = padding, stacked with correlated
+        outputs, at bucketed shapes: device inputs, the real rows and the padded P."""
+        x_pred = np.asarray(x_pred, np.float64)
+        if self.n_joint_outputs > 1:
+            x_pred = stack_inputs(x_pred, self.n_joint_outputs)
+        p, m, _ = x_pred.shape
+        padded = pad_tasks(
+            x_pred,
+            None,
+            n_tasks=bucket(p, 8, 1),
+            n_rows=bucket(m, 8),
+            placeholder=np.asarray(self.model.grid[0]),
+        )
+        return to_device(padded.x), padded.rows[:p, :m], padded.x.shape[0]
+
+    def _pad_obs(self, x_obs: np.ndarray, y_obs: np.ndarray):
+        p, n, _ = x_obs.shape
+        padded = pad_tasks(
+            x_obs,
+            y_obs,
+            n_tasks=bucket(p, 8, 1),
+            n_rows=bucket(max(n, 1), 8),
+            placeholder=np.asarray(self.model.grid[0]),
+        )
+        return to_device(padded.x), to_device(padded.y), to_device(padded.mask)
+
+    def _finish(self, mean, cov, tau, real: np.ndarray, full_cov: bool | str):
+        """Device results -> the caller's layout, zero on padded rows."""
+        p, m = real.shape
+        mean = np.swapaxes(np.asarray(mean), 1, 2)[:p, :m]  # (P, M, O)
+        cov = np.asarray(cov)[:p, :, :m, :m]
+        mean = np.where(real[..., None], mean, 0.0)
+        both = real[:, None, :, None] & real[:, None, None, :]
+        cov = np.where(both, cov, 0.0)
+        tau = np.asarray(tau)[:p]
+        if full_cov:
+            second = cov
+        else:
+            var = np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), 0.0)  # (P, O, M)
+            second = np.swapaxes(var, 1, 2)
+        o = self.n_joint_outputs
+        if o > 1:
+            return mean.reshape(p, -1, o), unstack_second(second, o, full_cov), tau
+        return mean, second, tau
+
+    def predict_training_tasks(
+        self,
+        task_index: np.ndarray,
+        x_pred: np.ndarray,
+        *,
+        include_noise: bool = True,
+        full_cov: bool | str = False,
+    ):
+        """Predictive of training tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
+
+        Returns ``(mean (P, Np, O), var (P, Np, O) or cov, tau (P, K))``: ``cov`` is
+        ``(P, O, Np, Np)`` (``full_cov=True``), or ``(P, Np, O, Np, O)`` with correlated
+        outputs and ``full_cov="joint"``.
+        """
+        task_index = np.asarray(task_index, dtype=np.int64)
+        with runtime.jax_scope():
+            xp, real, pb = self._pad_pred(x_pred)
+            idx = pad_axis(task_index, 0, pb, 0).astype(np.int32)
+            mean, cov = core_predict.predict_training_tasks(
+                self.model, to_device(idx), xp, include_noise
+            )
+            return self._finish(mean, cov, self.tau[idx], real, full_cov)
+
+    def condition(self, x_obs: np.ndarray, y_obs: np.ndarray) -> Context:
+        """Memberships (and own hyperparameters when task hyperparameters are not
+        shared) of new tasks observed at ``x_obs`` (P, N, I) with ``y_obs`` (P, N, O)."""
+        x_obs = np.asarray(x_obs, np.float64)
+        y_obs = np.asarray(y_obs, np.float64)
+        if self.n_joint_outputs > 1:
+            x_obs, y_obs = stack_observed(x_obs, y_obs)
+        p = x_obs.shape[0]
+        model = self._new_task_model()
+        with runtime.jax_scope():
+            xo, yo, mo = self._pad_obs(x_obs, y_obs)
+            start = core_predict.typical_task_params(model.params, self.n_tasks, xo.shape[0])
+            if model.params.log_noise.shape[0] > 1:
+                start = core_predict.fit_new_tasks_params(
+                    model, start, xo, yo, mo, self.config.max_steps
+                )
+            tau = core_predict.new_task_memberships(model, start, xo, yo, mo)
+            params_np = jax.tree.map(
+                lambda a: np.asarray(a)[:p] if isinstance(a, jax.Array) else a, start
+            )
+            return Context(x=x_obs, y=y_obs, tau=np.asarray(tau)[:p], task_params=params_np)
+
+    def predict_new_tasks(
+        self,
+        context: Context | list[Context] | None,
+        x_pred: np.ndarray,
+        *,
+        include_noise: bool = True,
+        full_cov: bool | str = False,
+    ):
+        """Predictive of new tasks from their context (one per task of ``x_pred``, or a
+        list of single-task contexts; None: tasks with no data at all); same shapes as
+        :meth:`predict_training_tasks`."""
+        if isinstance(context, list):
+            context = Context.stack(context)
+        model = self._new_task_model()
+        p = np.shape(x_pred)[0]
+        with runtime.jax_scope():
+            xp, real, pb = self._pad_pred(x_pred)
+            if context is None:
+                inputs = self.model.tasks.x.shape[-1]
+                x_obs = np.full((p, 1, inputs), np.nan)
+                y_obs = np.full((p, 1, self.n_outputs), np.nan)
+                task_params = core_predict.typical_task_params(model.params, self.n_tasks, pb)
+            else:
+                x_obs, y_obs = context.x, context.y
+                task_params = jax.tree.map(
+                    lambda a: (
+                        to_device(repeat_first(np.asarray(a), pb))
+                        if isinstance(a, np.ndarray)
+                        else a
+                    ),
+                    context.task_params,
+                )
+            xo, yo, mo = self._pad_obs(x_obs, y_obs)
+            mean, cov, tau = core_predict.predict_new_tasks(
+                model, task_params, xo, yo, mo, xp, include_noise
+            )
+            return self._finish(mean, cov, tau, real, full_cov)
+
+    def predict_tasks(
+        self,
+        x_pred: np.ndarray,
+        train_rows: np.ndarray,
+        contexts: list[Context | None],
+        *,
+        include_noise: bool = True,
+        full_cov: bool | str = False,
+    ):
+        """Predictive of any tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
+
+        Task ``p`` is the training task of model row ``train_rows[p]`` when that is at
+        least 0, else the new task of ``contexts[p]``, else a task never seen (the
+        cluster mixture). Returns ``(mean, var or cov, tau)`` as
+        :meth:`predict_training_tasks`.
+        """
+        p, m, _ = x_pred.shape
+        o = self.n_joint_outputs if self.n_joint_outputs > 1 else self.n_outputs
+        mean = np.zeros((p, m, o))
+        if full_cov == "joint":
+            second = np.zeros((p, m, o, m, o))
+        elif full_cov:
+            second = np.zeros((p, o, m, m))
+        else:
+            second = np.zeros((p, m, o))
+        tau = np.zeros((p, self.n_clusters))
+        known = np.array([c is not None for c in contexts], dtype=bool)
+        kw = {"include_noise": include_noise, "full_cov": full_cov}
+        groups = [
+            (
+                train_rows >= 0,
+                lambda t: self.predict_training_tasks(train_rows[t], x_pred[t], **kw),
+            ),
+            (
+                (train_rows < 0) & known,
+                lambda t: self.predict_new_tasks(
+                    [contexts[i] for i in np.flatnonzero(t)], x_pred[t], **kw
+                ),
+            ),
+            ((train_rows < 0) & ~known, lambda t: self.predict_new_tasks(None, x_pred[t], **kw)),
+        ]
+        for rows, run in groups:
+            if rows.any():
+                mean[rows], second[rows], tau[rows] = run(rows)
+        return mean, second, tau
+
+    def sample(self, mean: np.ndarray, cov: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        """Draws from ``N(mean, cov)`` per task and output: ``(P, Np, O, n_samples)``.
+
+        ``mean`` is (P, Np, O) and ``cov`` (P, O, Np, Np), or (P, Np, O, Np, O) with
+        correlated outputs (the outputs are then drawn jointly); padded rows (zero
+        variance) give the mean. The factorisation is an eigendecomposition so that
+        singular covariances (noise-free predictions at repeated inputs) still sample.
+        """
+        if cov.ndim == 5:
+            p, m, o = mean.shape
+            flat = cov.reshape(p, 1, m * o, m * o)
+            return self.sample(mean.reshape(p, m * o, 1), flat, n_samples, seed).reshape(
+                p, m, o, -1
+            )
+        rng = np.random.default_rng(seed)
+        p, m, o = mean.shape
+        vals, vecs = np.linalg.eigh(cov)
+        root = vecs * np.sqrt(np.maximum(vals, 0.0))[..., None, :]
+        z = rng.standard_normal((p, o, m, n_samples))
+        draws = root @ z  # (P, O, M, S)
+        return np.swapaxes(draws, 1, 2) + mean[..., None]
