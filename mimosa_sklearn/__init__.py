@@ -7,16 +7,8 @@ Public names: :class:`MagmaClusterRegressor`, :func:`make_forecast_scorer`, and 
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
-try:
-    __version__ = _version("mimosa-sklearn")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.2.0"
-
-# Imported after __version__: the estimator reads it when pickling.
 from . import datasets
+from ._version import __version__
 from .estimator import MagmaClusterRegressor
 from .metrics import make_forecast_scorer
 

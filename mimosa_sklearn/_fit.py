@@ -4,7 +4,7 @@ One path for every configuration. :func:`fit_magma` lays the problem out once
 (:class:`_Problem`): independent outputs on the exact or the approximate grid, or
 correlated outputs stacked into ``(x, output)`` pairs (:mod:`._outputs`) with
 multi-output kernels; tasks of very different lengths split into parts
-(:mod:`._parts`, :mod:`.core.ragged`); the task axis sharded across devices. Then the
+(:mod:`._parts`, :mod:`.core.parts`); the task axis sharded across devices. Then the
 same loop runs the EM from ``n_init`` initialisations and keeps the best ELBO.
 """
 
@@ -148,7 +148,7 @@ def make_parts(
     config: FitConfig,
     max_parts: int,
 ) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
-    """A ragged batch (:mod:`.core.ragged`) of tasks grouped by length, or None when one
+    """A batch in parts (:mod:`.core.parts`) of tasks grouped by length, or None when one
     part is best (:func:`._parts.length_parts`).
 
     Returns the parts and ``src``: the caller's index of every stacked task row (-1 on
@@ -171,7 +171,7 @@ def make_parts(
 
 
 def _unstack_result(result: EMResult, src: np.ndarray, n_rows: int) -> EMResult:
-    """``result`` of a ragged EM with its task axes (tau, task-specific hyperparameters)
+    """``result`` of an EM on parts with its task axes (tau, task-specific hyperparameters)
     back in the caller's task order, padded to ``n_rows`` rows."""
     real = np.flatnonzero(src >= 0)
     rows = np.empty(n_rows, dtype=np.int64)
@@ -205,13 +205,13 @@ class _Problem:
     """A data set laid out for the EM (see :func:`_lay_out`)."""
 
     batch: TaskBatch  # one part: what predictions use
-    em_batch: TaskBatch | tuple[TaskBatch, ...]  # the EM's (the ragged parts, if any)
-    src: np.ndarray | None  # ragged parts: caller's task of every stacked row
+    em_batch: TaskBatch | tuple[TaskBatch, ...]  # the EM's (the parts, if any)
+    src: np.ndarray | None  # parts: caller's task of every stacked row
     mesh: object  # device mesh of a sharded task axis, or None
     init_y: np.ndarray  # (Tb, N, O) outputs for the k-means initialisation
     init_mask: np.ndarray
     layout: SharingLayout  # of the fitted model
-    em_layout: SharingLayout  # of the EM (task-specific rows of the ragged parts)
+    em_layout: SharingLayout  # of the EM (task-specific rows of the parts)
     start_params: Callable[[np.ndarray], Params]  # initial memberships -> parameters
     n_grid: int
     joint_outputs: int = 1
@@ -281,10 +281,10 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
         x, y, mappings, grid, task_chunk=chunk, task_multiple=1 if mesh is None else mesh.size
     )
     tb = batch.x.shape[0]
-    ragged = None
+    split = None
     if mesh is None:
-        ragged = make_parts(x, y, mappings, grid, config, _max_parts(config, t))
-    em_batch, src = (batch, None) if ragged is None else ragged
+        split = make_parts(x, y, mappings, grid, config, _max_parts(config, t))
+    em_batch, src = (batch, None) if split is None else split
     # Task-specific hyperparameters: one row per stacked task during the EM, one per
     # padded task of the one-part batch afterwards.
     em_layout = _task_specific(_layout(config, t, o), tb if src is None else src.size, config)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._batching import bucket, pad_axis, pad_tasks, repeat_first
-from ._outputs import stack_inputs, stack_observed, unstack_second
+from ._outputs import FullCov, stack_inputs, stack_observed, unstack_second
 from ._persistence import to_device_tree, to_host
 from .core import predict as core_predict
 from .core import runtime
@@ -154,7 +154,6 @@ class FittedMagma:
         self.converged = result.converged
         self.n_joint_outputs = int(joint_outputs)
         self.input_grid = None if input_grid is None else np.asarray(input_grid, np.float64)
-        self.n_inputs = int(tasks.x.shape[-1])
         self.n_outputs = int(tasks.y.shape[-1])
 
     # -- persistence: arrays as numpy, modules through cloudpickle (_persistence)
@@ -197,6 +196,11 @@ class FittedMagma:
             return self.input_grid
         return np.asarray(self.model.grid)[: self.n_grid]
 
+    def _typical_task_params(self, n: int):
+        """Task hyperparameters for ``n`` new tasks (:func:`.core.predict.typical_task_params`)."""
+        real = np.arange(self.model.params.log_noise.shape[0]) < self.n_tasks
+        return core_predict.typical_task_params(self.model.params, to_device(real), n)
+
     def _new_task_model(self) -> Model:
         # Without the training tasks: programs on new tasks do not depend on their shapes.
         return dataclasses.replace(self.model, tasks=None, tau=None)
@@ -219,13 +223,14 @@ class FittedMagma:
             np.swapaxes(var.reshape(k, m, o), 1, 2),
         )
 
-    def hyperparameters(self) -> dict[str, np.ndarray]:
-        """Readable hyperparameter values keyed ``"<group>.<name>"``.
+    def hyperparameters(self, task_order: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Readable hyperparameter values (float64 arrays) keyed ``"<group>.<name>"``.
 
         Shapes: mean kernel ``(K*, O*)``, prior mean ``(K, O*)``, task kernel and noise
         ``(T*, K*, O*)`` (size-1 axes are shared values). With correlated outputs, also
         the coregionalisation matrices ``B = W W^T + diag(kappa)`` of ICM kernels
-        (``"<group>.coregionalisation"``).
+        (``"<group>.coregionalisation"``). ``task_order`` (model rows) reorders the
+        values of task-specific hyperparameters.
         """
         out: dict[str, np.ndarray] = {}
         p = self.params
@@ -246,6 +251,12 @@ class FittedMagma:
             if w is not None and kappa is not None:
                 b = np.einsum("...pr,...qr->...pq", w, w)
                 out[f"{group}.coregionalisation"] = b + kappa[..., None] * np.eye(w.shape[-2])
+        out = {key: np.array(value, dtype=np.float64) for key, value in out.items()}
+        if task_order is not None and p.log_noise.shape[0] > 1 and task_order.size > 1:
+            for key, value in out.items():
+                per_task = key == "noise" or key.startswith("task_kernel.")
+                if per_task and value.ndim and value.shape[0] == task_order.size:
+                    out[key] = value[task_order]
         return out
 
     def n_parameters(self) -> int:
@@ -294,7 +305,7 @@ class FittedMagma:
         )
         return to_device(padded.x), to_device(padded.y), to_device(padded.mask)
 
-    def _finish(self, mean, cov, tau, real: np.ndarray, full_cov: bool | str):
+    def _finish(self, mean, cov, tau, real: np.ndarray, full_cov: FullCov):
         """Device results -> the caller's layout, zero on padded rows."""
         p, m = real.shape
         mean = np.swapaxes(np.asarray(mean), 1, 2)[:p, :m]  # (P, M, O)
@@ -304,14 +315,14 @@ class FittedMagma:
         cov = np.where(both, cov, 0.0)
         tau = np.asarray(tau)[:p]
         if full_cov:
-            second = cov
+            spread = cov
         else:
             var = np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), 0.0)  # (P, O, M)
-            second = np.swapaxes(var, 1, 2)
+            spread = np.swapaxes(var, 1, 2)
         o = self.n_joint_outputs
         if o > 1:
-            return mean.reshape(p, -1, o), unstack_second(second, o, full_cov), tau
-        return mean, second, tau
+            return mean.reshape(p, -1, o), unstack_second(spread, o, full_cov), tau
+        return mean, spread, tau
 
     def predict_training_tasks(
         self,
@@ -319,7 +330,7 @@ class FittedMagma:
         x_pred: np.ndarray,
         *,
         include_noise: bool = True,
-        full_cov: bool | str = False,
+        full_cov: FullCov = False,
     ):
         """Predictive of training tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
 
@@ -347,7 +358,7 @@ class FittedMagma:
         model = self._new_task_model()
         with runtime.jax_scope():
             xo, yo, mo = self._pad_obs(x_obs, y_obs)
-            start = core_predict.typical_task_params(model.params, self.n_tasks, xo.shape[0])
+            start = self._typical_task_params(xo.shape[0])
             if model.params.log_noise.shape[0] > 1:
                 start = core_predict.fit_new_tasks_params(
                     model, start, xo, yo, mo, self.config.max_steps
@@ -364,7 +375,7 @@ class FittedMagma:
         x_pred: np.ndarray,
         *,
         include_noise: bool = True,
-        full_cov: bool | str = False,
+        full_cov: FullCov = False,
     ):
         """Predictive of new tasks from their context (one per task of ``x_pred``, or a
         list of single-task contexts; None: tasks with no data at all); same shapes as
@@ -379,7 +390,7 @@ class FittedMagma:
                 inputs = self.model.tasks.x.shape[-1]
                 x_obs = np.full((p, 1, inputs), np.nan)
                 y_obs = np.full((p, 1, self.n_outputs), np.nan)
-                task_params = core_predict.typical_task_params(model.params, self.n_tasks, pb)
+                task_params = self._typical_task_params(pb)
             else:
                 x_obs, y_obs = context.x, context.y
                 task_params = jax.tree.map(
@@ -403,7 +414,7 @@ class FittedMagma:
         contexts: list[Context | None],
         *,
         include_noise: bool = True,
-        full_cov: bool | str = False,
+        full_cov: FullCov = False,
     ):
         """Predictive of any tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
 
@@ -416,11 +427,11 @@ class FittedMagma:
         o = self.n_joint_outputs if self.n_joint_outputs > 1 else self.n_outputs
         mean = np.zeros((p, m, o))
         if full_cov == "joint":
-            second = np.zeros((p, m, o, m, o))
+            spread = np.zeros((p, m, o, m, o))
         elif full_cov:
-            second = np.zeros((p, o, m, m))
+            spread = np.zeros((p, o, m, m))
         else:
-            second = np.zeros((p, m, o))
+            spread = np.zeros((p, m, o))
         tau = np.zeros((p, self.n_clusters))
         known = np.array([c is not None for c in contexts], dtype=bool)
         kw = {"include_noise": include_noise, "full_cov": full_cov}
@@ -439,8 +450,8 @@ class FittedMagma:
         ]
         for rows, run in groups:
             if rows.any():
-                mean[rows], second[rows], tau[rows] = run(rows)
-        return mean, second, tau
+                mean[rows], spread[rows], tau[rows] = run(rows)
+        return mean, spread, tau
 
     def sample(self, mean: np.ndarray, cov: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         """Draws from ``N(mean, cov)`` per task and output: ``(P, Np, O, n_samples)``.

@@ -10,9 +10,16 @@ missing at some inputs) cost nothing. The fit and the JAX core then run unchange
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
-__all__ = ["stack_observed", "stack_inputs", "unstack_second"]
+__all__ = ["FullCov", "stack_observed", "stack_inputs", "unstack_second"]
+
+#: What a prediction returns beside the mean: variances (False), covariances between
+#: the rows of each output (True), or, with correlated outputs, covariances across rows
+#: and outputs ("joint").
+FullCov = bool | Literal["joint"]
 
 
 def stack_observed(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,16 +70,16 @@ def stack_inputs(x: np.ndarray, n_outputs: int) -> np.ndarray:
     return np.concatenate([rep, ids[..., None]], axis=-1)
 
 
-def unstack_second(second: np.ndarray, n_outputs: int, full_cov: bool | str) -> np.ndarray:
+def unstack_second(spread: np.ndarray, n_outputs: int, full_cov: FullCov) -> np.ndarray:
     """Stacked variances or covariance back to the caller's output layout.
 
     ``(P, M*O, 1)`` -> ``(P, M, O)``; ``(P, 1, M*O, M*O)`` -> ``(P, O, M, M)`` (blocks
     of each output) or, for ``full_cov="joint"``, ``(P, M, O, M, O)``.
     """
-    p = second.shape[0]
+    p = spread.shape[0]
     if not full_cov:
-        return second.reshape(p, -1, n_outputs)
-    joint = second[:, 0].reshape(p, -1, n_outputs, second.shape[-1] // n_outputs, n_outputs)
+        return spread.reshape(p, -1, n_outputs)
+    joint = spread[:, 0].reshape(p, -1, n_outputs, spread.shape[-1] // n_outputs, n_outputs)
     if full_cov == "joint":
         return joint
     blocks = np.diagonal(joint, axis1=2, axis2=4)  # (P, M, M, O)

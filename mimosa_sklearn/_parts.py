@@ -1,8 +1,8 @@
 """Splitting tasks of very different lengths into parts padded to their own length.
 
 Pure numpy: which padded lengths to use (:func:`length_parts`) and the tasks of each
-part (:func:`split_by_length`). The core runs the EM on the parts as a ragged batch
-(:mod:`.core.ragged`).
+part (:func:`split_by_length`). The core runs the EM on the parts as a batch in parts
+(:mod:`.core.parts`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import re
 import sys
 from typing import Any
 
+from ._version import __version__
+
 __all__ = ["pack_state", "to_device_tree", "to_host", "unpack_state"]
 
 # Marker of estimator attributes stored as cloudpickle bytes inside a pickle.
@@ -26,8 +28,6 @@ _VERSION_KEY = "_mimosa_version"
 
 
 def _package_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -65,12 +65,15 @@ def _is_cloudpickled(value: Any) -> bool:
 
 
 def pack_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An estimator's ``__dict__`` ready for pickle: equinox modules as cloudpickle
-    bytes, and the package version."""
+    """An estimator's ``__dict__`` ready for pickle: equinox modules (with numpy
+    leaves) and conditioned tasks' contexts as cloudpickle bytes, and the package
+    version."""
     cloudpickle = _cloudpickle()
     state = dict(state)
     for key, value in state.items():
-        if _is_equinox_module(value) or (key in _ALWAYS_CLOUDPICKLED and value):
+        if _is_equinox_module(value):
+            state[key] = (_CLOUDPICKLED, cloudpickle.dumps(to_host(value)))
+        elif key in _ALWAYS_CLOUDPICKLED and value:
             state[key] = (_CLOUDPICKLED, cloudpickle.dumps(value))
     state[_VERSION_KEY] = _package_version()
     return state
@@ -96,7 +99,9 @@ def unpack_state(state: dict[str, Any], owner: str) -> dict[str, Any]:
         )
     for key, value in state.items():
         if _is_cloudpickled(value):
-            state[key] = pickle.loads(value[1])
+            value = pickle.loads(value[1])
+            # Modules (user kernels) travelled with numpy leaves: back in float64.
+            state[key] = to_device_tree(value) if _is_equinox_module(value) else value
     return state
 
 

@@ -3,8 +3,8 @@
 A multi-task data set arrives as ``n`` rows, each carrying a task id, an input
 vector and (optionally) an output vector. Tasks have very different numbers of
 rows, so the JAX core works on *padded* arrays of shape ``(T, N, ...)`` where
-``T`` is the number of tasks and ``N`` the largest task size (optionally rounded
-up so that compiled functions are reused across data sets of similar sizes).
+``T`` is the number of tasks and ``N`` the largest task size (rounded up to buckets
+later, by :mod:`._batching`).
 
 Every real row is also mapped to a point of a shared input *grid*: the sorted
 unique input rows of the data. MagmaClust's mean processes live on that grid,
@@ -53,8 +53,8 @@ class TaskData:
     ----------
     inputs : ndarray of shape (T, N, I), dtype float64
         Snapped inputs of every task, in caller row order inside each task (in
-        canonical order with ``canonical=True``); NaN on padded rows. For rows on
-        the grid the values are exactly the corresponding grid rows.
+        canonical order with ``canonical=True``); NaN on padded rows. The values are
+        exactly the corresponding grid rows.
     outputs : ndarray of shape (T, N, O), dtype float64, or None
         Outputs, NaN on padded rows and wherever an output is missing. None
         when the data were built without outputs.
@@ -126,17 +126,6 @@ class TaskData:
     def row_mask(self) -> np.ndarray:
         """ndarray of shape (T, N), bool: True on real (non-padded) rows."""
         return np.arange(self.n_max) < self.n_points[:, None]
-
-    @property
-    def obs_mask(self) -> np.ndarray:
-        """ndarray of shape (T, N, O), bool: True where an output is observed.
-
-        An output is observed when its row is real and its value is not NaN.
-        The last axis has length 0 when the data were built without outputs.
-        """
-        if self.outputs is None:
-            return np.zeros((self.n_tasks, self.n_max, 0), dtype=bool)
-        return self.row_mask[:, :, None] & ~np.isnan(self.outputs)
 
     def to_rows(self, values: np.ndarray) -> np.ndarray:
         """Gather padded per-task values back into caller row order.

@@ -19,7 +19,7 @@ from sklearn.utils import _safe_indexing
 from ._validation import validate_rows
 from .data import encode_task_ids
 
-__all__ = ["coverage", "make_forecast_scorer", "nlpd"]
+__all__ = ["coverage", "make_forecast_scorer", "masked_r2_score", "nlpd"]
 
 _METRICS = ("r2", "rmse", "nlpd")
 
@@ -111,8 +111,28 @@ def coverage(y_true: Any, mean: Any, std: Any, level: float = 0.95) -> float:
     return float(np.mean(np.abs(y[keep] - mu[keep]) <= half))
 
 
-def _masked_r2(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: Any = None) -> float:
-    """R² ignoring NaN targets: per output over its observed rows, then averaged."""
+def masked_r2_score(y_true: np.ndarray, y_pred: np.ndarray, sample_weight: Any = None) -> float:
+    """R² ignoring NaN targets: per output over its observed rows, then averaged.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        True outputs; NaN entries are left out.
+    y_pred : array-like of the same shape
+        Predictions.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Row weights.
+
+    Returns
+    -------
+    float
+        The mean over outputs of :func:`sklearn.metrics.r2_score` on observed rows.
+
+    Raises
+    ------
+    ValueError
+        When no target is observed.
+    """
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_pred, dtype=np.float64)
     y2, p2 = y.reshape(y.shape[0], -1), p.reshape(p.shape[0], -1)
@@ -191,7 +211,7 @@ class _ForecastScorer:
         )
         y_new = y_arr[new_idx].reshape(mean.shape)
         if self.metric == "r2":
-            return _masked_r2(y_new, mean)
+            return masked_r2_score(y_new, mean)
         if self.metric == "rmse":
             return -_rmse(y_new, mean)
         return -nlpd(y_new, mean, std)

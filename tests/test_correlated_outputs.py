@@ -23,7 +23,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 
 from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn._outputs import stack_inputs, stack_observed, unstack_second
 from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.multioutput import PerOutputMean, StackedOutputKernel
 from mimosa_sklearn.datasets import make_magma_data
@@ -208,35 +207,6 @@ def test_pickle_roundtrip(models, data):
 
 
 # ---------------------------------------------------------------------- building blocks
-
-
-def test_stack_observed_and_inputs():
-    x = np.array([[[0.0], [1.0], [np.nan]], [[2.0], [3.0], [4.0]]])
-    y = np.array([[[1.0, np.nan], [2.0, 3.0], [np.nan, np.nan]], [[np.nan, 4.0], [5, 6], [7, 8]]])
-    xs, ys = stack_observed(x, y)
-    assert xs.shape == (2, 5, 2) and ys.shape == (2, 5, 1)
-    np.testing.assert_array_equal(xs[0, :3], [[0, 0], [1, 0], [1, 1]])
-    assert np.isnan(xs[0, 3:]).all() and np.isnan(ys[0, 3:]).all()
-    np.testing.assert_array_equal(ys[1, :, 0], [4, 5, 6, 7, 8])
-    np.testing.assert_array_equal(xs[1, :, 1], [1, 0, 1, 0, 1])
-    full = stack_inputs(x, 2)
-    assert full.shape == (2, 6, 2)
-    assert np.isnan(full[0, 4:]).all()  # padded rows stay padded, output column too
-    np.testing.assert_array_equal(full[1, :, 1], [0, 1, 0, 1, 0, 1])
-
-
-def test_unstack_second_layouts():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(3, 6, 6))
-    cov = (a @ np.swapaxes(a, 1, 2))[:, None]  # (P, 1, M*O, M*O), M=3, O=2
-    blocks = unstack_second(cov, 2, True)
-    assert blocks.shape == (3, 2, 3, 3)
-    np.testing.assert_allclose(blocks[:, 1], cov[:, 0, 1::2, 1::2])
-    joint = unstack_second(cov, 2, "joint")
-    assert joint.shape == (3, 3, 2, 3, 2)
-    np.testing.assert_allclose(joint[:, 0, 1, 2, 0], cov[:, 0, 1, 4])
-    var = unstack_second(np.arange(12.0).reshape(2, 6, 1), 2, False)
-    np.testing.assert_array_equal(var[0], [[0, 1], [2, 3], [4, 5]])
 
 
 def test_default_correlated_kernel_is_icm_with_ard():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
 
 import numpy as np
@@ -222,14 +221,3 @@ def test_sample_y_bad_n_samples(fitted, data):
     X, _ = data
     with pytest.raises(ValueError, match="n_samples"):
         fitted.sample_y(X.iloc[:3], n_samples=0)
-
-
-# ---------------------------------------------------------------------- persistence
-
-
-def test_pickle_from_incompatible_version():
-    state = MagmaClusterRegressor().__getstate__()
-    state["_mimosa_version"] = "99.0.0"
-    est = MagmaClusterRegressor.__new__(MagmaClusterRegressor)
-    with pytest.raises(pickle.UnpicklingError, match=r"99\.0\.0.*cannot be loaded"):
-        est.__setstate__(state)

@@ -288,6 +288,21 @@ def test_single_task_mode(data):
     assert est.score(X1, y[rows].to_numpy()) > 0.9
 
 
+def test_a_prior_mean_without_parameters_fits(data, fitted):
+    # kernax.ZeroMean has no array leaf to map over: it used to crash the fit. Its mean
+    # processes revert to 0 far from the data, where the learned constants do not.
+    import kernax
+
+    X, y = data
+    zero = _fit(X, y, prior_mean=kernax.ZeroMean())
+    assert not any(key.startswith("prior_mean.") for key in zero.hyperparameters_)
+    assert np.isfinite(zero.elbo_).all() and np.isfinite(zero.predict(X)).all()
+    far = pd.DataFrame({"ID": ["unseen"], "Input": [1e4]})
+    standardised = (zero.predict(far)[0] - y.mean()) / y.std()
+    assert abs(standardised) < 1e-6
+    assert abs((fitted.predict(far)[0] - y.mean()) / y.std()) > 1e-3
+
+
 def test_accelerate_switches_the_squarem_extrapolation(data, monkeypatch):
     from mimosa_sklearn.core import accelerate, em
 

@@ -153,18 +153,6 @@ def test_fit_with_shared_inputs_equals_general_fit(monkeypatch):
     _assert_same(_fit_summary(fast, x, y), _fit_summary(general, x, y))
 
 
-def test_shared_inputs_detection():
-    x, y, maps, _ = _shared_data(4)
-    assert _batching.shared_inputs(x, y, maps)
-    y2 = y.copy()
-    y2[1, 0, 0] = np.nan  # another observed pattern
-    assert not _batching.shared_inputs(x, y2, maps)
-    x2 = x.copy()
-    x2[3, 1, 0] = 9.0
-    assert not _batching.shared_inputs(x2, y, maps)
-    assert not _batching.shared_inputs(x[:1], y[:1], maps[:1])
-
-
 _SNIPPET_SHARDED = textwrap.dedent(
     """
     import warnings
@@ -223,14 +211,3 @@ def test_sharded_fit_on_two_cpu_devices_equals_one_device():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sharded ok" in out.stdout
-
-
-def test_task_buckets_are_powers_of_two_from_one():
-    # A padded task costs as much as a real one, so the task axis has no floor of 8;
-    # points and grid keep it (their padding is cheap and it bounds the shape count).
-    sizes = [_batching.bucket(t, 8, 1) for t in (1, 2, 3, 5, 8, 9, 32, 33, 41)]
-    assert sizes == [1, 2, 4, 8, 8, 16, 32, 40, 48]
-    assert _batching.bucket(1, 8) == 8 and _batching.bucket(33, 8) == 40
-    x = np.array([[[0.0], [1.0], [2.0]]])
-    batch = _batching.make_batch(x, np.ones((1, 3, 1)), np.array([[0, 1, 2]]), GRID[:3])
-    assert batch.x.shape[:2] == (1, 8) and float(batch.task_weight.sum()) == 1.0

@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-import mimosa_sklearn
 from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.core import em as core_em
 from mimosa_sklearn.core.em import NumericalFailure
@@ -385,28 +384,3 @@ def test_pickle_and_joblib_in_a_fresh_process(fitted, data, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
-
-
-def _pickled_as(monkeypatch, est, version: str) -> bytes:
-    """Bytes of ``est`` pickled as if by mimosa_sklearn ``version``."""
-    with monkeypatch.context() as m:
-        m.setattr("mimosa_sklearn._persistence._package_version", lambda: version)
-        return pickle.dumps(est)
-
-
-def test_pickle_from_incompatible_version_names_both(monkeypatch, fitted, tmp_path):
-    blob = _pickled_as(monkeypatch, fitted, "99.1.0")
-    with pytest.raises(pickle.UnpicklingError) as info:
-        pickle.loads(blob)
-    message = str(info.value)
-    assert "99.1.0" in message and mimosa_sklearn.__version__ in message
-    (tmp_path / "old.joblib").write_bytes(blob)
-    with pytest.raises(pickle.UnpicklingError, match=r"99\.1\.0"):
-        joblib.load(tmp_path / "old.joblib")
-
-
-def test_pickle_from_compatible_version_loads(monkeypatch, fitted, data):
-    major, minor = mimosa_sklearn.__version__.split(".")[:2]
-    blob = _pickled_as(monkeypatch, fitted, f"{major}.{minor}.999")
-    X, _ = data
-    np.testing.assert_array_equal(pickle.loads(blob).predict(X), fitted.predict(X))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .likelihood import jitter_amount
-from .linalg import cho_solve, cholesky, is_projection, mask_cov
+from .linalg import cho_solve, cholesky, identity_on_padding, is_projection
 from .params import Params, TaskBatch, eval_mean
 
 __all__ = ["projection_kernel", "projection_matrix", "prior_offsets", "with_projection"]
@@ -45,7 +45,7 @@ def projection_matrix(params: Params, batch: TaskBatch, jitter: float) -> Float[
     grid, gmask = batch.grid, batch.grid_mask
     cuu = kernel(grid, grid)
     eps = jitter_amount(cuu, jitter, gmask)
-    chol = cholesky(mask_cov(cuu, gmask, eps))
+    chol = cholesky(identity_on_padding(cuu, gmask, eps))
     t, n, i = batch.x.shape
     cross = kernel(grid, batch.x.reshape(t * n, i))  # (G, T N)
     cross = jnp.where(gmask[:, None], cross, 0.0)

@@ -4,7 +4,7 @@ One EM iteration is a single jit-compiled function of fixed-shape arrays, so a f
 compiles once per data shape; the outer loop runs in Python only to test convergence,
 report progress and recover from numerical failures.
 
-Functions taking a ``batch: Batch`` also take a ragged batch (:mod:`.ragged`): tasks
+Functions taking a ``batch: Batch`` also take a batch in parts (:mod:`.parts`): tasks
 grouped into parts of their own padded length, stacked part after part on every task
 axis (``tau``, task NLLs, task-specific hyperparameters).
 """
@@ -45,7 +45,7 @@ from .params import (
     task_covariance_one,
     task_covariances,
 )
-from .ragged import Batch, as_parts, first, part_params, split_tasks, task_weights
+from .parts import Batch, as_parts, first, part_params, split_tasks, task_weights
 
 __all__ = [
     "EMResult",
@@ -115,7 +115,7 @@ def cluster_task_nll(
 
     ``precisions``: the ``(Psi_i^{-1}, log|Psi_i|)`` of :func:`task_precisions` at the
     same parameters and jitter, when the caller has them (no second factorisation);
-    one pair per part for a ragged batch (:mod:`.ragged`), whose NLLs are stacked.
+    one pair per part for a batch in parts (:mod:`.parts`), whose NLLs are stacked.
     """
     if isinstance(batch, tuple):
         pairs = precisions if precisions is not None else (None,) * len(batch)

@@ -125,7 +125,7 @@ def hyperposterior(
         approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
         exact grid.
 
-    A ragged batch (:mod:`.ragged`) passes ``tau``, ``precisions``, ``weighted_y``,
+    A batch in parts (:mod:`.parts`) passes ``tau``, ``precisions``, ``weighted_y``,
     ``mappings``, ``task_weight`` and ``offset_wy`` as tuples with one entry per part
     (``N`` and ``T`` may differ between parts): the data precisions of all parts add up.
     """

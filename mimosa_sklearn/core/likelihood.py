@@ -20,9 +20,9 @@ from .linalg import (
     gather_matrix,
     gather_vector,
     gram,
+    identity_on_padding,
     inverse_from_chol,
     logdet_from_chol,
-    mask_cov,
     masked_inverse,
     solve_lower,
     symmetrise,
@@ -32,7 +32,7 @@ from .parallel import map_tasks
 __all__ = [
     "LOG_2PI",
     "jitter_amount",
-    "masked_cov",
+    "factorable_cov",
     "masked_factor",
     "logdet_and_trace",
     "logdet_and_factored_trace",
@@ -66,10 +66,11 @@ def jitter_amount(
     return jitter * jnp.maximum(scale, 1.0)
 
 
-def masked_cov(
+def factorable_cov(
     cov: Float[Array, "... N N"], mask: Bool[Array, "... N"], jitter: float
 ) -> Float[Array, "... N N"]:
-    """``cov`` with its real block jittered and identity rows/columns on padding.
+    """``cov`` ready to factorise: zero outside the real block, the relative jitter of
+    :func:`jitter_amount` on it, and identity rows/columns on padding.
 
     Entries of ``cov`` outside the real block are never read, so they may hold
     anything, NaN included, without NaN values or gradients.
@@ -77,14 +78,14 @@ def masked_cov(
     both = mask[..., :, None] & mask[..., None, :]
     cov = jnp.where(both, cov, 0.0)
     eps = jitter_amount(cov, jitter, mask)[..., None, None]
-    return mask_cov(cov, mask, eps)
+    return identity_on_padding(cov, mask, eps)
 
 
 def masked_factor(
     cov: Float[Array, "... N N"], mask: Bool[Array, "... N"], jitter: float
 ) -> Float[Array, "... N N"]:
-    """Lower factor of the identity-masked, jittered ``cov`` (:func:`masked_cov`)."""
-    return cholesky(masked_cov(cov, mask, jitter))
+    """Lower factor of the identity-masked, jittered ``cov`` (:func:`factorable_cov`)."""
+    return cholesky(factorable_cov(cov, mask, jitter))
 
 
 def masked_nll(
@@ -411,7 +412,7 @@ def moment_nll(
     ``E_q[-log N(y; mu, S)] = 0.5 [log|S| + tr(S^{-1} E[(y-mu)(y-mu)^T]) + n log 2pi]``;
     ``weight`` multiplies the terms that do not depend on the data (a responsibility when
     the second moment is already weighted by it). ``cov`` is the identity-masked,
-    jittered covariance (:func:`masked_cov`); ``M`` is zero on padding.
+    jittered covariance (:func:`factorable_cov`); ``M`` is zero on padding.
     """
     logdet, trace = logdet_and_trace(cov, second_moment)
     out = weight * logdet + trace

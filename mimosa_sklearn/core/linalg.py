@@ -22,7 +22,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 __all__ = [
     "add_jitter",
-    "mask_cov",
+    "identity_on_padding",
     "cholesky",
     "logdet_from_chol",
     "solve_lower",
@@ -51,7 +51,7 @@ def add_jitter(cov: Float[Array, "... N N"], jitter: float | Float[Array, ""]) -
     return cov + jitter * scale * jnp.eye(n, dtype=cov.dtype)
 
 
-def mask_cov(
+def identity_on_padding(
     cov: Float[Array, "... N N"], mask: Bool[Array, "... N"], jitter: float | Array = 0.0
 ) -> Array:
     """Jitter the real block, then replace padded rows and columns by the identity.

@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, Int
 
 from .approx import prior_offsets
 from .hyperposterior import Hyperposterior
-from .likelihood import LOG_2PI, logdet_and_factored_trace, masked_cov, moment_nll
+from .likelihood import LOG_2PI, factorable_cov, logdet_and_factored_trace, moment_nll
 from .linalg import cholesky, gather_matrix, gather_vector, solve_lower
 from .optimise import minimise
 from .parallel import map_tasks
@@ -32,7 +32,7 @@ from .params import (
     shared_fast_path,
     task_covariance_one,
 )
-from .ragged import Batch, as_parts, part_params, split_tasks, task_weights
+from .parts import Batch, as_parts, part_params, split_tasks, task_weights
 
 __all__ = [
     "mixture_weights",
@@ -194,7 +194,7 @@ def task_objective(
         kernel, log_noise = get_params(p_i)
         cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
         kt, _, n, _ = cov.shape
-        cov = masked_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
+        cov = factorable_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
         n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
         return jnp.sum(moment_nll(cov, mom_i, w_i[..., None], n_real))
 
@@ -218,7 +218,7 @@ def total_objective(
     """``sum_k J^mu_k + sum_i J^f_i``, the VM-step objective at ``params`` (the
     negative expected complete-data log-likelihood that :func:`m_step` lowers).
 
-    For a ragged batch (:mod:`.ragged`) ``moments`` and ``mweights`` are tuples with one
+    For a batch in parts (:mod:`.parts`) ``moments`` and ``mweights`` are tuples with one
     entry per part (:func:`part_moments`), and the task objectives of the parts add up.
     ``factor``: :func:`posterior_factor` of ``post`` (computed here when None)."""
     if not isinstance(batch, tuple):

@@ -18,6 +18,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .compile import to_device
+from .likelihood import jitter_amount
+from .linalg import cholesky, identity_on_padding
 
 __all__ = [
     "Params",
@@ -96,8 +98,14 @@ def index_module(module, index):
 
 
 def _vmap_leading(fn: Callable, module, n_axes: int):
-    """Call ``fn(unbatched_module)`` for every index of the ``n_axes`` leading axes."""
+    """Call ``fn(unbatched_module)`` for every index of the ``n_axes`` leading axes.
+
+    A module without array leaves (``kernax.ZeroMean``) has no axes to map over: it is
+    called once and its result gets size-1 leading axes, which broadcast."""
     dynamic, static = eqx.partition(module, eqx.is_inexact_array)
+    if not jax.tree.leaves(dynamic):
+        out = fn(module)
+        return jnp.reshape(out, (1,) * n_axes + jnp.shape(out))
 
     def call(dyn):
         return fn(eqx.combine(dyn, static))
@@ -207,12 +215,9 @@ def prior_on_grid(
 ) -> tuple[Float[Array, "Kc Oc G G"], Float[Array, "K Om G"], Float[Array, "Kc Oc G G"]]:
     """Prior covariances (jittered, identity on padded grid points), their lower factors
     and the prior means (0 on padded grid points)."""
-    from .likelihood import jitter_amount
-    from .linalg import cholesky, mask_cov
-
     cov = eval_kernel(params.mean_kernel, 2, grid, grid)
     eps = jitter_amount(cov, jitter, grid_mask)[..., None, None]
-    cov = mask_cov(cov, grid_mask, eps)
+    cov = identity_on_padding(cov, grid_mask, eps)
     chol = cholesky(cov)
     return cov, prior_means_on_grid(params.prior_mean, grid, grid_mask), chol
 

@@ -3,6 +3,9 @@
 The hyperposterior ``q(mu_k)`` lives on the training grid; any other input is reached
 by GP conditioning on the grid (ALGORITHM.md §4.1a), reusing the factors ``L`` of the
 prior covariance and ``R`` of the whitened precision, so no refit is ever needed.
+
+The formulas work on one task; the compiled programs at the end map them over many
+tasks and take the fitted :class:`~.model.Model` as one argument.
 """
 
 from __future__ import annotations
@@ -387,14 +390,21 @@ def predict_new_tasks(
 
 
 @jit
-def typical_task_params(params: Params, n_tasks: int, n: int):
+def typical_task_params(params: Params, real: Bool[Array, " Tt"], n: int):
     """Task hyperparameters for ``n`` new tasks: the shared ones, or the average of the
-    first ``n_tasks`` (real) tasks' unconstrained values when they are task-specific."""
-    kernel = jax.tree.map(
-        lambda a: jnp.mean(a[:n_tasks], axis=0) if eqx.is_inexact_array(a) else a,
-        params.task_kernel,
-    )
-    noise = jnp.mean(params.log_noise[:n_tasks], axis=0)
+    ``real`` (not padded) tasks' unconstrained values when they are task-specific.
+
+    ``real`` is an array, so a fit on other tasks (another fold) reuses the program."""
+    weight = real / jnp.sum(real)
+
+    def average(a):
+        if not eqx.is_inexact_array(a):
+            return a
+        if a.shape[0] == 1:  # shared: the value itself
+            return a[0]
+        return jnp.tensordot(weight, a, axes=1)
+
+    kernel, noise = jax.tree.map(average, (params.task_kernel, params.log_noise))
     return jax.tree.map(
         lambda a: jnp.broadcast_to(a, (n,) + a.shape) if eqx.is_inexact_array(a) else a,
         (kernel, noise),

@@ -195,7 +195,7 @@ def test_moment_nll_equals_masked_nll_plus_trace_and_mixes_clusters():
     posts = np.stack([spd(rng, N, 0.3) for _ in range(k_n)])
     tau = rng.dirichlet(np.ones(k_n))
     both = mask[:, None] & mask[None, :]
-    masked = lk.masked_cov(jnp.asarray(cov), jnp.asarray(mask), 0.0)
+    masked = lk.factorable_cov(jnp.asarray(cov), jnp.asarray(mask), 0.0)
     n_real = jnp.asarray(float(mask.sum()))
     full = []
     moments = []
@@ -293,7 +293,7 @@ def test_moment_nll_gradient_through_kernel_matches_finite_differences():
     def f(log_ls, log_var):
         d = (x[:, None] - x[None, :]) / jnp.exp(log_ls)
         cov = jnp.exp(log_var) * jnp.exp(-0.5 * d**2) + 0.1 * jnp.eye(N)
-        return moment_nll(lk.masked_cov(cov, mask_j, 1e-6), mom, jnp.asarray(1.0), n_real)
+        return moment_nll(lk.factorable_cov(cov, mask_j, 1e-6), mom, jnp.asarray(1.0), n_real)
 
     check_grads(f, (jnp.asarray(0.3), jnp.asarray(-0.2)), order=1, modes=("rev",))
 

@@ -71,7 +71,7 @@ def test_masked_inverse_is_embedded_inverse_of_real_block(seed):
     cov[~mask, :] = np.nan  # whatever the padded entries hold
     cov[:, ~mask] = np.nan
     expected = embed(np.linalg.inv(cov[np.ix_(mask, mask)]), mask)
-    masked = linalg.mask_cov(jnp.asarray(cov), jnp.asarray(mask))
+    masked = linalg.identity_on_padding(jnp.asarray(cov), jnp.asarray(mask))
     chol = linalg.cholesky(masked)
     got = np.asarray(linalg.masked_inverse(chol, jnp.asarray(mask)))
     np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-12)
@@ -86,7 +86,7 @@ def test_mask_cov_jitters_real_block_only_and_cho_solve_solves():
     rng = np.random.default_rng(6)
     mask = random_mask(rng, N, 4)
     cov = spd(rng, N)
-    masked = np.asarray(linalg.mask_cov(jnp.asarray(cov), jnp.asarray(mask), 0.25))
+    masked = np.asarray(linalg.identity_on_padding(jnp.asarray(cov), jnp.asarray(mask), 0.25))
     expected = np.eye(N)
     expected[np.ix_(mask, mask)] = cov[np.ix_(mask, mask)] + 0.25 * np.eye(4)
     np.testing.assert_array_equal(masked, expected)

@@ -11,15 +11,13 @@ for constant prior means and the constant prior-mean step. Proven here:
 * ``task_objective`` of those moments is minus the responsibility-weighted expected
   log-likelihood of every task (``core_reference.expected_loglik``), with the jitter
   relative to the mean diagonal of each task covariance;
-* ``part_moments`` gives every part of a ragged batch its own tasks (and its own fast
+* ``part_moments`` gives every part of a batch in parts its own tasks (and its own fast
   path), and on the approximate grid subtracts the prior-mean offsets;
 * ``prior_mean_step`` reaches the generalised least-squares optimum of an affine prior
   mean and refuses a Newton step that would raise its objective;
   ``cluster_objective`` holds for an input-dependent prior mean and its jitter.
-
-Known bug, pinned by a strict xfail: a prior mean without parameters
-(``kernax.ZeroMean``) makes ``prior_mean_step`` raise (``params.eval_mean`` cannot
-``vmap`` a module without arrays) instead of returning the parameters unchanged.
+* a prior mean without parameters (``kernax.ZeroMean``) leaves ``prior_mean_step``
+  nothing to do.
 """
 
 from __future__ import annotations
@@ -238,7 +236,7 @@ def test_shared_input_moments_are_sums_over_real_tasks(kt):
 def test_part_moments_give_each_part_its_own_tasks_and_fast_path(problem):
     tasks, mean, cov, tau_a = problem
     rng = np.random.default_rng(4)
-    shared, part_b = _shared_tasks(rng, 2, 4)  # shorter tasks: a ragged batch
+    shared, part_b = _shared_tasks(rng, 2, 4)  # shorter tasks: a batch in parts
     tau_b = rng.dirichlet(np.ones(K), size=3)
     tau = np.concatenate([tau_a, tau_b])
     layout = SharingLayout.from_flags(T + 3, K, NOUT, cluster_specific_task_hps=True)
@@ -382,12 +380,6 @@ def test_cluster_objective_with_an_affine_prior_mean_and_jitter(affine):
     np.testing.assert_allclose(got_f, want, rtol=1e-10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="params.eval_mean vmaps a mean without array leaves (kernax.ZeroMean) and raises "
-    "before prior_mean_step reaches its no-parameter branch",
-)
 def test_prior_mean_step_leaves_a_parameter_free_mean_alone(affine):
     batch, params, *_, mean, cov = affine
     params = eqx.tree_at(lambda p: p.prior_mean, params, kernax.ZeroMean())

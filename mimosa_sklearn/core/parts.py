@@ -2,7 +2,7 @@
 
 Padding every task to the longest one wastes ``O(N^3)`` per short task in every
 factorisation. The EM therefore accepts, wherever it takes a :class:`.params.TaskBatch`,
-a *ragged batch*: a tuple of ``TaskBatch`` parts (same grid, different ``N`` and
+a *batch in parts*: a tuple of ``TaskBatch`` parts (same grid, different ``N`` and
 ``T``), whose tasks are stacked part after part on every task axis (``tau``, task NLLs,
 task-specific hyperparameters). Per-task work runs part by part; the sums over tasks
 (hyperposterior, VM-step objective, ELBO) add the parts. A plain ``TaskBatch`` is the

@@ -1,6 +1,6 @@
-"""Tasks of very different lengths: ragged parts against one batch padded to the longest.
+"""Tasks of very different lengths: parts against one batch padded to the longest.
 
-Run ``python benchmarks/ragged.py [--tasks N] [--iters 5] [--tol 1e-4 1e-3]``
+Run ``python benchmarks/parts.py [--tasks N] [--iters 5] [--tol 1e-4 1e-3]``
 (``--tasks 600 --iters 2 --tol 1e-3`` for a quick check).
 
 Data: the bundled swimmers (3456 swimmers with 16 to 61 races each, median 20, at
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| layout | cold s | warm s | final ELBO |")
     print("|---|---:|---:|---:|")
     warm = {}
-    for name, parts in (("one part (padded to the longest)", 1), ("ragged parts", None)):
+    for name, parts in (("one part (padded to the longest)", 1), ("parts", None)):
         cold, _ = _fit(X, y, parts, max_iter=args.iters, tol=0.0)
         warm[name], est = _fit(X, y, parts, max_iter=args.iters, tol=0.0)
         print(f"| {name} | {cold:.1f} | {warm[name]:.1f} | {est.model_.elbo:.6f} |")
-    ratio = warm["one part (padded to the longest)"] / warm["ragged parts"]
-    print(f"\nragged speed-up (warm): {ratio:.1f}x\n")
+    ratio = warm["one part (padded to the longest)"] / warm["parts"]
+    print(f"\nparts speed-up (warm): {ratio:.1f}x\n")
     if args.tol:
-        print("## Full fits, ragged parts (warm: compiled above)\n")
+        print("## Full fits, parts (warm: compiled above)\n")
         print("| tol | fit s | iterations | converged | ELBO |")
         print("|---:|---:|---:|---|---:|")
         for tol in args.tol:

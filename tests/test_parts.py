@@ -14,7 +14,7 @@ import pytest
 
 from mimosa_sklearn import _batching, _fit, _parts, kernels
 from mimosa_sklearn.core import approx, em, mstep, runtime
-from mimosa_sklearn.core.ragged import as_parts
+from mimosa_sklearn.core.parts import as_parts
 from mimosa_sklearn.kernels import SharingLayout
 
 
@@ -86,7 +86,7 @@ def _stacked_rows(src: np.ndarray, n_tasks: int) -> np.ndarray:
 
 @eqx.filter_jit
 def _core(params, weights, tau, batch, jitter):
-    """E-step, ELBO, VM-step objective and gradient on a one-part or ragged batch."""
+    """E-step, ELBO, VM-step objective and gradient on a one-part or batch in parts."""
     post, new_tau, _ = em.e_step(params, weights, tau, batch, jitter, True)
     value = em.elbo(params, weights, new_tau, post, batch, jitter)
     moments, mweights = mstep.part_moments(params, new_tau, post, batch)

@@ -1,0 +1,144 @@
+"""The one fit path (``mimosa_sklearn._fit``).
+
+Proven: :meth:`FitConfig.from_params` takes exactly the FitConfig fields of an
+estimator's ``get_params()``, casts numpy scalars to the types of the defaults and
+keeps kernels as the very same objects; :func:`fit_magma` keeps the run of highest
+final ELBO among ``n_init`` (checked against every run's result, recorded), reports
+every kept EM iteration to the callback, and with correlated outputs fits on the
+stacked ``(x, output)`` pairs of the observed values while exposing the caller's grid
+and two joint outputs. Fits are tiny (4-5 tasks, two EM iterations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import kernax
+import numpy as np
+import pytest
+
+from mimosa_sklearn import MagmaClusterRegressor, _fit
+from mimosa_sklearn._fit import FitConfig
+from mimosa_sklearn.core import runtime
+
+runtime.ensure_safe_cpu_backend()  # before this module's own JAX arrays (the kernel)
+
+GRID = np.linspace(0.0, 5.0, 8)[:, None]
+
+
+def _tasks(n_tasks: int, n_outputs: int, seed: int):
+    """Tasks on ``GRID`` (3 to 6 rows, real rows first), two groups by offset."""
+    rng = np.random.default_rng(seed)
+    x = np.full((n_tasks, 6, 1), np.nan)
+    maps = np.zeros((n_tasks, 6), dtype=np.int64)
+    for i in range(n_tasks):
+        k = int(rng.integers(3, 7))
+        idx = np.sort(rng.choice(GRID.shape[0], k, replace=False))
+        x[i, :k], maps[i, :k] = GRID[idx], idx
+    offset = np.where(np.arange(n_tasks) % 2, 2.0, -2.0)[:, None, None]
+    y = np.sin(x) + offset + 0.1 * rng.normal(size=(n_tasks, 6, n_outputs))
+    return x, y, maps
+
+
+# ---------------------------------------------------------------------- FitConfig
+
+
+def test_from_params_picks_fields_and_casts_numpy_scalars():
+    kernel = kernax.SEKernel(1.0)
+    est = MagmaClusterRegressor(
+        n_clusters=np.int64(2),
+        mean_kernel=kernel,
+        shared_task_hps=np.bool_(False),
+        correlated_outputs=np.bool_(True),
+        max_iter=np.int64(7),
+        tol=np.float32(0.25),
+        n_init=np.int32(3),
+        init=np.str_("random"),
+        jitter=np.float32(1e-3),
+        random_state=5,
+        grid=GRID,
+        verbose=1,
+    )
+    params = est.get_params(deep=False)
+    config = FitConfig.from_params(params, seed=np.int64(11))
+    assert config.mean_kernel is kernel and config.task_kernel is None
+    assert config.seed == 11 and type(config.seed) is int
+    defaults = FitConfig()
+    shared = [f.name for f in dataclasses.fields(FitConfig) if f.name in params]
+    assert len(shared) == 15  # every setting the estimator exposes
+    for field in dataclasses.fields(FitConfig):
+        got, default = getattr(config, field.name), getattr(defaults, field.name)
+        if field.name == "seed":
+            continue
+        if field.name not in params:
+            assert got == default, field.name  # max_steps, task_chunk, ...: defaults
+        elif type(default) in (bool, int, float, str):
+            assert type(got) is type(default), field.name
+            assert got == params[field.name], field.name
+        else:
+            assert got is params[field.name], field.name  # kernels: the same objects
+    assert config.n_clusters == 2 and config.shared_task_hps is False
+    assert config.correlated_outputs is True and config.init == "random"
+    assert config.tol == 0.25 and config.jitter == float(np.float32(1e-3))
+
+
+# ---------------------------------------------------------------------- fit_magma
+
+
+def test_fit_keeps_the_best_of_n_init_runs(monkeypatch):
+    real_run_em = _fit.run_em
+    runs = []
+
+    def recording(*args, **kwargs):
+        runs.append(real_run_em(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(_fit, "run_em", recording)
+    seen = []
+    x, y, maps = _tasks(5, 1, seed=0)
+    config = FitConfig(n_clusters=2, max_iter=2, max_steps=5, n_init=3, init="random", seed=3)
+    best = _fit.fit_magma(x, y, maps, GRID, config, lambda i, elbo: seen.append((i, elbo)))
+    elbos = [run.elbo for run in runs]
+    assert len(runs) == 3 and len(set(elbos)) > 1  # the runs differ: the choice matters
+    chosen = runs[int(np.argmax(elbos))]
+    assert best.elbo == max(elbos)
+    np.testing.assert_array_equal(best.elbo_history, chosen.elbo_history)
+    np.testing.assert_array_equal(best.tau, chosen.tau[:5])
+    # The callback hears every kept iteration of every run.
+    assert [i for i, _ in seen] == [i for run in runs for i in range(1, run.n_iter + 1)]
+    np.testing.assert_array_equal(
+        [e for _, e in seen], np.concatenate([r.elbo_history for r in runs])
+    )
+    assert best.n_joint_outputs == 1 and best.n_tasks == 5
+    np.testing.assert_array_equal(best.grid, GRID)
+
+
+def test_fit_with_correlated_outputs():
+    x, y, maps = _tasks(4, 2, seed=1)
+    y[0, 1, 1] = np.nan  # heterotopic: one output missing at one input
+    config = FitConfig(n_clusters=2, max_iter=2, max_steps=5, correlated_outputs=True)
+    fitted = _fit.fit_magma(x, y, maps, GRID, config)
+    assert fitted.n_joint_outputs == 2 and fitted.n_tasks == 4
+    np.testing.assert_array_equal(fitted.grid, GRID)
+    # The model's own grid: the distinct observed (x, output) pairs.
+    rows, outs = np.nonzero(~np.isnan(y).reshape(-1, 2) & ~np.isnan(x).reshape(-1, 1))
+    pairs = np.unique(np.c_[x.reshape(-1, 1)[rows], outs], axis=0)
+    model_grid = np.asarray(fitted.model.grid)[: fitted.n_grid]
+    np.testing.assert_array_equal(np.unique(model_grid, axis=0), pairs)
+    assert fitted.n_grid == len(pairs)
+    x_pred = np.repeat(GRID[None, ::3], 2, axis=0)
+    mean, var, tau = fitted.predict_training_tasks(np.arange(2), x_pred)
+    assert mean.shape == var.shape == (2, 3, 2) and tau.shape == (2, 2)
+    assert np.isfinite(mean).all() and np.all(var > 0)
+    _, joint, _ = fitted.predict_training_tasks(np.arange(2), x_pred, full_cov="joint")
+    assert joint.shape == (2, 3, 2, 3, 2)
+    np.testing.assert_allclose(np.einsum("pmomo->pmo", joint), var, rtol=1e-10)
+    coreg = fitted.hyperparameters()["task_kernel.coregionalisation"]
+    assert coreg.shape[-2:] == (2, 2)
+
+
+def test_approximate_grid_with_correlated_outputs_is_refused():
+    x, y, maps = _tasks(4, 2, seed=1)
+    config = FitConfig(n_clusters=2, correlated_outputs=True)
+    with pytest.raises(NotImplementedError, match="approximate grid with correlated"):
+        _fit.fit_magma(x, y, None, GRID[::2], config, approximate=True)

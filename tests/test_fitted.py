@@ -1,0 +1,192 @@
+"""The numpy facade of a fitted model (``mimosa_sklearn._fitted``).
+
+One tiny model (five tasks, two clusters, two EM iterations) fitted by
+:func:`mimosa_sklearn._fit.fit_magma` serves every test. Proven: :meth:`Context.task`
+then :meth:`Context.stack` gives back a context's arrays (NaN padding aside), on a
+hand-made context with per-task hyperparameters and on one from ``condition``, whose
+predictions are the same either way; :meth:`FittedMagma.predict_tasks` routes every
+row to the right predictor (training task, conditioned new task, task never seen) and
+equals those predictors called separately, tasks never seen getting the mixture
+weights; the hyperposterior read back at its own grid points; a pickle round trip
+with JAX's global x64 off keeps a float64 model and bit-identical predictions. No
+test enters ``jax_scope`` itself: the facade must work from plain numpy.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import jax
+import numpy as np
+import pytest
+
+from mimosa_sklearn import _fit
+from mimosa_sklearn._fitted import Context, FittedMagma
+
+GRID = np.linspace(0.0, 5.0, 8)[:, None]
+
+
+def _tasks(n_tasks: int, width: int, seed: int):
+    """Tasks on ``GRID`` (3 to ``width`` rows, real rows first), two groups by offset."""
+    rng = np.random.default_rng(seed)
+    x = np.full((n_tasks, width, 1), np.nan)
+    maps = np.zeros((n_tasks, width), dtype=np.int64)
+    for i in range(n_tasks):
+        k = int(rng.integers(3, width + 1))
+        idx = np.sort(rng.choice(GRID.shape[0], k, replace=False))
+        x[i, :k], maps[i, :k] = GRID[idx], idx
+    offset = np.where(np.arange(n_tasks) % 2, 2.0, -2.0)[:, None, None]
+    y = np.sin(x) + offset + 0.1 * rng.normal(size=x.shape)
+    return x, y, maps
+
+
+@pytest.fixture(scope="module")
+def fitted() -> FittedMagma:
+    x, y, maps = _tasks(5, 6, seed=0)
+    config = _fit.FitConfig(n_clusters=2, max_iter=2, max_steps=5)
+    return _fit.fit_magma(x, y, maps, GRID, config)
+
+
+@pytest.fixture(scope="module")
+def new_tasks():
+    """Three new tasks of 4, 2 and 3 rows in a width of 6, one output value missing."""
+    x = np.full((3, 6, 1), np.nan)
+    for i, rows in enumerate([[0.0, 1.5, 3.0, 4.5], [0.5, 2.0], [1.0, 2.5, 4.0]]):
+        x[i, : len(rows), 0] = rows
+    y = np.sin(x) + np.array([-2.0, 2.0, -1.0])[:, None, None]
+    y[0, 1, 0] = np.nan
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def context(fitted, new_tasks) -> Context:
+    return fitted.condition(*new_tasks)
+
+
+# ---------------------------------------------------------------------- Context
+
+
+def test_context_task_and_stack_round_trip_by_hand():
+    rng = np.random.default_rng(1)
+    lengths = [5, 2, 3]
+    x = np.full((3, 6, 2), np.nan)
+    y = np.full((3, 6, 2), np.nan)
+    for i, n in enumerate(lengths):
+        x[i, :n] = rng.normal(size=(n, 2))
+        y[i, :n] = rng.normal(size=(n, 2))
+    y[1, 0, 1] = np.nan  # a missing output on a real row stays
+    tau = rng.dirichlet(np.ones(2), size=3)
+    params = (rng.normal(size=(3, 1, 2)), rng.normal(size=(3,)), "static")
+    ctx = Context(x=x, y=y, tau=tau, task_params=params)
+
+    singles = [ctx.task(i) for i in range(3)]
+    for i, (single, n) in enumerate(zip(singles, lengths, strict=True)):
+        assert single.x.shape == (1, n, 2) and single.y.shape == (1, n, 2)
+        np.testing.assert_array_equal(single.x[0], x[i, :n])
+        np.testing.assert_array_equal(single.y[0], y[i, :n])
+        np.testing.assert_array_equal(single.tau, tau[i : i + 1])
+        np.testing.assert_array_equal(single.task_params[0], params[0][i : i + 1])
+        np.testing.assert_array_equal(single.task_params[1], params[1][i : i + 1])
+        assert single.task_params[2] == "static"
+
+    back = Context.stack(singles)
+    np.testing.assert_array_equal(back.x, x[:, :5])  # NaN padding to the longest task
+    np.testing.assert_array_equal(back.y, y[:, :5])
+    np.testing.assert_array_equal(back.tau, tau)
+    for got, want in zip(back.task_params[:2], params[:2], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert back.task_params[2] == "static"
+    # Any subset, in any order.
+    two = Context.stack([singles[2], singles[0]])
+    np.testing.assert_array_equal(two.x, x[[2, 0], :5])
+    np.testing.assert_array_equal(two.task_params[1], params[1][[2, 0]])
+
+
+def test_context_round_trip_of_conditioned_tasks(fitted, new_tasks, context):
+    x, y = new_tasks
+    assert np.isnan(context.x[:, 4:]).all()  # no task is longer than 4 rows
+    singles = [context.task(i) for i in range(3)]
+    back = Context.stack(singles)
+    np.testing.assert_array_equal(back.x, context.x[:, :4])
+    np.testing.assert_array_equal(back.y, context.y[:, :4])
+    np.testing.assert_array_equal(back.tau, context.tau)
+    leaves = jax.tree.leaves(context.task_params)
+    assert leaves and all(np.shape(leaf)[0] == 3 for leaf in leaves)
+    for got, want in zip(jax.tree.leaves(back.task_params), leaves, strict=True):
+        np.testing.assert_array_equal(got, want)
+    x_pred = np.repeat(GRID[None, ::2], 3, axis=0)
+    whole = fitted.predict_new_tasks(context, x_pred)
+    parts = fitted.predict_new_tasks(singles, x_pred)
+    for a, b in zip(whole, parts, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------- predict_tasks
+
+
+@pytest.mark.parametrize("full_cov", [False, True])
+def test_predict_tasks_routes_every_row(fitted, context, full_cov):
+    # Rows: training task 3, new task 1, a task never seen, training task 0, new task 0,
+    # and training task 1 given a context too (a training row wins: the context is ignored).
+    rng = np.random.default_rng(2)
+    x_pred = rng.uniform(0.0, 5.0, size=(6, 3, 1))
+    x_pred[2, 2] = np.nan  # a padded prediction row
+    train_rows = np.array([3, -1, -1, 0, -1, 1])
+    ctx = [context.task(i) for i in range(3)]
+    contexts = [None, ctx[1], None, None, ctx[0], ctx[2]]
+    kw = {"full_cov": full_cov}
+    mean, second, tau = fitted.predict_tasks(x_pred, train_rows, contexts, **kw)
+
+    train = fitted.predict_training_tasks(np.array([3, 0, 1]), x_pred[[0, 3, 5]], **kw)
+    new = fitted.predict_new_tasks([ctx[1], ctx[0]], x_pred[[1, 4]], **kw)
+    unseen = fitted.predict_new_tasks(None, x_pred[[2]], **kw)
+    for rows, want in (([0, 3, 5], train), ([1, 4], new), ([2], unseen)):
+        for got, ref in zip((mean, second, tau), want, strict=True):
+            np.testing.assert_array_equal(got[rows], ref)
+    np.testing.assert_array_equal(tau[[0, 3, 5]], fitted.tau[[3, 0, 1]])
+    np.testing.assert_allclose(tau[2], fitted.weights, rtol=1e-12)  # no data: the mixture
+    np.testing.assert_array_equal(tau[[1, 4]], context.tau[[1, 0]])
+    assert mean[2, 2, 0] == 0.0  # padded rows are zero
+    # The rows really differ: a routing mistake cannot go unseen.
+    assert np.abs(mean[1] - mean[4]).min() > 1e-3 and np.abs(mean[0] - mean[3]).min() > 1e-3
+
+
+# ---------------------------------------------------------------------- inspection
+
+
+def test_mean_processes_at_the_grid_are_the_hyperposterior(fitted):
+    mean, var = fitted.mean_processes(GRID)
+    post_mean = np.asarray(fitted.post.mean)[..., : fitted.n_grid]
+    post_var = np.diagonal(np.asarray(fitted.post.cov), axis1=-2, axis2=-1)[..., : fitted.n_grid]
+    assert mean.shape == var.shape == (2, 1, 8)
+    # Equal up to the jitter of the factorisations (the clusters sit ~4 apart).
+    np.testing.assert_allclose(mean, post_mean, atol=1e-4)
+    np.testing.assert_allclose(var, post_var, atol=1e-4)
+    np.testing.assert_array_equal(fitted.grid, GRID)
+    assert fitted.vbic() == fitted.elbo - 0.5 * fitted.n_parameters() * np.log(5)
+
+
+# ---------------------------------------------------------------------- persistence
+
+
+def test_pickle_round_trip_with_x64_off(fitted, context):
+    x_pred = np.repeat(GRID[None, 1::3], 3, axis=0)
+    before = (
+        fitted.predict_training_tasks(np.arange(3), x_pred),
+        fitted.predict_new_tasks(context, x_pred),
+        fitted.predict_new_tasks(None, x_pred),
+    )
+    with jax.enable_x64(False):
+        assert not jax.config.jax_enable_x64
+        again = pickle.loads(pickle.dumps(fitted))
+    leaves = jax.tree.leaves(again.model)
+    assert all(isinstance(leaf, jax.Array) for leaf in leaves)  # back on the device
+    floats = [leaf for leaf in leaves if leaf.dtype.kind == "f"]
+    assert floats and all(leaf.dtype == np.float64 for leaf in floats)
+    after = (
+        again.predict_training_tasks(np.arange(3), x_pred),
+        again.predict_new_tasks(context, x_pred),
+        again.predict_new_tasks(None, x_pred),
+    )
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(a, b)
