@@ -19,7 +19,7 @@ Prints one table: the grid chosen, its size, fit time, EM iterations, RMSE, NLPD
 95% coverage of the forecasts, and the auto grid's RMSE change (%) and NLPD change
 against the exact grid, with the issue's acceptance (at most +1% RMSE and +0.02 NLPD).
 An exact fit that would not fit in memory is reported with the estimate of
-:func:`mimosa_sklearn.memory.estimate_fit_bytes` instead.
+:func:`mimosa_sklearn._memory.estimate_fit_bytes` instead.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import Split, _scores, load_split  # noqa: E402
 
 from mimosa_sklearn import MagmaClusterRegressor  # noqa: E402
+from mimosa_sklearn._memory import FitMemoryError  # noqa: E402
 from mimosa_sklearn.datasets import make_magma_data  # noqa: E402
-from mimosa_sklearn.memory import FitMemoryError  # noqa: E402
 
 RMSE_SLACK = 0.01  # relative
 NLPD_SLACK = 0.02

@@ -10,7 +10,7 @@ iteration runs:
 - *long*: 20 tasks of 5 to 15 points, K = 3, ``--iters`` EM iterations (default 500).
 
 Each fit goes through the estimator's own steps (task ids encoded, rows padded with
-:func:`mimosa_sklearn.data.build_task_data`, outputs standardised) and calls
+:func:`mimosa_sklearn._data.build_task_data`, outputs standardised) and calls
 :func:`mimosa_sklearn._fit.fit_magma` with a callback that records the current RSS
 and the peak RSS after every EM iteration. The first iterations compile and allocate
 the working set, so growth is judged after a warm-up (``--warmup`` iterations): the
@@ -35,7 +35,7 @@ import time
 import numpy as np
 
 from mimosa_sklearn import _fit
-from mimosa_sklearn.data import build_task_data, encode_task_ids
+from mimosa_sklearn._data import build_task_data, encode_task_ids
 from mimosa_sklearn.datasets import make_magma_data
 
 MIB = 1024.0**2

@@ -1,6 +1,6 @@
 """Padded tasks -> bucketed device batches, with explicit boolean masks.
 
-:func:`mimosa_sklearn.data.build_task_data` lays the caller's rows out as padded tasks,
+:func:`mimosa_sklearn._data.build_task_data` lays the caller's rows out as padded tasks,
 NaN marking padded rows and missing outputs. Here those arrays reach the shapes the
 compiled programs see: the numbers of tasks, rows and grid points are rounded up to
 buckets (:func:`bucket`), so data sets of similar size share one compiled program, and

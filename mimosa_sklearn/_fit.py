@@ -21,7 +21,9 @@ import numpy as np
 
 from . import _parts
 from ._batching import bucket, make_batch, pad_axis
+from ._data import build_grid, map_to_grid
 from ._fitted import FittedMagma
+from ._kernels import SharingLayout, correlated_params, default_params
 from ._outputs import stack_observed
 from .core import approx as core_approx
 from .core import runtime
@@ -30,8 +32,6 @@ from .core.em import EMResult, NumericalFailure, run_em
 from .core.init import init_responsibilities
 from .core.parallel import auto_task_chunk, shard_tasks, task_mesh
 from .core.params import Params, TaskBatch
-from .data import build_grid, map_to_grid
-from .kernels import SharingLayout, correlated_params, default_params
 
 __all__ = ["FitConfig", "NumericalFailure", "fit_magma", "make_parts"]
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._batching import bucket, pad_axis, pad_tasks, repeat_first
-from ._outputs import FullCov, stack_inputs, stack_observed, unstack_second
+from ._kernels import SharingLayout, count_trainable, kernel_hyperparameters
+from ._outputs import FullCov, stack_inputs, stack_observed, unstack_spread
 from ._persistence import to_device_tree, to_host
 from .core import predict as core_predict
 from .core import runtime
@@ -27,7 +28,6 @@ from .core.compile import to_device
 from .core.em import EMResult
 from .core.model import Model
 from .core.params import TaskBatch
-from .kernels import SharingLayout, count_trainable, kernel_hyperparameters
 
 __all__ = ["Context", "FittedMagma"]
 
@@ -321,7 +321,7 @@ class FittedMagma:
             spread = np.swapaxes(var, 1, 2)
         o = self.n_joint_outputs
         if o > 1:
-            return mean.reshape(p, -1, o), unstack_second(spread, o, full_cov), tau
+            return mean.reshape(p, -1, o), unstack_spread(spread, o, full_cov), tau
         return mean, spread, tau
 
     def predict_training_tasks(

@@ -1,7 +1,7 @@
 """Correlated outputs as a layout: ``(x, output)`` pairs stacked into one channel.
 
 With ``correlated_outputs=True`` the ``O`` outputs of a task are modelled jointly by
-multi-output kernels (ALGORITHM.md §6.2, :func:`mimosa_sklearn.kernels.correlated_kernel`).
+multi-output kernels (ALGORITHM.md §6.2, :func:`mimosa_sklearn._kernels.correlated_kernel`).
 Each observed pair ``(row, output p)`` becomes one row of a single-output problem whose
 input is ``(x, p)``; unobserved pairs are no rows at all, so heterotopic data (an output
 missing at some inputs) cost nothing. The fit and the JAX core then run unchanged with
@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["FullCov", "stack_observed", "stack_inputs", "unstack_second"]
+__all__ = ["FullCov", "stack_observed", "stack_inputs", "unstack_spread"]
 
 #: What a prediction returns beside the mean: variances (False), covariances between
 #: the rows of each output (True), or, with correlated outputs, covariances across rows
@@ -70,7 +70,7 @@ def stack_inputs(x: np.ndarray, n_outputs: int) -> np.ndarray:
     return np.concatenate([rep, ids[..., None]], axis=-1)
 
 
-def unstack_second(spread: np.ndarray, n_outputs: int, full_cov: FullCov) -> np.ndarray:
+def unstack_spread(spread: np.ndarray, n_outputs: int, full_cov: FullCov) -> np.ndarray:
     """Stacked variances or covariance back to the caller's output layout.
 
     ``(P, M*O, 1)`` -> ``(P, M, O)``; ``(P, 1, M*O, M*O)`` -> ``(P, O, M, M)`` (blocks

@@ -1,10 +1,10 @@
 """Conditioning and prediction: the estimator's surface once it is fitted.
 
 :class:`ForecastMixin` holds the methods of
-:class:`~mimosa_sklearn.estimator.MagmaClusterRegressor` that use a fitted model:
+:class:`~mimosa_sklearn._estimator.MagmaClusterRegressor` that use a fitted model:
 ``condition``, ``predict``, ``forecast``, ``predict_proba``, ``score``, ``sample_y`` and
 ``predict_frame``. They validate rows (:mod:`._validation`), lay them out as tasks
-(:mod:`.data`), ask the fitted model (:mod:`._fitted`) and put the results back in the
+(:mod:`._data`), ask the fitted model (:mod:`._fitted`) and put the results back in the
 caller's rows and units. No model math here.
 """
 
@@ -20,9 +20,9 @@ import pandas as pd
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._data import build_task_data, encode_task_ids
 from ._outputs import FullCov
 from ._validation import Rows, validate_rows, validate_y
-from .data import build_task_data, encode_task_ids
 from .metrics import masked_r2_score
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ __all__ = ["ForecastMixin"]
 
 
 class ForecastMixin:
-    """Methods of :class:`~mimosa_sklearn.estimator.MagmaClusterRegressor` on a fitted
+    """Methods of :class:`~mimosa_sklearn._estimator.MagmaClusterRegressor` on a fitted
     model (attributes set by its ``fit``)."""
 
     # ------------------------------------------------------------------ conditioning

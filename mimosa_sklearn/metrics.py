@@ -16,8 +16,8 @@ from sklearn.metrics import r2_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing
 
+from ._data import encode_task_ids
 from ._validation import validate_rows
-from .data import encode_task_ids
 
 __all__ = ["coverage", "make_forecast_scorer", "masked_r2_score", "nlpd"]
 

@@ -25,10 +25,10 @@ import pytest
 
 from mimosa_sklearn import MagmaClusterRegressor, _batching
 from mimosa_sklearn import _fit as fit_module
-from mimosa_sklearn.auto_grid import inducing_inputs
+from mimosa_sklearn._auto_grid import inducing_inputs
+from mimosa_sklearn._data import build_task_data, encode_task_ids
 from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.approx import prior_offsets
-from mimosa_sklearn.data import build_task_data, encode_task_ids
 from mimosa_sklearn.datasets import make_magma_data
 from mimosa_sklearn.metrics import nlpd
 

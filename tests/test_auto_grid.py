@@ -1,4 +1,4 @@
-"""``grid="auto"`` (the default): the rule of :func:`mimosa_sklearn.auto_grid.choose_grid`
+"""``grid="auto"`` (the default): the rule of :func:`mimosa_sklearn._auto_grid.choose_grid`
 at its boundaries, and the estimator's use of it on irregular continuous inputs.
 
 The estimator tests fit 30 tasks of 10 continuous random inputs (G = 300 distinct
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn.auto_grid import (
+from mimosa_sklearn._auto_grid import (
     EXACT_ALWAYS,
     MAX_INDUCING,
     MIN_INDUCING,

@@ -23,10 +23,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 
 from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn._kernels import correlated_kernel, correlated_prior_mean, count_trainable
 from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.multioutput import PerOutputMean, StackedOutputKernel
 from mimosa_sklearn.datasets import make_magma_data
-from mimosa_sklearn.kernels import correlated_kernel, correlated_prior_mean, count_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"n_clusters": 2, "max_iter": 10, "random_state": 0}

@@ -1,4 +1,4 @@
-"""Tests for mimosa_sklearn.data (ragged rows <-> padded task arrays)."""
+"""Tests for mimosa_sklearn._data (ragged rows <-> padded task arrays)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimosa_sklearn.data import (
+from mimosa_sklearn._data import (
     TaskData,
     build_grid,
     build_task_data,

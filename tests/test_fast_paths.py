@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from mimosa_sklearn import _batching, _fit, _fitted
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, mstep, runtime
 from mimosa_sklearn.core.parallel import chunk_for, map_tasks
 from mimosa_sklearn.core.params import TaskBatch
-from mimosa_sklearn.kernels import SharingLayout
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "core"))
 import core_reference as ref  # noqa: E402

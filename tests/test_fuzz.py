@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
 from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn.data import build_task_data, encode_task_ids, snap_inputs
+from mimosa_sklearn._data import build_task_data, encode_task_ids, snap_inputs
 
 # ---------------------------------------------------------------------- data layer
 

@@ -1,4 +1,4 @@
-"""Default kernels and the sharing layout (:mod:`mimosa_sklearn.kernels`).
+"""Default kernels and the sharing layout (:mod:`mimosa_sklearn._kernels`).
 
 Proven against closed forms:
 
@@ -27,9 +27,7 @@ import kernax
 import numpy as np
 import pytest
 
-from mimosa_sklearn.core import runtime
-from mimosa_sklearn.core.params import index_module
-from mimosa_sklearn.kernels import (
+from mimosa_sklearn._kernels import (
     SharingLayout,
     build_params,
     correlated_params,
@@ -39,6 +37,8 @@ from mimosa_sklearn.kernels import (
     default_prior_mean,
     kernel_hyperparameters,
 )
+from mimosa_sklearn.core import runtime
+from mimosa_sklearn.core.params import index_module
 
 T, K, NOUT = 5, 3, 2
 

@@ -1,13 +1,12 @@
-"""Memory estimate of a fit (:mod:`mimosa_sklearn.memory`), checked before it starts."""
+"""Memory estimate of a fit (:mod:`mimosa_sklearn._memory`), checked before it starts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mimosa_sklearn import MagmaClusterRegressor, memory
-from mimosa_sklearn.datasets import make_magma_data
-from mimosa_sklearn.memory import (
+from mimosa_sklearn import MagmaClusterRegressor, _memory
+from mimosa_sklearn._memory import (
     BASE_BYTES,
     GRID_MATRICES,
     LIMIT_ENV,
@@ -18,6 +17,7 @@ from mimosa_sklearn.memory import (
     check_fit_memory,
     estimate_fit_bytes,
 )
+from mimosa_sklearn.datasets import make_magma_data
 
 GIB = 2**30
 
@@ -74,8 +74,8 @@ def test_host_memory_is_read(monkeypatch):
 
 def test_no_reading_means_no_check(monkeypatch):
     monkeypatch.delenv(LIMIT_ENV, raising=False)
-    monkeypatch.setattr(memory, "_device_available", lambda: None)
-    monkeypatch.setattr(memory, "_host_available", lambda: None)
+    monkeypatch.setattr(_memory, "_device_available", lambda: None)
+    monkeypatch.setattr(_memory, "_host_available", lambda: None)
     check_fit_memory(
         n_clusters=2, n_outputs=1, grid_size=10**6, n_tasks=1, n_rows=10**6, approximate=False
     )
@@ -115,7 +115,7 @@ def test_forced_oversize_exact_grid_fails_before_the_fit():
 
 def test_the_fit_checks_with_its_own_sizes(monkeypatch):
     calls = []
-    monkeypatch.setattr("mimosa_sklearn.estimator.check_fit_memory", lambda **kw: calls.append(kw))
+    monkeypatch.setattr("mimosa_sklearn._estimator.check_fit_memory", lambda **kw: calls.append(kw))
     X, y, _ = make_magma_data(n_tasks=6, n_points=5, n_clusters=2, random_state=0)
     y2 = np.column_stack([y, 2 * y])
     MagmaClusterRegressor(n_clusters=2, grid=None, max_iter=1).fit(X, y2)

@@ -3,7 +3,7 @@
 Proven against explicit loops over tasks, rows and outputs: :func:`stack_observed`
 keeps exactly the observed ``(row, output)`` pairs of real rows, in (row, output)
 order, with the output index as the last input column; :func:`stack_inputs` puts
-``(x_m, p)`` at row ``m * O + p``; :func:`unstack_second` sends every entry of a stacked
+``(x_m, p)`` at row ``m * O + p``; :func:`unstack_spread` sends every entry of a stacked
 variance or covariance (built from a known kernel on the stacked inputs) back to its
 ``(row, output)`` position in the caller's layout. Pure numpy: no JAX.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mimosa_sklearn._outputs import stack_inputs, stack_observed, unstack_second
+from mimosa_sklearn._outputs import stack_inputs, stack_observed, unstack_spread
 
 
 def test_stack_observed_and_inputs():
@@ -31,17 +31,17 @@ def test_stack_observed_and_inputs():
     np.testing.assert_array_equal(full[1, :, 1], [0, 1, 0, 1, 0, 1])
 
 
-def test_unstack_second_layouts():
+def test_unstack_spread_layouts():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 6, 6))
     cov = (a @ np.swapaxes(a, 1, 2))[:, None]  # (P, 1, M*O, M*O), M=3, O=2
-    blocks = unstack_second(cov, 2, True)
+    blocks = unstack_spread(cov, 2, True)
     assert blocks.shape == (3, 2, 3, 3)
     np.testing.assert_allclose(blocks[:, 1], cov[:, 0, 1::2, 1::2])
-    joint = unstack_second(cov, 2, "joint")
+    joint = unstack_spread(cov, 2, "joint")
     assert joint.shape == (3, 3, 2, 3, 2)
     np.testing.assert_allclose(joint[:, 0, 1, 2, 0], cov[:, 0, 1, 4])
-    var = unstack_second(np.arange(12.0).reshape(2, 6, 1), 2, False)
+    var = unstack_spread(np.arange(12.0).reshape(2, 6, 1), 2, False)
     np.testing.assert_array_equal(var[0], [[0, 1], [2, 3], [4, 5]])
 
 
@@ -124,7 +124,7 @@ def _icm(a: np.ndarray, b: np.ndarray, coreg: np.ndarray) -> np.ndarray:
     return coreg[a[:, -1].astype(int)][:, b[:, -1].astype(int)] * np.exp(-0.5 * d2)
 
 
-def test_unstack_second_puts_each_covariance_at_its_row_and_output():
+def test_unstack_spread_puts_each_covariance_at_its_row_and_output():
     rng = np.random.default_rng(5)
     n_tasks, m, o = 2, 4, 3
     w = rng.normal(size=(o, o))
@@ -132,11 +132,11 @@ def test_unstack_second_puts_each_covariance_at_its_row_and_output():
     x = rng.normal(size=(n_tasks, m, 2))
     stacked = stack_inputs(x, o)  # (P, M*O, I + 1)
     cov = np.stack([_icm(s, s, coreg) for s in stacked])[:, None]  # (P, 1, M*O, M*O)
-    joint = unstack_second(cov, o, "joint")
-    blocks = unstack_second(cov, o, True)
+    joint = unstack_spread(cov, o, "joint")
+    blocks = unstack_spread(cov, o, True)
     # Variances that depend on the row as well as on the output.
     diag = np.diagonal(cov[:, 0], axis1=1, axis2=2) + stacked[..., 0]
-    var = unstack_second(diag[..., None], o, False)
+    var = unstack_spread(diag[..., None], o, False)
     assert joint.shape == (n_tasks, m, o, m, o) and blocks.shape == (n_tasks, o, m, m)
     assert var.shape == (n_tasks, m, o)
     for i in range(n_tasks):

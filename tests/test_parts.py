@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimosa_sklearn import _batching, _fit, _parts, kernels
+from mimosa_sklearn import _batching, _fit, _kernels, _parts
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import approx, em, mstep, runtime
 from mimosa_sklearn.core.parts import as_parts
-from mimosa_sklearn.kernels import SharingLayout
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +123,7 @@ def test_ragged_core_equals_one_padded_batch(approximate):
 
     def params_for(n_rows, where):
         lay = dataclasses.replace(layout, task=(n_rows,) + layout.task[1:])
-        p = kernels.default_params(lay, x, np.where(obs, y, 0.0), obs, tau0)
+        p = _kernels.default_params(lay, x, np.where(obs, y, 0.0), obs, tau0)
         return eqx.tree_at(lambda q: q.log_noise, p, p.log_noise.at[where, 0, 0].add(shift))
 
     p_one = params_for(one.x.shape[0], np.arange(t))

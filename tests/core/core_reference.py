@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import kernax
 import numpy as np
 
+from mimosa_sklearn._kernels import SharingLayout, build_params
 from mimosa_sklearn.core.params import TaskBatch
-from mimosa_sklearn.kernels import SharingLayout, build_params
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 

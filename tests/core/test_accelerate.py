@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em
 from mimosa_sklearn.core.accelerate import squarem_point
-from mimosa_sklearn.kernels import SharingLayout
 
 T, K, N = 7, 3, 6
 GRID = np.linspace(0.0, 7.0, 8)[:, None]

@@ -24,9 +24,9 @@ import kernax
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import approx, runtime
 from mimosa_sklearn.core.params import TaskBatch, stack_module
-from mimosa_sklearn.kernels import SharingLayout
 
 T, N, NOUT, K = 3, 5, 2, 2
 INDUCING = np.linspace(0.0, 4.0, 5)[:, None]

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import compile as core_compile
 from mimosa_sklearn.core import em
-from mimosa_sklearn.kernels import SharingLayout
 
 
 def _run(tasks, params, tau0):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from mimosa_sklearn import _fit
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, mstep
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
-from mimosa_sklearn.kernels import SharingLayout
 
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
 elbo = eqx.filter_jit(em.elbo)

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em
 from mimosa_sklearn.core import hyperposterior as hp
-from mimosa_sklearn.kernels import SharingLayout
 
 hyperposterior = eqx.filter_jit(hp.hyperposterior)
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, runtime
 from mimosa_sklearn.core import predict as pr
 from mimosa_sklearn.core.model import Model
-from mimosa_sklearn.kernels import SharingLayout
 
 GRID = np.linspace(0.0, 7.0, 8)[:, None]
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])

@@ -32,10 +32,10 @@ import kernax
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import mstep, runtime
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 from mimosa_sklearn.core.params import TaskBatch, stack_module
-from mimosa_sklearn.kernels import SharingLayout
 
 T, N, NOUT, K = 4, 5, 2, 2
 GRID = np.linspace(0.0, 5.0, 6)[:, None]

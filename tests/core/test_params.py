@@ -26,8 +26,8 @@ import kernax
 import numpy as np
 import pytest
 
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import params as pm
-from mimosa_sklearn.kernels import SharingLayout
 
 T, N, K, NOUT = 3, 4, 2, 2
 

@@ -12,11 +12,11 @@ from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 from sklearn.gaussian_process.kernels import ConstantKernel as Const
 
 from mimosa_sklearn import _fit, _fitted
+from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, mstep
 from mimosa_sklearn.core import predict as pr
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 from mimosa_sklearn.core.model import Model
-from mimosa_sklearn.kernels import SharingLayout
 
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
 extend = eqx.filter_jit(pr.extend_hyperposterior)

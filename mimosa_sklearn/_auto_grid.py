@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 
-from .data import TaskData, build_grid, first_bad_row, snap_inputs, to_2d_float
+from ._data import TaskData, build_grid, first_bad_row, snap_inputs, to_2d_float
 
 __all__ = [
     "EXACT_ALWAYS",

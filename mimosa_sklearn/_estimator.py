@@ -1,7 +1,7 @@
 """scikit-learn estimator for MagmaClust (multi-task GPs with clustered mean processes).
 
 This module is the sklearn-facing layer only: it validates inputs, converts rows of
-``(task id, inputs) -> outputs`` into padded per-task arrays (:mod:`mimosa_sklearn.data`),
+``(task id, inputs) -> outputs`` into padded per-task arrays (:mod:`mimosa_sklearn._data`),
 and calls the numpy-in/numpy-out fit (:mod:`mimosa_sklearn._fit`) and fitted model
 (:mod:`mimosa_sklearn._fitted`). It holds no model math.
 """
@@ -22,12 +22,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._auto_grid import resolve_grid
+from ._data import build_task_data, encode_task_ids
+from ._memory import check_fit_memory
 from ._persistence import pack_state, unpack_state
 from ._predicting import ForecastMixin
 from ._validation import check_observed, validate_rows, validate_y
-from .auto_grid import resolve_grid
-from .data import build_task_data, encode_task_ids
-from .memory import check_fit_memory
 
 if TYPE_CHECKING:
     from ._fitted import Context
@@ -130,7 +130,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         is always the exact grid, as the approximate grid is not available there.
 
         Before it starts, a fit estimates the memory its grid needs and raises
-        :class:`~mimosa_sklearn.memory.FitMemoryError` (a ``MemoryError``) naming the
+        :class:`~mimosa_sklearn.FitMemoryError` (a ``MemoryError``) naming the
         grid size and the estimate when the machine does not have it.
     normalize_y : bool, default=True
         Standardise each output (observed values) before fitting; predictions are

@@ -1,0 +1,46 @@
+"""Fixtures shared by the estimator's test modules: small synth_dev fits (module scope).
+
+Test modules that define a fixture of the same name use their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from estimator_data import N_TASKS, fit, fresh_copy, subset
+
+from mimosa_sklearn import MagmaClusterRegressor
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.Series]:
+    return subset("train", N_TASKS)
+
+
+@pytest.fixture(scope="module")
+def new_tasks() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
+    X_obs, y_obs = subset("test_observed", 4)
+    X_target, y_target = subset("test_target", 4)
+    return X_obs, y_obs, X_target, y_target
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> MagmaClusterRegressor:
+    X, y = data
+    return fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def fitted_2d(data) -> tuple[MagmaClusterRegressor, pd.DataFrame]:
+    X, y = data
+    rng = np.random.default_rng(0)
+    Y = pd.DataFrame({"a": y, "b": -0.5 * y + rng.normal(0, 0.1, len(y))})
+    Y.loc[::7, "b"] = np.nan  # missing outputs are allowed
+    return fit(X, Y), Y
+
+
+@pytest.fixture(scope="module")
+def conditioned(fitted, new_tasks) -> MagmaClusterRegressor:
+    X_obs, y_obs, _, _ = new_tasks
+    return fresh_copy(fitted).condition(X_obs, y_obs)
