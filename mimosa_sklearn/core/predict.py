@@ -10,6 +10,8 @@ tasks and take the fitted :class:`~.model.Model` as one argument.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -302,6 +304,13 @@ _CHUNK = 64
 _NEW_TASK_TOL = 1e-5
 
 
+def _over_tasks(model: Model, per_task: Callable, *arrays):
+    """``per_task(extension, *task)`` for every task of ``arrays`` (leading axis), in
+    chunks; the grid extension of the hyperposterior is computed once for all tasks."""
+    ext = grid_extension(model.post)
+    return jax.lax.map(lambda task: per_task(ext, *task), arrays, batch_size=_CHUNK)
+
+
 @jit
 def mean_processes(model: Model, x: Float[Array, "M I"]):
     """Hyperposterior mean ``(K, O, M)`` and covariance ``(K, O, M, M)`` at ``x``."""
@@ -317,16 +326,14 @@ def predict_training_tasks(
 ):
     """Predictive mean ``(P, O, M)`` and covariance ``(P, O, M, M)`` of the model's
     training tasks ``index`` at ``x_pred``."""
-    ext = grid_extension(model.post)
     tasks = model.tasks
 
-    def one(args):
-        i, xp = args
-        return predict_training_task(
-            model, i, model.tau[i], tasks.x[i], tasks.y[i], tasks.mask[i], xp, include_noise, ext
-        )
+    def one(ext, i, xp):
+        x_obs, y_obs, mask_obs = tasks.x[i], tasks.y[i], tasks.mask[i]
+        tau = model.tau[i]
+        return predict_training_task(model, i, tau, x_obs, y_obs, mask_obs, xp, include_noise, ext)
 
-    return jax.lax.map(one, (index, x_pred), batch_size=_CHUNK)
+    return _over_tasks(model, one, index, x_pred)
 
 
 @jit
@@ -339,14 +346,12 @@ def new_task_memberships(
 ) -> Float[Array, "P K"]:
     """Memberships of new tasks from their observations (``task_params``: one leading
     row per task)."""
-    ext = grid_extension(model.post)
 
-    def one(args):
-        pt, xo, yo, mo = args
+    def one(ext, pt, xo, yo, mo):
         mu, cov = extend_hyperposterior(model, xo, ext)
         return new_task_log_marginal(pt, model.weights, mu, cov, xo, yo, mo, model.jitter)[1]
 
-    return jax.lax.map(one, (task_params, x_obs, y_obs, mask_obs), batch_size=_CHUNK)
+    return _over_tasks(model, one, task_params, x_obs, y_obs, mask_obs)
 
 
 @jit
@@ -359,13 +364,11 @@ def fit_new_tasks_params(
     max_steps: int,
 ):
     """Own hyperparameters of new tasks (task-specific hyperparameters), from ``start``."""
-    ext = grid_extension(model.post)
 
-    def one(args):
-        pt, xo, yo, mo = args
+    def one(ext, pt, xo, yo, mo):
         return fit_new_task_params(model, pt, xo, yo, mo, max_steps, _NEW_TASK_TOL, ext)
 
-    return jax.lax.map(one, (start, x_obs, y_obs, mask_obs), batch_size=_CHUNK)
+    return _over_tasks(model, one, start, x_obs, y_obs, mask_obs)
 
 
 @jit
@@ -380,13 +383,11 @@ def predict_new_tasks(
 ):
     """Predictive mean ``(P, O, M)``, covariance ``(P, O, M, M)`` and memberships
     ``(P, K)`` of new tasks from their observations (none: all of ``mask_obs`` False)."""
-    ext = grid_extension(model.post)
 
-    def one(args):
-        pt, xo, yo, mo, xp = args
+    def one(ext, pt, xo, yo, mo, xp):
         return predict_new_task(model, pt, xo, yo, mo, xp, include_noise, ext)
 
-    return jax.lax.map(one, (task_params, x_obs, y_obs, mask_obs, x_pred), batch_size=_CHUNK)
+    return _over_tasks(model, one, task_params, x_obs, y_obs, mask_obs, x_pred)
 
 
 @jit
