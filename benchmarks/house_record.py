@@ -11,6 +11,9 @@ Run ``python benchmarks/house_record.py [--part elbo compiles]``.
 - ``compiles``: XLA compilations (``jax_log_compiles``) of a first fit, ``condition`` and
   ``predict`` on synth_dev (K = 3) in a new process, and of the same three calls on a
   second fold (40 of the 60 training tasks).
+- ``warm`` (not run by default): the speed benchmark's 1000-task fit three times in one
+  process, once cold and twice warm; prints the three times. For an A/B of two commits,
+  run it in alternating processes at each (e.g. from a ``git worktree``).
 """
 
 from __future__ import annotations
@@ -97,6 +100,28 @@ def compiles() -> None:
         print(f"| {label} | {counts[0]} | {counts[1]} | {counts[2]} |", flush=True)
 
 
+def warm() -> None:
+    import time
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from mimosa_sklearn import MagmaClusterRegressor
+    from mimosa_sklearn.datasets import make_magma_data
+
+    X, y, _ = make_magma_data(
+        n_tasks=1000, n_points=30, n_clusters=3, grid_size=201, random_state=0
+    )
+    times = []
+    for _ in range(3):
+        est = MagmaClusterRegressor(n_clusters=3, max_iter=5, tol=0.0, random_state=0)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+        times.append(time.perf_counter() - start)
+    print("fit s (cold, warm, warm):", " ".join(f"{t:.3f}" for t in times), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["elbo", "compiles"])
@@ -105,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         compiles()
     if "elbo" in args.part:
         elbo()
+    if "warm" in args.part:
+        warm()
     return 0
 
 
