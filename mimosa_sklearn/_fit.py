@@ -218,9 +218,10 @@ class _Problem:
     input_grid: np.ndarray | None = None
 
 
-def _layout(config: FitConfig, n_tasks: int, n_outputs: int) -> SharingLayout:
+def _layout(config: FitConfig, n_rows: int, n_outputs: int) -> SharingLayout:
+    """The sharing layout: ``n_rows`` task-hyperparameter rows when they are not shared."""
     return SharingLayout.from_flags(
-        n_tasks if config.shared_task_hps is False else 1,
+        n_rows,
         config.n_clusters,
         n_outputs,
         shared_task_hps=config.shared_task_hps,
@@ -228,13 +229,6 @@ def _layout(config: FitConfig, n_tasks: int, n_outputs: int) -> SharingLayout:
         cluster_specific_task_hps=config.cluster_specific_task_hps,
         shared_output_hps=config.shared_output_hps,
     )
-
-
-def _task_specific(layout: SharingLayout, rows: int, config: FitConfig) -> SharingLayout:
-    """``layout`` with one task-hyperparameter row per padded task when not shared."""
-    if config.shared_task_hps:
-        return layout
-    return dataclasses.replace(layout, task=(rows,) + layout.task[1:])
 
 
 def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
@@ -257,7 +251,7 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
         maps[real] = map_to_grid(xs[real], grid_s)
         batch = make_batch(xs, ys, maps, grid_s)
         tb = batch.x.shape[0]
-        layout = _task_specific(_layout(config, t, 1), tb, config)
+        layout = _layout(config, tb, 1)
         return _Problem(
             batch=batch,
             em_batch=batch,
@@ -287,7 +281,7 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
     em_batch, src = (batch, None) if split is None else split
     # Task-specific hyperparameters: one row per stacked task during the EM, one per
     # padded task of the one-part batch afterwards.
-    em_layout = _task_specific(_layout(config, t, o), tb if src is None else src.size, config)
+    em_layout = _layout(config, tb if src is None else src.size, o)
     return _Problem(
         batch=batch,
         em_batch=em_batch,
@@ -295,7 +289,7 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
         mesh=mesh,
         init_y=pad_axis(y0, 0, tb, 0.0),
         init_mask=pad_axis(obs, 0, tb, False),
-        layout=_task_specific(_layout(config, t, o), tb, config),
+        layout=_layout(config, tb, o),
         em_layout=em_layout,
         start_params=lambda tau: default_params(em_layout, x, y0, obs, tau[:t], **kernels),
         n_grid=grid.shape[0],
