@@ -5,7 +5,7 @@ duplicated inputs inside a task, NaN holes in the outputs, string / integer / fl
 categorical task ids, inputs on scales from 1e-6 to 1e6, constant outputs.
 
 The data-layer properties are pure NumPy and run many examples. Every estimator fit
-with a new padded shape costs a JAX compilation (the engine pads rows and grid points
+with a new padded shape costs a JAX compilation (the fit pads rows and grid points
 to buckets of at least 8 and tasks to powers of two), so the fast estimator fuzz keeps
 its examples inside few buckets (at most 8 tasks of at most 8 rows, at most 8 distinct
 inputs, one input, one output, two clusters), runs few of them, and derandomises
@@ -329,7 +329,7 @@ def _check_permutation_invariance(
     assert est is not None
     mean2 = est.predict(other.X)
     proba2 = est.predict_proba(other.X)
-    # The engine sees tasks, and rows inside each task, in an order that depends only
+    # The fit sees tasks, and rows inside each task, in an order that depends only
     # on the data: any shuffle of the rows and tasks, with relabelled ids, gives the
     # same fit bit for bit, clusters included (no relabelling needed).
     np.testing.assert_array_equal(mean2, mean[order])

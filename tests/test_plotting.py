@@ -145,7 +145,7 @@ def test_plots_default_to_current_axes(model):
 
 
 def test_plots_reject_several_inputs(model, data, ax):
-    # A copy whose engine reports a 2-D grid: the check needs no second (slow) fit.
+    # A copy whose fitted model reports a 2-D grid: the check needs no second (slow) fit.
     two_inputs = copy.copy(model)
     two_inputs.model_ = types.SimpleNamespace(grid=np.zeros((4, 2)))
     X, y = data[:2]

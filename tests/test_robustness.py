@@ -188,7 +188,7 @@ def test_same_random_state_gives_bit_identical_fits(data):
 # Eight tasks that k-means cannot tell apart: every one has min -1, mean 0 and max 1
 # (so identical standardised summaries), with a duplicated input inside task "d" and
 # task "e" an exact copy of task "c". Before the content-based canonical order, the
-# engine saw tasks in first-seen order and k-means split them by that order.
+# fit saw tasks in first-seen order and k-means split them by that order.
 _LOOKALIKES = {
     "a": ([0.0, 1.0, 2.5], [-1.0, 0.0, 1.0]),
     "b": ([0.0, 1.0, 2.5], [1.0, 0.0, -1.0]),

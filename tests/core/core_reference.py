@@ -95,11 +95,11 @@ class Tasks:
         return self.y.shape  # type: ignore[return-value]
 
     def nan_x(self) -> np.ndarray:
-        """Inputs with NaN rows on padding (the engine's convention)."""
+        """Inputs with NaN rows on padding (the fit's convention)."""
         return np.where(self.row[..., None], self.x, np.nan)
 
     def nan_y(self) -> np.ndarray:
-        """Outputs with NaN where not observed (the engine's convention)."""
+        """Outputs with NaN where not observed (the fit's convention)."""
         return np.where(self.mask, self.y, np.nan)
 
     def points(self, i: int, o: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -112,7 +112,7 @@ def _subset(tasks: ref.Tasks, rows) -> ref.Tasks:
 
 def _shared_tasks(rng, n_real: int, n: int) -> tuple[ref.Tasks, TaskBatch]:
     """``n_real`` tasks on one set of inputs and holes (different outputs), plus one
-    padded task (no observation, task weight 0) as the engine's bucketing adds."""
+    padded task (no observation, task weight 0) as the fit's bucketing adds."""
     one = ref.make_tasks(rng, 1, n, GRID, 3, n - 1, n_outputs=NOUT, hole_prob=0.3)
     t = n_real + 1
     rep = lambda a: np.repeat(a, t, axis=0)  # noqa: E731

@@ -327,7 +327,7 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
 # --------------------------------------------------------------------------- fitted model
 
 
-def test_predict_context_with_cluster_specific_task_hyperparameters():
+def test_predict_new_tasks_with_cluster_specific_task_hyperparameters():
     rng = np.random.default_rng(6)
     grid = np.linspace(0.0, 7.0, 8)[:, None]
     tasks = ref.make_tasks(rng, 4, 6, grid, 3, 6, n_outputs=1)
