@@ -38,7 +38,7 @@ class Context:
 
     ``x`` (P, N, I) and ``y`` (P, N, O) are padded with NaN (stacked pairs with
     correlated outputs); ``tau`` (P, K) are the memberships and ``task_params`` the
-    task hyperparameters (leaves with a leading axis of at least P rows).
+    task hyperparameters (array leaves with one leading row per task).
     """
 
     x: np.ndarray
