@@ -208,8 +208,6 @@ class _Problem:
     em_batch: TaskBatch | tuple[TaskBatch, ...]  # the EM's (the parts, if any)
     src: np.ndarray | None  # parts: caller's task of every stacked row
     mesh: object  # device mesh of a sharded task axis, or None
-    init_y: np.ndarray  # (Tb, N, O) outputs for the k-means initialisation
-    init_mask: np.ndarray
     layout: SharingLayout  # of the fitted model
     em_layout: SharingLayout  # of the EM (task-specific rows of the parts)
     start_params: Callable[[np.ndarray], Params]  # initial memberships -> parameters
@@ -231,12 +229,10 @@ def _layout(config: FitConfig, n_rows: int, n_outputs: int) -> SharingLayout:
     )
 
 
-def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
-    """The EM's view of padded tasks ``x`` (T, N, I), ``y`` (T, N, O)."""
+def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
+    """The EM's view of padded tasks ``x`` (T, N, I), ``y`` (T, N, O); ``y0`` are the
+    outputs with zeros where ``obs`` (observed on a real row) is False."""
     t, _, o = y.shape
-    row_mask = ~np.isnan(x).any(-1)
-    obs = ~np.isnan(y) & row_mask[..., None]
-    y0 = np.where(obs, y, 0.0)
     kernels = {
         "mean_kernel": config.mean_kernel,
         "task_kernel": config.task_kernel,
@@ -257,9 +253,6 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
             em_batch=batch,
             src=None,
             mesh=None,
-            # k-means sees every output separately (the stacked channel would pool them).
-            init_y=pad_axis(y0, 0, tb, 0.0),
-            init_mask=pad_axis(obs, 0, tb, False),
             layout=layout,
             em_layout=layout,
             start_params=lambda tau: correlated_params(layout, x, y0, obs, tau[:t], **kernels),
@@ -287,8 +280,6 @@ def _lay_out(x, y, mappings, grid, config: FitConfig) -> _Problem:
         em_batch=em_batch,
         src=src,
         mesh=mesh,
-        init_y=pad_axis(y0, 0, tb, 0.0),
-        init_mask=pad_axis(obs, 0, tb, False),
         layout=_layout(config, tb, o),
         em_layout=em_layout,
         start_params=lambda tau: default_params(em_layout, x, y0, obs, tau[:t], **kernels),
@@ -342,9 +333,14 @@ def fit_magma(
         raise NotImplementedError("An approximate grid with correlated outputs is not available.")
     rng = np.random.default_rng(config.seed)
     best: FittedMagma | None = None
+    obs = ~np.isnan(y) & ~np.isnan(x).any(-1)[..., None]
+    y0 = np.where(obs, y, 0.0)
     with runtime.jax_scope():
-        problem = _lay_out(x, y, mappings, grid, config)
+        problem = _lay_out(x, y, mappings, grid, config, y0, obs)
         batch, tb = problem.batch, problem.batch.x.shape[0]
+        # k-means on the caller's outputs, each separately (with correlated outputs the
+        # stacked channel would pool them), one row per padded task.
+        init_y, init_mask = pad_axis(y0, 0, tb, 0.0), pad_axis(obs, 0, tb, False)
         em_light = problem.em_batch
         if problem.mesh is not None:
             # Tasks split across devices, hyperparameters replicated.
@@ -362,8 +358,8 @@ def fit_magma(
 
         for _ in range(max(1, config.n_init)):
             tau0 = init_responsibilities(
-                problem.init_y,
-                problem.init_mask,
+                init_y,
+                init_mask,
                 config.n_clusters,
                 rng,
                 config.init,
