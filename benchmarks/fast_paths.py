@@ -26,6 +26,7 @@ import numpy as np
 
 from mimosa_sklearn import _batching
 from mimosa_sklearn import _fit as fit_module
+from mimosa_sklearn._padded import scatter
 
 
 def _data(n_tasks: int, n_points: int, seed: int = 0):
@@ -34,8 +35,11 @@ def _data(n_tasks: int, n_points: int, seed: int = 0):
     x = np.repeat(x1[None], n_tasks, axis=0)
     centre = rng.integers(0, 3, size=n_tasks)[:, None, None]
     y = np.sin(x + centre) + 0.5 * centre + 0.3 * rng.normal(size=x.shape)
-    maps = np.repeat(np.arange(n_points)[None], n_tasks, axis=0)
-    return x, y, maps, x1
+    # Every task on the same inputs, laid out as the estimator would.
+    task = np.repeat(np.arange(n_tasks), n_points)
+    pos = np.tile(np.arange(n_points), n_tasks)
+    maps = np.tile(np.arange(n_points), n_tasks)
+    return scatter(task, pos, n_tasks, x.reshape(-1, 1), y.reshape(-1, 1), maps), x1
 
 
 def _fit(data, config, shared: bool):

@@ -86,7 +86,7 @@ def fit_with_probe(
         peak.append(peak_rss_mib())
 
     t0 = time.perf_counter()
-    _fit.fit_magma(td.inputs, td.outputs, td.mappings, td.grid, config, callback=probe)
+    _fit.fit_magma(td.tasks, td.grid, config, callback=probe)
     return rss, peak, time.perf_counter() - t0
 
 

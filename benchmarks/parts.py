@@ -28,17 +28,18 @@ import warnings
 
 import numpy as np
 
-from mimosa_sklearn import MagmaClusterRegressor, _batching
+from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn import _fit as fit_module
+from mimosa_sklearn._padded import row_bucket
 from mimosa_sklearn.datasets import load_swimmers
 
 _fit_magma = fit_module.fit_magma
 
 
 def _with_parts(task_parts):
-    def fit(x, y, mappings, grid, config, *args, **kwargs):
+    def fit(tasks, grid, config, *args, **kwargs):
         config = dataclasses.replace(config, task_parts=task_parts)
-        return _fit_magma(x, y, mappings, grid, config, *args, **kwargs)
+        return _fit_magma(tasks, grid, config, *args, **kwargs)
 
     return fit
 
@@ -58,7 +59,7 @@ def _fit(X, y, task_parts, **kwargs):
 
 def _layout(X) -> str:
     lengths = X.groupby("ID").size().to_numpy()
-    candidates = np.array([_batching.bucket(n, 8) for n in lengths])
+    candidates = np.array([row_bucket(n) for n in lengths])
     from mimosa_sklearn import _parts
 
     sizes = _parts.length_parts(lengths, candidates)

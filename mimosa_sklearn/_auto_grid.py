@@ -18,7 +18,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float
 
 from ._data import TaskData, build_grid, first_bad_row, snap_inputs, to_2d_float
 
@@ -70,13 +70,15 @@ class GridChoice:
     reason: str
 
 
-def _spacing(x: Float[np.ndarray, "T N I"]) -> Float[np.ndarray, " I"]:
+def _spacing(
+    x: Float[np.ndarray, "T N I"], rows: Bool[np.ndarray, "T N"]
+) -> Float[np.ndarray, " I"]:
     """Median gap between consecutive distinct values of each input inside a task.
 
-    NaN rows (padding) are ignored; an input with no gap anywhere (every task holds one
-    value of it) gets NaN.
+    Only real ``rows`` count; an input with no gap anywhere (every task holds one value
+    of it) gets NaN.
     """
-    s = np.sort(x, axis=1)  # NaN (padding) last
+    s = np.sort(np.where(rows[..., None], x, np.nan), axis=1)  # empty slots last
     gaps = np.diff(s, axis=1)  # (T, N-1, I); NaN next to padding
     out = np.full(x.shape[-1], np.nan)
     for d in range(x.shape[-1]):
@@ -87,7 +89,7 @@ def _spacing(x: Float[np.ndarray, "T N I"]) -> Float[np.ndarray, " I"]:
     return out
 
 
-def inducing_count(x: Float[np.ndarray, "T N I"]) -> int:
+def inducing_count(x: Float[np.ndarray, "T N I"], rows: Bool[np.ndarray, "T N"]) -> int:
     """Number of inducing inputs for the data's range and resolution.
 
     Per input column ``d``: ``ceil(range_d / h_d) + 1`` lattice points with step
@@ -95,26 +97,25 @@ def inducing_count(x: Float[np.ndarray, "T N I"]) -> int:
     by :data:`STEPS_PER_SPACING`; the product over columns, clipped to
     ``[MIN_INDUCING, MAX_INDUCING]``.
     """
-    flat = x.reshape(-1, x.shape[-1])
-    flat = flat[~np.isnan(flat).any(axis=1)]
+    flat = x[rows]
     span = flat.max(axis=0) - flat.min(axis=0)
-    step = _spacing(x) / STEPS_PER_SPACING
+    step = _spacing(x, rows) / STEPS_PER_SPACING
     per_input = np.where(np.isfinite(step) & (step > 0), np.ceil(span / step) + 1, 1.0)
     total = float(np.prod(np.minimum(per_input, MAX_INDUCING)))
     return int(np.clip(total, MIN_INDUCING, MAX_INDUCING))
 
 
 def choose_grid(
-    x: Float[np.ndarray, "T N I"], n_points: Int[np.ndarray, " T"], n_distinct: int
+    x: Float[np.ndarray, "T N I"], rows: Bool[np.ndarray, "T N"], n_distinct: int
 ) -> GridChoice:
     """The rule of ``grid="auto"``.
 
     Parameters
     ----------
     x : ndarray of shape (T, N, I)
-        Task inputs, NaN on padded rows.
-    n_points : ndarray of shape (T,)
-        Number of rows of every task.
+        Task inputs in row slots.
+    rows : ndarray of shape (T, N), bool
+        The real rows.
     n_distinct : int
         Number of distinct training inputs ``G``.
 
@@ -124,18 +125,18 @@ def choose_grid(
         The exact grid when ``G <= EXACT_ALWAYS``, or when ``G^3 <= sum_i N_i^3``: the
         grid costs no more work than the tasks, and then no more memory either (``G^2 <=
         sum_i N_i^2``, since ``||N||_3 <= ||N||_2``); otherwise ``M =
-        inducing_count(x)`` inducing inputs, unless ``M >= G``, where the exact grid is
+        inducing_count(x, rows)`` inducing inputs, unless ``M >= G``, where the exact grid is
         no larger.
     """
     g = int(n_distinct)
     # The work test implies the memory one: G^2 <= sum N_i^2, as ||N||_3 <= ||N||_2.
-    work = float(np.sum(np.asarray(n_points, dtype=np.float64) ** 3))
+    work = float(np.sum(rows.sum(axis=1, dtype=np.float64) ** 3))
     exact = f"exact grid of {g} distinct inputs"
     if g <= EXACT_ALWAYS:
         return GridChoice("exact", g, g, f"{exact} (G <= {EXACT_ALWAYS})")
     if float(g) ** 3 <= work:
         return GridChoice("exact", g, g, f"{exact} (G^3 = {g**3:.3g} <= sum N_i^3 = {work:.3g})")
-    m = inducing_count(x)
+    m = inducing_count(x, rows)
     if m >= g:
         return GridChoice("exact", g, g, f"{exact} (no more than the {m} inducing inputs)")
     return GridChoice(
@@ -260,7 +261,7 @@ def resolve_grid(
     if isinstance(grid, str):  # "auto"
         if joint:
             return GridChoice("exact", g, g, f"{exact} (correlated outputs need it)"), None
-        choice = choose_grid(td.inputs, td.n_points, g)
+        choice = choose_grid(td.tasks.x, td.tasks.rows, g)
         if choice.kind == "exact":
             return choice, None
         inducing = inducing_inputs(inputs, choice.size, seed=seed)

@@ -1,10 +1,11 @@
-"""Conversion of ragged task rows into padded, grid-indexed arrays.
+"""Conversion of ragged task rows into padded, grid-indexed tasks.
 
 A multi-task data set arrives as ``n`` rows, each carrying a task id, an input
-vector and (optionally) an output vector. Tasks have very different numbers of
-rows, so the JAX core works on *padded* arrays of shape ``(T, N, ...)`` where
-``T`` is the number of tasks and ``N`` the largest task size (rounded up to buckets
-later, by :mod:`._batching`).
+vector and (optionally) an output vector, NaN marking a missing output. Tasks have
+very different numbers of rows, so the JAX core works on *padded* arrays of shape
+``(S, N, ...)``: task and row slots at bucketed sizes, with boolean masks
+(:class:`._padded.Padded`). They are built here, once; nothing downstream pads from
+NaN again.
 
 Every real row is also mapped to a point of a shared input *grid*: the sorted
 unique input rows of the data. MagmaClust's mean processes live on that grid,
@@ -30,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ._padded import Padded, scatter
+
 __all__ = [
     "TaskData",
     "build_grid",
@@ -42,44 +45,37 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class TaskData:
-    """Padded, grid-indexed view of a ragged multi-task data set.
+    """Caller rows laid out as padded tasks, and the way back.
 
-    Instances are built by :func:`build_task_data`; the fields are plain NumPy
-    arrays. ``T`` is the number of tasks, ``N`` the padded task length, ``I``
-    the input dimension, ``O`` the number of outputs, ``G`` the grid size and
-    ``n`` the number of caller rows.
+    Instances are built by :func:`build_task_data`. ``T`` is the number of tasks, ``G``
+    the grid size and ``n`` the number of caller rows.
 
     Parameters
     ----------
-    inputs : ndarray of shape (T, N, I), dtype float64
-        Snapped inputs of every task, in caller row order inside each task (in
-        canonical order with ``canonical=True``); NaN on padded rows. The values are
-        exactly the corresponding grid rows.
-    outputs : ndarray of shape (T, N, O), dtype float64, or None
-        Outputs, NaN on padded rows and wherever an output is missing. None
-        when the data were built without outputs.
-    mappings : ndarray of shape (T, N), dtype int64
-        Index into ``grid`` of each row's input; ``G`` on padded rows.
-    grid : ndarray of shape (G, I), dtype float64
-        Unique input rows sorted lexicographically (column 0 first).
+    tasks : Padded
+        The tasks at bucketed shapes with their masks (:mod:`._padded`): snapped inputs,
+        in caller row order inside each task (in canonical order with
+        ``canonical=True``); outputs and the observed mask when built with outputs;
+        grid indices (``mappings``) when built with a grid.
+    grid : ndarray of shape (G, I), dtype float64, or None
+        Unique input rows sorted lexicographically (column 0 first); None when built
+        without a grid.
     task_codes : ndarray of shape (n,), dtype int64
-        Padded task index (``0 .. T-1``, first axis of :attr:`inputs`) of each
-        caller row, in caller row order. Equal to the task codes given to
-        :func:`build_task_data` unless it was called with ``canonical=True``.
+        Task slot (``0 .. T-1``) of each caller row, in caller row order. Equal to the
+        task codes given to :func:`build_task_data` unless it was called with
+        ``canonical=True``.
     row_pos : ndarray of shape (n,), dtype int64
-        Position (``0 .. N-1``) of each caller row inside its padded task.
+        Row slot of each caller row inside its task.
     n_points : ndarray of shape (T,), dtype int64
-        Number of real rows of each padded task.
+        Number of rows of each task (by slot).
     task_index : ndarray of shape (T,), dtype int64
-        Padded task index of each task code given to :func:`build_task_data`:
-        task code ``c`` is laid out at ``inputs[task_index[c]]``. The identity
-        unless built with ``canonical=True``.
+        Task slot of each task code given to :func:`build_task_data`: task code ``c``
+        is laid out in slot ``task_index[c]``. The identity unless built with
+        ``canonical=True``.
     """
 
-    inputs: np.ndarray
-    outputs: np.ndarray | None
-    mappings: np.ndarray
-    grid: np.ndarray
+    tasks: Padded
+    grid: np.ndarray | None
     task_codes: np.ndarray
     row_pos: np.ndarray
     n_points: np.ndarray
@@ -88,52 +84,33 @@ class TaskData:
     @property
     def n_tasks(self) -> int:
         """int: Number of tasks ``T``."""
-        return int(self.inputs.shape[0])
-
-    @property
-    def n_max(self) -> int:
-        """int: Padded task length ``N``."""
-        return int(self.inputs.shape[1])
-
-    @property
-    def n_inputs(self) -> int:
-        """int: Input dimension ``I``."""
-        return int(self.inputs.shape[2])
-
-    @property
-    def n_outputs(self) -> int:
-        """int: Number of outputs ``O`` (0 when built without outputs)."""
-        return 0 if self.outputs is None else int(self.outputs.shape[2])
+        return int(self.n_points.shape[0])
 
     @property
     def n_grid(self) -> int:
-        """int: Number of grid points ``G``."""
-        return int(self.grid.shape[0])
+        """int: Number of grid points ``G`` (0 without a grid)."""
+        return 0 if self.grid is None else int(self.grid.shape[0])
 
     @property
     def task_order(self) -> np.ndarray:
-        """ndarray of shape (T,), int64: task code laid out at each padded index.
+        """ndarray of shape (T,), int64: task code laid out in each task slot.
 
         The inverse permutation of :attr:`task_index`: ``task_order[t]`` is the code
-        of padded task ``t``, so ``per_code = per_padded[task_index]`` and
-        ``per_padded = per_code[task_order]``.
+        of task slot ``t``, so ``per_code = per_slot[task_index]`` and
+        ``per_slot = per_code[task_order]``.
         """
         order = np.empty_like(self.task_index)
         order[self.task_index] = np.arange(self.task_index.size, dtype=np.int64)
         return order
 
-    @property
-    def row_mask(self) -> np.ndarray:
-        """ndarray of shape (T, N), bool: True on real (non-padded) rows."""
-        return np.arange(self.n_max) < self.n_points[:, None]
-
     def to_rows(self, values: np.ndarray) -> np.ndarray:
-        """Gather padded per-task values back into caller row order.
+        """Gather per-slot values back into caller row order.
 
         Parameters
         ----------
-        values : array-like of shape (T, N, ...)
-            Values laid out like :attr:`inputs` (e.g. predictions).
+        values : array-like of shape (S, N, ...)
+            Values laid out like the tasks (e.g. predictions), for at least the ``T``
+            real tasks and exactly the ``N`` row slots.
 
         Returns
         -------
@@ -143,21 +120,25 @@ class TaskData:
         Raises
         ------
         ValueError
-            If the two leading dimensions of ``values`` are not ``(T, N)``.
+            If ``values`` does not cover the tasks and row slots.
         """
         values = np.asarray(values)
-        if values.shape[:2] != (self.n_tasks, self.n_max):
+        n_rows = self.tasks.n_rows
+        if values.ndim < 2 or values.shape[0] < self.n_tasks or values.shape[1] != n_rows:
             raise ValueError(
-                f"values must have leading shape {(self.n_tasks, self.n_max)}, "
+                f"values must have leading shape ({self.n_tasks} or more, {n_rows}), "
                 f"got shape {values.shape}"
             )
         return values[self.task_codes, self.row_pos]
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every array in full.
+        p = self.tasks
+        n_out = 0 if p.y is None else p.y.shape[-1]
         return (
-            f"TaskData(n_tasks={self.n_tasks}, n_max={self.n_max}, n_inputs={self.n_inputs}, "
-            f"n_outputs={self.n_outputs}, n_grid={self.n_grid}, n_rows={self.task_codes.size})"
+            f"TaskData(n_tasks={self.n_tasks}, slots={p.x.shape[:2]}, "
+            f"n_inputs={p.x.shape[-1]}, n_outputs={n_out}, n_grid={self.n_grid}, "
+            f"n_rows={self.task_codes.size})"
         )
 
 
@@ -484,8 +465,9 @@ def build_task_data(
     y: np.ndarray | None = None,
     *,
     canonical: bool = False,
+    with_grid: bool = True,
 ) -> TaskData:
-    """Pad ragged task rows into ``(T, N, ...)`` arrays indexed on a grid.
+    """Lay ragged task rows out as padded tasks (:mod:`._padded`) indexed on a grid.
 
     Parameters
     ----------
@@ -507,11 +489,14 @@ def build_task_data(
         anything computed from them, are the same for any shuffle of the rows and
         any relabelling of the tasks. ``task_codes``, ``row_pos`` and
         ``task_index`` of the result map back to the caller's rows and codes.
+    with_grid : bool, default=True
+        Build the grid of the inputs and every row's index on it (predictions need
+        neither).
 
     Returns
     -------
     TaskData
-        Padded arrays; rows keep their caller order inside each task, and tasks
+        Padded tasks; rows keep their caller order inside each task, and tasks
         their code order, unless ``canonical`` is True.
 
     Raises
@@ -551,11 +536,11 @@ def build_task_data(
         row = first_bad_row(np.isinf(ya))
         if row is not None:
             raise ValueError(f"y must not contain infinities; row {row} is {ya[row].tolist()}")
-    n_in = xa.shape[1]
     xs = snap_inputs(xa)
-    mapping, first = _row_keys(xs)
-    grd = xs[first]
-    n_grid = grd.shape[0]
+    mapping = grd = None
+    if with_grid:
+        mapping, first = _row_keys(xs)
+        grd = xs[first]
 
     if canonical:
         content = xs if ya is None else np.concatenate([xs, ya], axis=1)
@@ -566,23 +551,14 @@ def build_task_data(
         # Stable sort by task keeps caller order inside each task.
         order = np.argsort(codes, kind="stable")
     n_points = np.bincount(codes, minlength=n_tasks).astype(np.int64)
-    n_max = int(n_points.max())
     starts = np.cumsum(n_points) - n_points
     row_pos = np.empty(n, dtype=np.int64)
     row_pos[order] = np.arange(n, dtype=np.int64) - starts[codes[order]]
-
-    inputs = np.full((n_tasks, n_max, n_in), np.nan)
-    inputs[codes, row_pos] = xs
-    mappings = np.full((n_tasks, n_max), n_grid, dtype=np.int64)
-    mappings[codes, row_pos] = mapping
-    outputs: np.ndarray | None = None
-    if ya is not None:
-        outputs = np.full((n_tasks, n_max, ya.shape[1]), np.nan)
-        outputs[codes, row_pos] = ya
+    # Empty slots hold a real input: the first grid point, or the first row's.
+    placeholder = xs[0] if grd is None else grd[0]
+    tasks = scatter(codes, row_pos, n_tasks, xs, ya, mapping, placeholder)
     return TaskData(
-        inputs=inputs,
-        outputs=outputs,
-        mappings=mappings,
+        tasks=tasks,
         grid=grd,
         task_codes=codes,
         row_pos=row_pos,

@@ -375,15 +375,16 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         # otherwise split look-alike tasks by their order). model_ rows follow that
         # order; td.task_index maps the first-seen task codes to them.
         td = build_task_data(codes, n_tasks, rows.inputs, y2, canonical=True)
-        observed = td.outputs.reshape(-1, y2.shape[1])  # canonical layout, NaN padding
+        tasks = td.tasks
         if self.normalize_y:
             # Statistics over the canonical layout: the same rounding for any row order.
-            mean = np.nanmean(observed, axis=0)
-            std = np.nanstd(observed, axis=0)
+            values = np.where(tasks.observed, tasks.y, np.nan).reshape(-1, y2.shape[1])
+            mean = np.nanmean(values, axis=0)
+            std = np.nanstd(values, axis=0)
             std = np.where((std > 0) & np.isfinite(std), std, 1.0)
         else:
             mean, std = np.zeros(y2.shape[1]), np.ones(y2.shape[1])
-        td = dataclasses.replace(td, outputs=(td.outputs - mean) / std)
+        tasks = dataclasses.replace(tasks, y=np.where(tasks.observed, (tasks.y - mean) / std, 0.0))
 
         fit_module = _fit_module()
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -400,18 +401,20 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             n_outputs=1 if stacked else y2.shape[1],
             grid_size=choice.size * (y2.shape[1] if stacked else 1),
             n_tasks=n_tasks,
-            n_rows=int(td.inputs.shape[0] * td.inputs.shape[1]),
+            n_rows=n_tasks * tasks.n_rows,
             approximate=inducing is not None,
         )
         with _progress(self.verbose, self.max_iter) as callback:
             try:
                 if inducing is None:
-                    model = fit_module.fit_magma(
-                        td.inputs, td.outputs, td.mappings, td.grid, config, callback=callback
-                    )
+                    model = fit_module.fit_magma(tasks, td.grid, config, callback)
                 else:
                     model = fit_module.fit_magma(
-                        td.inputs, td.outputs, None, inducing, config, callback, approximate=True
+                        dataclasses.replace(tasks, mappings=None),
+                        inducing,
+                        config,
+                        callback,
+                        approximate=True,
                     )
             except fit_module.NumericalFailure as exc:
                 exc.add_note(

@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _parts
-from ._batching import bucket, make_batch, pad_axis
+from ._batching import make_batch
 from ._data import build_grid, map_to_grid
 from ._fitted import FittedMagma
 from ._kernels import SharingLayout, correlated_params, default_params
 from ._outputs import stack_observed
+from ._padded import Padded, row_bucket, take
 from .core import approx as core_approx
 from .core import runtime
 from .core.compile import jit, to_device
@@ -141,32 +142,28 @@ def _max_parts(config: FitConfig, n_tasks: int) -> int:
 
 
 def make_parts(
-    x: np.ndarray,
-    y: np.ndarray,
-    mappings: np.ndarray | None,
-    grid: np.ndarray,
-    config: FitConfig,
-    max_parts: int,
+    tasks: Padded, grid: np.ndarray, config: FitConfig, max_parts: int
 ) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
     """A batch in parts (:mod:`.core.parts`) of tasks grouped by length, or None when one
     part is best (:func:`._parts.length_parts`).
 
-    Returns the parts and ``src``: the caller's index of every stacked task row (-1 on
-    padded tasks).
+    Returns the parts and ``src``: the index in ``tasks`` of every stacked task slot (-1
+    on empty slots).
     """
-    lengths = (~np.isnan(x).any(axis=-1)).sum(axis=1)
-    candidates = np.array([bucket(n, 8) for n in lengths])
+    lengths = tasks.n_points
+    candidates = np.array([row_bucket(n) for n in lengths])
     sizes = _parts.length_parts(lengths, candidates, max_parts)
     if len(sizes) == 1:
         return None
     parts, src = [], []
-    for xp, yp, mp, tasks in _parts.split_by_length(x, y, mappings, sizes):
+    for part, index in _parts.split_by_length(tasks, sizes):
         chunk = config.task_chunk
         if chunk is None:
-            chunk = auto_task_chunk(xp.shape[1], config.n_clusters, y.shape[-1])
-        part = make_batch(xp, yp, mp, grid, task_chunk=chunk)
-        parts.append(part)
-        src.append(pad_axis(tasks, 0, part.x.shape[0], -1))
+            chunk = auto_task_chunk(part.n_rows, config.n_clusters, part.y.shape[-1])
+        parts.append(make_batch(part, grid, task_chunk=chunk))
+        slots = np.full(part.n_slots, -1, dtype=np.int64)
+        slots[: index.size] = index
+        src.append(slots)
     return tuple(parts), np.concatenate(src)
 
 
@@ -229,10 +226,9 @@ def _layout(config: FitConfig, n_rows: int, n_outputs: int) -> SharingLayout:
     )
 
 
-def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
-    """The EM's view of padded tasks ``x`` (T, N, I), ``y`` (T, N, O); ``y0`` are the
-    outputs with zeros where ``obs`` (observed on a real row) is False."""
-    t, _, o = y.shape
+def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
+    """The EM's view of ``tasks`` on ``grid``."""
+    t, o = tasks.n_tasks, tasks.y.shape[-1]
     kernels = {
         "mean_kernel": config.mean_kernel,
         "task_kernel": config.task_kernel,
@@ -240,14 +236,12 @@ def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
     }
     if config.correlated_outputs and o > 1:
         # One channel of observed (x, output) pairs, on a grid of such pairs.
-        xs, ys = stack_observed(x, y)
-        real = ~np.isnan(xs).any(-1)
-        grid_s = build_grid(xs[real])
-        maps = np.full(real.shape, grid_s.shape[0], dtype=np.int64)
-        maps[real] = map_to_grid(xs[real], grid_s)
-        batch = make_batch(xs, ys, maps, grid_s)
-        tb = batch.x.shape[0]
-        layout = _layout(config, tb, 1)
+        stacked = stack_observed(tasks)
+        grid_s = build_grid(stacked.x[stacked.rows])
+        maps = np.zeros(stacked.rows.shape, dtype=np.int64)
+        maps[stacked.rows] = map_to_grid(stacked.x[stacked.rows], grid_s)
+        batch = make_batch(dataclasses.replace(stacked, mappings=maps), grid_s)
+        layout = _layout(config, batch.x.shape[0], 1)
         return _Problem(
             batch=batch,
             em_batch=batch,
@@ -255,7 +249,7 @@ def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
             mesh=None,
             layout=layout,
             em_layout=layout,
-            start_params=lambda tau: correlated_params(layout, x, y0, obs, tau[:t], **kernels),
+            start_params=lambda tau: correlated_params(layout, tasks, tau[:t], **kernels),
             n_grid=grid_s.shape[0],
             joint_outputs=o,
             input_grid=np.asarray(grid, np.float64),
@@ -263,17 +257,17 @@ def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
     mesh = _device_mesh(config.shard_tasks)
     chunk = config.task_chunk
     if chunk is None:
-        chunk = auto_task_chunk(x.shape[1], config.n_clusters, o)
+        chunk = auto_task_chunk(tasks.n_rows, config.n_clusters, o)
     batch = make_batch(
-        x, y, mappings, grid, task_chunk=chunk, task_multiple=1 if mesh is None else mesh.size
+        tasks, grid, task_chunk=chunk, task_multiple=1 if mesh is None else mesh.size
     )
     tb = batch.x.shape[0]
     split = None
     if mesh is None:
-        split = make_parts(x, y, mappings, grid, config, _max_parts(config, t))
+        split = make_parts(tasks, grid, config, _max_parts(config, t))
     em_batch, src = (batch, None) if split is None else split
     # Task-specific hyperparameters: one row per stacked task during the EM, one per
-    # padded task of the one-part batch afterwards.
+    # task slot of the one-part batch afterwards.
     em_layout = _layout(config, tb if src is None else src.size, o)
     return _Problem(
         batch=batch,
@@ -282,15 +276,13 @@ def _lay_out(x, y, mappings, grid, config: FitConfig, y0, obs) -> _Problem:
         mesh=mesh,
         layout=_layout(config, tb, o),
         em_layout=em_layout,
-        start_params=lambda tau: default_params(em_layout, x, y0, obs, tau[:t], **kernels),
+        start_params=lambda tau: default_params(em_layout, tasks, tau[:t], **kernels),
         n_grid=grid.shape[0],
     )
 
 
 def fit_magma(
-    x: np.ndarray,
-    y: np.ndarray,
-    mappings: np.ndarray | None,
+    tasks: Padded,
     grid: np.ndarray,
     config: FitConfig,
     callback: Callable[[int, float], None] | None = None,
@@ -301,13 +293,9 @@ def fit_magma(
 
     Parameters
     ----------
-    x : array of shape (T, N, I)
-        Task inputs, NaN rows on padding.
-    y : array of shape (T, N, O)
-        Outputs, NaN where padded or not observed (already normalised if wanted).
-    mappings : int array of shape (T, N) or None
-        Grid index of every row (anything on padded rows); ignored (may be None) when
-        ``approximate``.
+    tasks : Padded
+        The training tasks with their outputs (already normalised if wanted) and the
+        grid index of every row (no grid indices with the approximate grid).
     grid : array of shape (G, I)
         Sorted unique training inputs, or the ``M`` inducing inputs when
         ``approximate``.
@@ -325,22 +313,19 @@ def fit_magma(
     FittedMagma
         The best of ``config.n_init`` runs (highest final ELBO).
     """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
     grid = np.asarray(grid, np.float64)
-    t = y.shape[0]
-    if approximate and config.correlated_outputs and y.shape[-1] > 1:
+    t = tasks.n_tasks
+    o = tasks.y.shape[-1]
+    if approximate and config.correlated_outputs and o > 1:
         raise NotImplementedError("An approximate grid with correlated outputs is not available.")
     rng = np.random.default_rng(config.seed)
     best: FittedMagma | None = None
-    obs = ~np.isnan(y) & ~np.isnan(x).any(-1)[..., None]
-    y0 = np.where(obs, y, 0.0)
     with runtime.jax_scope():
-        problem = _lay_out(x, y, mappings, grid, config, y0, obs)
+        problem = _lay_out(tasks, grid, config)
         batch, tb = problem.batch, problem.batch.x.shape[0]
         # k-means on the caller's outputs, each separately (with correlated outputs the
-        # stacked channel would pool them), one row per padded task.
-        init_y, init_mask = pad_axis(y0, 0, tb, 0.0), pad_axis(obs, 0, tb, False)
+        # stacked channel would pool them), one row per task slot of the batch.
+        init = tasks if tasks.n_slots == tb else take(tasks, np.arange(t), n_slots=tb)
         em_light = problem.em_batch
         if problem.mesh is not None:
             # Tasks split across devices, hyperparameters replicated.
@@ -358,8 +343,8 @@ def fit_magma(
 
         for _ in range(max(1, config.n_init)):
             tau0 = init_responsibilities(
-                init_y,
-                init_mask,
+                init.y,
+                init.observed,
                 config.n_clusters,
                 rng,
                 config.init,

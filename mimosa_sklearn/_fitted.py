@@ -3,10 +3,9 @@
 :class:`FittedMagma` wraps the fitted :class:`~mimosa_sklearn.core.model.Model` (one
 pytree) with what the host needs around it: the numbers of real tasks and grid points,
 the sharing layout, the fit's history and, for correlated outputs, the stacked output
-layout (:mod:`._outputs`). Its methods pad their inputs to bucketed shapes
-(:func:`._batching.pad_tasks`), call the compiled programs of :mod:`.core.predict` inside
-:func:`.core.runtime.jax_scope` and return float64 numpy arrays, so the user's global JAX
-configuration is never changed.
+layout (:mod:`._outputs`). Its methods take padded tasks (:mod:`._padded`), call the
+compiled programs of :mod:`.core.predict` inside :func:`.core.runtime.jax_scope` and
+return float64 numpy arrays, so the user's global JAX configuration is never changed.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._batching import bucket, pad_axis, pad_tasks, repeat_first
 from ._kernels import SharingLayout, count_trainable, kernel_hyperparameters
-from ._outputs import FullCov, stack_inputs, stack_observed, unstack_spread
+from ._outputs import FullCov, stack_inputs, stack_observed, stack_rows, unstack_spread
+from ._padded import Padded, concat, empty, take
 from ._persistence import to_device_tree, to_host
 from .core import predict as core_predict
 from .core import runtime
@@ -36,44 +35,35 @@ __all__ = ["Context", "FittedMagma"]
 class Context:
     """Observed points of new tasks and what conditioning learned about them.
 
-    ``x`` (P, N, I) and ``y`` (P, N, O) are padded with NaN (stacked pairs with
-    correlated outputs); ``tau`` (P, K) are the memberships and ``task_params`` the
-    task hyperparameters (array leaves with one leading row per task).
+    ``tasks`` are the observations (stacked ``(x, output)`` pairs with correlated
+    outputs); ``tau`` (P, K) are the memberships and ``task_params`` the task
+    hyperparameters (array leaves with one leading row per task).
     """
 
-    x: np.ndarray
-    y: np.ndarray
+    tasks: Padded
     tau: np.ndarray
     task_params: object
 
     def task(self, i: int) -> Context:
-        """The ``i``-th task alone, without its padded rows."""
-        real = ~np.isnan(np.asarray(self.x)[i, :, 0])  # padded rows are NaN
-        n_ctx = self.x.shape[0]
+        """The ``i``-th task alone."""
+        n_ctx = self.tasks.n_tasks
         params = jax.tree.map(
             lambda leaf: leaf[i : i + 1] if _leading(leaf) == n_ctx else leaf, self.task_params
         )
         return Context(
-            x=np.asarray(self.x)[i : i + 1, real],
-            y=np.asarray(self.y)[i : i + 1, real],
+            tasks=take(self.tasks, np.array([i])),
             tau=np.asarray(self.tau)[i : i + 1],
             task_params=params,
         )
 
     @staticmethod
     def stack(contexts: list[Context]) -> Context:
-        """One context for several (padded with NaN rows to a common size)."""
-        n_max = max(c.x.shape[1] for c in contexts)
-
-        def pad(a: np.ndarray) -> np.ndarray:
-            return np.pad(a, ((0, 0), (0, n_max - a.shape[1]), (0, 0)), constant_values=np.nan)
-
+        """One context for several."""
         params = contexts[0].task_params
         if len(contexts) > 1:
             params = jax.tree.map(_concat_leaves, *(c.task_params for c in contexts))
         return Context(
-            x=np.concatenate([pad(np.asarray(c.x)) for c in contexts]),
-            y=np.concatenate([pad(np.asarray(c.y)) for c in contexts]),
+            tasks=concat([c.tasks for c in contexts]),
             tau=np.concatenate([np.asarray(c.tau) for c in contexts]),
             task_params=params,
         )
@@ -87,12 +77,20 @@ def _leading(leaf) -> int | None:
 def _concat_leaves(*leaves):
     """Concatenate per-task array leaves along the task axis; keep other leaves.
 
-    Leaves stay numpy arrays: :meth:`FittedMagma.predict_new_tasks` pads numpy leaves
-    to its task bucket.
+    Leaves stay numpy arrays: :meth:`FittedMagma.predict_new_tasks` fills numpy leaves
+    up to its task slots.
     """
     if _leading(leaves[0]) is None:
         return leaves[0]
     return np.concatenate([np.asarray(leaf) for leaf in leaves], axis=0)
+
+
+def _fill_slots(a: np.ndarray, size: int) -> np.ndarray:
+    """Leading axis grown to ``size`` with copies of the first row (any finite
+    hyperparameters do for empty task slots)."""
+    if a.shape[0] >= size:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], size - a.shape[0], axis=0)], axis=0)
 
 
 class FittedMagma:
@@ -278,35 +276,22 @@ class FittedMagma:
         return self.elbo - 0.5 * self.n_parameters() * math.log(max(self.n_tasks, 1))
 
     # -- prediction
-    def _pad_pred(self, x_pred: np.ndarray):
-        """Prediction inputs (P, M, I), NaN rows = padding, stacked with correlated
-        outputs, at bucketed shapes: device inputs, the real rows and the padded P."""
-        x_pred = np.asarray(x_pred, np.float64)
+    def _pad_pred(self, x_pred: Padded):
+        """Prediction rows on the device (stacked with correlated outputs), their mask for
+        the real tasks, and the task slots."""
         if self.n_joint_outputs > 1:
-            x_pred = stack_inputs(x_pred, self.n_joint_outputs)
-        p, m, _ = x_pred.shape
-        padded = pad_tasks(
-            x_pred,
-            None,
-            n_tasks=bucket(p, 8, 1),
-            n_rows=bucket(m, 8),
-            placeholder=np.asarray(self.model.grid[0]),
-        )
-        return to_device(padded.x), padded.rows[:p, :m], padded.x.shape[0]
+            x_pred = stack_rows(x_pred, self.n_joint_outputs)
+        return to_device(x_pred.x), x_pred.rows[: x_pred.n_tasks], x_pred.n_slots
 
-    def _pad_obs(self, x_obs: np.ndarray, y_obs: np.ndarray):
-        p, n, _ = x_obs.shape
-        padded = pad_tasks(
-            x_obs,
-            y_obs,
-            n_tasks=bucket(p, 8, 1),
-            n_rows=bucket(max(n, 1), 8),
-            placeholder=np.asarray(self.model.grid[0]),
-        )
-        return to_device(padded.x), to_device(padded.y), to_device(padded.mask)
+    @staticmethod
+    def _pad_obs(obs: Padded, n_slots: int):
+        """Observations on the device, in ``n_slots`` task slots."""
+        if obs.n_slots != n_slots:
+            obs = take(obs, np.arange(obs.n_tasks), n_slots=n_slots)
+        return to_device(obs.x), to_device(obs.y), to_device(obs.observed)
 
     def _finish(self, mean, cov, tau, real: np.ndarray, full_cov: FullCov):
-        """Device results -> the caller's layout, zero on padded rows."""
+        """Device results -> the caller's layout, zero on empty row slots."""
         p, m = real.shape
         mean = np.swapaxes(np.asarray(mean), 1, 2)[:p, :m]  # (P, M, O)
         cov = np.asarray(cov)[:p, :, :m, :m]
@@ -327,38 +312,39 @@ class FittedMagma:
     def predict_training_tasks(
         self,
         task_index: np.ndarray,
-        x_pred: np.ndarray,
+        x_pred: Padded,
         *,
         include_noise: bool = True,
         full_cov: FullCov = False,
     ):
-        """Predictive of training tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
+        """Predictive of training tasks ``task_index`` (model rows) at the rows of
+        ``x_pred`` (one task each).
 
-        Returns ``(mean (P, Np, O), var (P, Np, O) or cov, tau (P, K))``: ``cov`` is
-        ``(P, O, Np, Np)`` (``full_cov=True``), or ``(P, Np, O, Np, O)`` with correlated
-        outputs and ``full_cov="joint"``.
+        Returns ``(mean (P, N, O), var (P, N, O) or cov, tau (P, K))`` for the ``P``
+        tasks and ``N`` row slots of ``x_pred``, zero on empty slots: ``cov`` is ``(P, O,
+        N, N)`` (``full_cov=True``), or ``(P, N, O, N, O)`` with correlated outputs and
+        ``full_cov="joint"``.
         """
         task_index = np.asarray(task_index, dtype=np.int64)
         with runtime.jax_scope():
             xp, real, pb = self._pad_pred(x_pred)
-            idx = pad_axis(task_index, 0, pb, 0).astype(np.int32)
+            idx = np.zeros(pb, dtype=np.int32)
+            idx[: task_index.size] = task_index
             mean, cov = core_predict.predict_training_tasks(
                 self.model, to_device(idx), xp, include_noise
             )
             return self._finish(mean, cov, self.tau[idx], real, full_cov)
 
-    def condition(self, x_obs: np.ndarray, y_obs: np.ndarray) -> Context:
+    def condition(self, obs: Padded) -> Context:
         """Memberships (and own hyperparameters when task hyperparameters are not
-        shared) of new tasks observed at ``x_obs`` (P, N, I) with ``y_obs`` (P, N, O)."""
-        x_obs = np.asarray(x_obs, np.float64)
-        y_obs = np.asarray(y_obs, np.float64)
+        shared) of new tasks observed as ``obs``."""
         if self.n_joint_outputs > 1:
-            x_obs, y_obs = stack_observed(x_obs, y_obs)
-        p = x_obs.shape[0]
+            obs = stack_observed(obs)
+        p = obs.n_tasks
         model = self._new_task_model()
         with runtime.jax_scope():
-            xo, yo, mo = self._pad_obs(x_obs, y_obs)
-            start = self._typical_task_params(xo.shape[0])
+            xo, yo, mo = self._pad_obs(obs, obs.n_slots)
+            start = self._typical_task_params(obs.n_slots)
             if model.params.log_noise.shape[0] > 1:
                 start = core_predict.fit_new_tasks_params(
                     model, start, xo, yo, mo, self.config.max_steps
@@ -367,12 +353,12 @@ class FittedMagma:
             params_np = jax.tree.map(
                 lambda a: np.asarray(a)[:p] if isinstance(a, jax.Array) else a, start
             )
-            return Context(x=x_obs, y=y_obs, tau=np.asarray(tau)[:p], task_params=params_np)
+            return Context(tasks=obs, tau=np.asarray(tau)[:p], task_params=params_np)
 
     def predict_new_tasks(
         self,
         context: Context | list[Context] | None,
-        x_pred: np.ndarray,
+        x_pred: Padded,
         *,
         include_noise: bool = True,
         full_cov: FullCov = False,
@@ -383,25 +369,19 @@ class FittedMagma:
         if isinstance(context, list):
             context = Context.stack(context)
         model = self._new_task_model()
-        p = np.shape(x_pred)[0]
         with runtime.jax_scope():
             xp, real, pb = self._pad_pred(x_pred)
             if context is None:
-                inputs = self.model.tasks.x.shape[-1]
-                x_obs = np.full((p, 1, inputs), np.nan)
-                y_obs = np.full((p, 1, self.n_outputs), np.nan)
+                inputs = np.asarray(self.model.grid[0])
+                obs = empty(x_pred.n_tasks, inputs, self.n_outputs)
                 task_params = self._typical_task_params(pb)
             else:
-                x_obs, y_obs = context.x, context.y
+                obs = context.tasks
                 task_params = jax.tree.map(
-                    lambda a: (
-                        to_device(repeat_first(np.asarray(a), pb))
-                        if isinstance(a, np.ndarray)
-                        else a
-                    ),
+                    lambda a: to_device(_fill_slots(a, pb)) if isinstance(a, np.ndarray) else a,
                     context.task_params,
                 )
-            xo, yo, mo = self._pad_obs(x_obs, y_obs)
+            xo, yo, mo = self._pad_obs(obs, pb)
             mean, cov, tau = core_predict.predict_new_tasks(
                 model, task_params, xo, yo, mo, xp, include_noise
             )
@@ -409,21 +389,21 @@ class FittedMagma:
 
     def predict_tasks(
         self,
-        x_pred: np.ndarray,
+        x_pred: Padded,
         train_rows: np.ndarray,
         contexts: list[Context | None],
         *,
         include_noise: bool = True,
         full_cov: FullCov = False,
     ):
-        """Predictive of any tasks at ``x_pred`` (P, Np, I), NaN rows = padding.
+        """Predictive of any tasks at the rows of ``x_pred``.
 
         Task ``p`` is the training task of model row ``train_rows[p]`` when that is at
         least 0, else the new task of ``contexts[p]``, else a task never seen (the
         cluster mixture). Returns ``(mean, var or cov, tau)`` as
         :meth:`predict_training_tasks`.
         """
-        p, m, _ = x_pred.shape
+        p, m = x_pred.n_tasks, x_pred.n_rows
         o = self.n_joint_outputs if self.n_joint_outputs > 1 else self.n_outputs
         mean = np.zeros((p, m, o))
         if full_cov == "joint":
@@ -435,18 +415,25 @@ class FittedMagma:
         tau = np.zeros((p, self.n_clusters))
         known = np.array([c is not None for c in contexts], dtype=bool)
         kw = {"include_noise": include_noise, "full_cov": full_cov}
+
+        def rows_of(t: np.ndarray) -> Padded:
+            return take(x_pred, np.flatnonzero(t))
+
         groups = [
             (
                 train_rows >= 0,
-                lambda t: self.predict_training_tasks(train_rows[t], x_pred[t], **kw),
+                lambda t: self.predict_training_tasks(train_rows[t], rows_of(t), **kw),
             ),
             (
                 (train_rows < 0) & known,
                 lambda t: self.predict_new_tasks(
-                    [contexts[i] for i in np.flatnonzero(t)], x_pred[t], **kw
+                    [contexts[i] for i in np.flatnonzero(t)], rows_of(t), **kw
                 ),
             ),
-            ((train_rows < 0) & ~known, lambda t: self.predict_new_tasks(None, x_pred[t], **kw)),
+            (
+                (train_rows < 0) & ~known,
+                lambda t: self.predict_new_tasks(None, rows_of(t), **kw),
+            ),
         ]
         for rows, run in groups:
             if rows.any():

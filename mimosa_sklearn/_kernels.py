@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import kernax
 import numpy as np
 
+from ._padded import Padded
 from .core.compile import to_device
 from .core.init import data_scales
 from .core.multioutput import PerOutputMean, StackedOutputKernel
@@ -173,11 +174,15 @@ def _start_levels(tau: np.ndarray, y0: np.ndarray, obs: np.ndarray) -> np.ndarra
     return num / den
 
 
+def _real(tasks: Padded) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, outputs (0 where not observed), observed and row masks of the real tasks."""
+    t = tasks.n_tasks
+    return tasks.x[:t], tasks.y[:t], tasks.observed[:t], tasks.rows[:t]
+
+
 def default_params(
     layout: SharingLayout,
-    x: np.ndarray,
-    y0: np.ndarray,
-    obs: np.ndarray,
+    tasks: Padded,
     tau: np.ndarray,
     *,
     mean_kernel=None,
@@ -186,12 +191,12 @@ def default_params(
 ) -> Params:
     """Starting hyperparameters of independent outputs.
 
-    ``x`` (T, N, I) has NaN rows on padding, ``y0`` (T, N, O) zeros where ``obs`` is
-    False; ``tau`` (T, K) are the initial memberships. Kernels left None get data-driven
-    SE defaults (length scales a quarter and a tenth of the input span); every cluster's
-    constant prior mean starts at the average of its initial tasks.
+    ``tau`` (T, K) are the initial memberships of the real tasks. Kernels left None get
+    data-driven SE defaults (length scales a quarter and a tenth of the input span);
+    every cluster's constant prior mean starts at the average of its initial tasks.
     """
-    span, var = data_scales(x, y0, obs, ~np.isnan(x).any(-1))
+    x, y0, obs, rows = _real(tasks)
+    span, var = data_scales(x, y0, obs, rows)
     n_inputs = x.shape[-1]
     var_mean = float(np.mean(var))
     mean_kernel = mean_kernel or default_kernel(var_mean, span / 4.0, n_inputs)
@@ -262,9 +267,7 @@ def correlated_prior_mean(mean, n_outputs: int) -> PerOutputMean:
 
 def correlated_params(
     layout: SharingLayout,
-    x: np.ndarray,
-    y0: np.ndarray,
-    obs: np.ndarray,
+    tasks: Padded,
     tau: np.ndarray,
     *,
     mean_kernel=None,
@@ -272,14 +275,15 @@ def correlated_params(
     prior_mean=None,
 ) -> Params:
     """Starting hyperparameters of correlated outputs (arguments as
-    :func:`default_params`, in the caller's layout: ``y0`` and ``obs`` (T, N, O)).
+    :func:`default_params`, ``tasks`` in the caller's layout of ``O`` outputs).
 
     The kernels become multi-output kernels of stacked inputs
     (:func:`correlated_kernel`); the default prior mean is one learned constant per
     cluster and output, each starting at the output's average over the cluster's
     initial tasks.
     """
-    span, var = data_scales(x, y0, obs, ~np.isnan(x).any(-1))
+    x, y0, obs, rows = _real(tasks)
+    span, var = data_scales(x, y0, obs, rows)
     n_in = x.shape[-1]
     mean_k = correlated_kernel(mean_kernel, var, span / 4.0, n_in)
     task_k = correlated_kernel(task_kernel, 0.25 * var, span / 10.0, n_in)

@@ -14,7 +14,9 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["FullCov", "stack_observed", "stack_inputs", "unstack_spread"]
+from ._padded import Padded, row_bucket, take
+
+__all__ = ["FullCov", "stack_inputs", "stack_observed", "stack_rows", "unstack_spread"]
 
 #: What a prediction returns beside the mean: variances (False), covariances between
 #: the rows of each output (True), or, with correlated outputs, covariances across rows
@@ -22,52 +24,51 @@ __all__ = ["FullCov", "stack_observed", "stack_inputs", "unstack_spread"]
 FullCov = bool | Literal["joint"]
 
 
-def stack_observed(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stack_observed(tasks: Padded) -> Padded:
     """Observed ``(row, output)`` pairs of every task as rows of a one-output problem.
 
     Parameters
     ----------
-    x : array of shape (T, N, I)
-        Inputs, NaN rows on padding.
-    y : array of shape (T, N, O)
-        Outputs, NaN where padded or not observed.
+    tasks : Padded
+        Tasks with ``O`` outputs.
 
     Returns
     -------
-    x_stacked : array of shape (T, Ns, I + 1)
-        ``(x, p)`` of each observed pair, in (row, output) order inside each task, then
-        NaN rows; ``Ns`` is the largest number of observed pairs of a task.
-    y_stacked : array of shape (T, Ns, 1)
-        The observed values, NaN on padding.
+    Padded
+        Inputs ``(x, p)`` (``I + 1`` columns) and the value of each observed pair, in
+        (row, output) order inside each task; row slots for the largest number of
+        observed pairs of a task (bucketed), no grid indices.
     """
-    t, n, o = y.shape
-    obs = (~np.isnan(x).any(-1))[..., None] & ~np.isnan(y)
-    xs, ys = stack_inputs(x, o), y.reshape(t, n * o, 1)
-    flat = obs.reshape(t, n * o)
+    s, n, o = tasks.y.shape
+    flat = tasks.observed.reshape(s, n * o)
     # Stable sort puts each task's observed pairs first, in their original order.
     order = np.argsort(~flat, axis=1, kind="stable")
-    size = max(int(flat.sum(axis=1).max(initial=0)), 1)
-    order = order[:, :size]
+    size = row_bucket(int(flat.sum(axis=1).max(initial=0)))
+    order = order[:, : min(size, n * o)]
     keep = np.take_along_axis(flat, order, axis=1)
-    xs = np.take_along_axis(xs, order[..., None], axis=1)
-    ys = np.take_along_axis(ys, order[..., None], axis=1)
-    xs[~keep] = np.nan
-    ys[~keep] = np.nan
-    return xs, ys
+    xs = np.take_along_axis(stack_inputs(tasks.x, o), order[..., None], axis=1)
+    ys = np.take_along_axis(tasks.y.reshape(s, n * o, 1), order[..., None], axis=1)
+    stacked = Padded(x=xs, rows=keep, n_tasks=tasks.n_tasks, y=ys, observed=keep[..., None])
+    # More row slots than pairs (a bucket above n O): grow through take.
+    return take(stacked, np.arange(tasks.n_tasks), n_rows=size, n_slots=s)
 
 
 def stack_inputs(x: np.ndarray, n_outputs: int) -> np.ndarray:
-    """Every output at every row: ``(..., M, I) -> (..., M * O, I + 1)``.
-
-    Row ``m * O + p`` is ``(x_m, p)``; NaN rows (padding) stay NaN, output column
-    included.
-    """
+    """Every output at every row: ``(..., M, I) -> (..., M * O, I + 1)``; row ``m * O +
+    p`` is ``(x_m, p)``."""
     m = x.shape[-2]
     rep = np.repeat(x, n_outputs, axis=-2)
-    ids = np.tile(np.arange(n_outputs, dtype=np.float64), m)
-    ids = np.broadcast_to(ids, rep.shape[:-1]).copy()
-    ids[np.isnan(rep).any(-1)] = np.nan
+    ids = np.broadcast_to(np.tile(np.arange(n_outputs, dtype=np.float64), m), rep.shape[:-1])
     return np.concatenate([rep, ids[..., None]], axis=-1)
+
+
+def stack_rows(tasks: Padded, n_outputs: int) -> Padded:
+    """Prediction rows of every output: ``M`` row slots become ``M * O`` (inputs only)."""
+    return Padded(
+        x=stack_inputs(tasks.x, n_outputs),
+        rows=np.repeat(tasks.rows, n_outputs, axis=1),
+        n_tasks=tasks.n_tasks,
+    )
 
 
 def unstack_spread(spread: np.ndarray, n_outputs: int, full_cov: FullCov) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._padded import Padded, take
+
 __all__ = ["length_parts", "split_by_length", "MAX_PARTS", "MIN_TASKS"]
 
 # Each part compiles its own per-task code, so a part must pay for itself.
@@ -61,27 +63,16 @@ def length_parts(
     return sizes
 
 
-def split_by_length(
-    x: np.ndarray, y: np.ndarray, mappings: np.ndarray | None, sizes: list[int]
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]]:
-    """Tasks of each part, their real rows moved to the front and cut to the part's length.
+def split_by_length(tasks: Padded, sizes: list[int]) -> list[tuple[Padded, np.ndarray]]:
+    """The tasks of each part, their row slots cut to the part's length.
 
-    ``x`` (T, N, I) and ``y`` (T, N, O) hold NaN on padded rows, ``mappings`` (T, N)
-    the grid index of every row (or None). Returns, per part in ``sizes`` order,
-    ``(x, y, mappings, tasks)`` with ``tasks`` the original index of each task of the
-    part. Every task lands in exactly one part: the first whose length holds it.
+    Returns, per part in ``sizes`` order, the part's tasks (:func:`._padded.take`) and
+    the index of each of them in ``tasks``. Every real task lands in exactly one part:
+    the first whose length holds it.
     """
-    real = ~np.isnan(x).any(axis=-1)
-    lengths = real.sum(axis=1)
-    # Stable: the real rows keep their order, the padded ones follow.
-    order = np.argsort(~real, axis=1, kind="stable")
-    xs = np.take_along_axis(x, order[..., None], axis=1)
-    ys = np.take_along_axis(y, order[..., None], axis=1)
-    ms = None if mappings is None else np.take_along_axis(mappings, order, axis=1)
-    part = np.searchsorted(np.asarray(sizes), lengths, side="left")
+    part = np.searchsorted(np.asarray(sizes), tasks.n_points, side="left")
     out = []
     for p, n in enumerate(sizes):
-        tasks = np.flatnonzero(part == p)
-        maps = None if ms is None else ms[tasks, :n]
-        out.append((xs[tasks, :n], ys[tasks, :n], maps, tasks))
+        index = np.flatnonzero(part == p)
+        out.append((take(tasks, index, n_rows=n), index))
     return out

@@ -104,8 +104,8 @@ class ForecastMixin:
         y_norm = (y2 - self._y_train_mean) / self._y_train_std
         # Canonical layout: each task's context (hence its memberships and forecasts)
         # does not depend on the order of its rows or of the other new tasks.
-        td = build_task_data(codes, ids.size, rows.inputs, y_norm, canonical=True)
-        context = self.model_.condition(td.inputs, td.outputs)
+        td = build_task_data(codes, ids.size, rows.inputs, y_norm, canonical=True, with_grid=False)
+        context = self.model_.condition(td.tasks)
         return {
             task: context.task(int(i)) for task, i in zip(ids.tolist(), td.task_index, strict=True)
         }
@@ -141,14 +141,14 @@ class ForecastMixin:
         codes, ids = encode_task_ids(rows.ids)
         # Rows in canonical order inside each task (predictions of a row then do not
         # depend on the order of the other rows); everything below is per padded task.
-        td = build_task_data(codes, ids.size, rows.inputs, canonical=True)
+        td = build_task_data(codes, ids.size, rows.inputs, canonical=True, with_grid=False)
         ids = ids[td.task_order]
         train_idx, ctx_idx = self._task_sources(ids, contexts)
         train_rows = np.where(train_idx >= 0, self._model_rows[train_idx], -1)
         pairs = zip(ids.tolist(), ctx_idx.tolist(), strict=True)
         known = [contexts[t] if c >= 0 else None for t, c in pairs]
         mean, spread, tau = self.model_.predict_tasks(
-            td.inputs, train_rows, known, full_cov=full_cov, include_noise=include_noise
+            td.tasks, train_rows, known, full_cov=full_cov, include_noise=include_noise
         )
         return mean, spread, tau, td
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import MagmaClusterRegressor, _batching
 from mimosa_sklearn import _fit as fit_module
@@ -96,7 +97,7 @@ def test_one_hot_projection_equals_exact_path(data, monkeypatch):
     X_t, _ = data["target"]
     x_target = build_task_data(
         encode_task_ids(X_t["ID"].to_numpy())[0], td.n_tasks, X_t[["Input"]].to_numpy()
-    ).inputs
+    ).tasks
 
     def one_hot(params, batch, jitter):
         # Padded rows carry the sentinel index G: one_hot gives them a zero row.
@@ -107,7 +108,7 @@ def test_one_hot_projection_equals_exact_path(data, monkeypatch):
     # one-hot projection in place of c(x, u) c(u, u)^{-1}.
     monkeypatch.setattr(fit_module, "_with_projection", one_hot)
     config = fit_module.FitConfig(n_clusters=K, max_iter=3, tol=0.0)
-    args = (td.inputs, td.outputs, td.mappings, td.grid, config)
+    args = (td.tasks, td.grid, config)
     exact = fit_module.fit_magma(*args)
     proj = fit_module.fit_magma(*args, approximate=True)
 
@@ -118,10 +119,10 @@ def test_one_hot_projection_equals_exact_path(data, monkeypatch):
     _close(proj.post, exact.post)
     _close(proj.params, exact.params)
     with runtime.jax_scope():
-        batch = _batching.make_batch(td.inputs, td.outputs, td.mappings, td.grid)
+        batch = _batching.make_batch(td.tasks, td.grid)
         assert prior_offsets(exact.params, batch) is None
         np.testing.assert_array_equal(prior_offsets(exact.params, one_hot(0, batch, 0)), 0.0)
-    x_new = np.linspace(-2.0, 12.0, 3)[None, :, None].repeat(td.n_tasks, axis=0)
+    x_new = from_nan(np.linspace(-2.0, 12.0, 3)[None, :, None].repeat(td.n_tasks, axis=0))
     for f in (
         lambda m: m.predict_training_tasks(np.arange(td.n_tasks), x_target),
         lambda m: m.predict_new_tasks(None, x_new),

@@ -23,17 +23,19 @@ from mimosa_sklearn.datasets import make_magma_data
 
 
 def _padded(tasks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Tasks of 1-D inputs -> (T, N, 1) NaN-padded inputs and the rows per task."""
+    """Tasks of 1-D inputs -> (T, N, 1) inputs in row slots (-99 in empty ones, which
+    must not count) and the real-row mask."""
     n = max(len(t) for t in tasks)
-    x = np.full((len(tasks), n, 1), np.nan)
+    x = np.full((len(tasks), n, 1), -99.0)
+    rows = np.zeros((len(tasks), n), dtype=bool)
     for i, t in enumerate(tasks):
         x[i, : len(t), 0] = t
-    return x, np.array([len(t) for t in tasks])
+        rows[i, : len(t)] = True
+    return x, rows
 
 
 def _choose(tasks: list[np.ndarray]):
-    x, n = _padded(tasks)
-    return choose_grid(x, n, np.unique(np.concatenate(tasks)).size)
+    return choose_grid(*_padded(tasks), np.unique(np.concatenate(tasks)).size)
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -71,38 +73,37 @@ def test_inducing_count_follows_the_range_and_the_spacing_inside_tasks():
     # Tasks observed every 0.5 on [0, 10], each at its own offset: the lattice step is
     # 0.25, so 10 / 0.25 + 1 = 41 points.
     tasks = [np.arange(0.0, 10.0, 0.5) + 0.5 * u for u in np.linspace(0.0, 1.0, 40)[:-1]]
-    x, _ = _padded(tasks)
-    assert inducing_count(x) == 41
+    assert inducing_count(*_padded(tasks)) == 41
     # The spacing is read inside tasks, not across them: the same inputs in tasks of
     # two points 0.5 apart give the same count.
     pairs = [t[i : i + 2] for t in tasks for i in range(0, 20, 2)]
-    assert inducing_count(_padded(pairs)[0]) == 41
-    # Padding (NaN rows) and row order inside a task change nothing.
+    assert inducing_count(*_padded(pairs)) == 41
+    # Empty row slots and row order inside a task change nothing.
     rng = np.random.default_rng(0)
     shuffled = [rng.permutation(t) for t in tasks] + [np.array([5.0])]
-    assert inducing_count(_padded(shuffled)[0]) == 41
+    assert inducing_count(*_padded(shuffled)) == 41
 
 
 def test_inducing_count_is_clipped():
     # Spacing 1e-3 on a range of 10: 20001 points -> MAX_INDUCING.
     dense = [np.arange(0.0, 0.02, 0.001) + s for s in np.linspace(0.0, 10.0, 50)]
-    assert inducing_count(_padded(dense)[0]) == MAX_INDUCING
+    assert inducing_count(*_padded(dense)) == MAX_INDUCING
     # Two points per task spanning the range: 3 points -> MIN_INDUCING.
     sparse = [np.array([0.0, 10.0]) + 1e-3 * i for i in range(300)]
-    assert inducing_count(_padded(sparse)[0]) == MIN_INDUCING
+    assert inducing_count(*_padded(sparse)) == MIN_INDUCING
 
 
 def test_inducing_count_multiplies_over_input_columns():
     # Column 0 observed every 1.0 on [0, 9], column 1 every 2.0 on [0, 18]: 19 x 19.
     a = np.arange(10.0)
     x = np.stack([np.column_stack([a, 2 * a])] * 20)
-    assert inducing_count(x) == 19 * 19
+    assert inducing_count(x, np.ones(x.shape[:2], dtype=bool)) == 19 * 19
 
 
 def test_no_spacing_gives_one_point_per_column():
     # Every task holds one input value: no spacing to read; MIN_INDUCING then.
     singles = [np.array([v]) for v in np.linspace(0, 1, 300)]
-    assert inducing_count(_padded(singles)[0]) == MIN_INDUCING
+    assert inducing_count(*_padded(singles)) == MIN_INDUCING
 
 
 def test_inducing_not_fewer_than_the_grid_keeps_it_exact():

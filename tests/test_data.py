@@ -16,8 +16,30 @@ from mimosa_sklearn._data import (
     map_to_grid,
     snap_inputs,
 )
+from mimosa_sklearn._padded import bucket
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _x(td: TaskData, full: bool = False) -> np.ndarray:
+    """Inputs with NaN in empty slots; cut to (T, longest task) unless ``full``."""
+    p = td.tasks
+    x = np.where(p.rows[..., None], p.x, np.nan)
+    return x if full else x[: td.n_tasks, : td.n_points.max(initial=0)]
+
+
+def _y(td: TaskData, full: bool = False) -> np.ndarray:
+    """Outputs with NaN where not observed; cut like :func:`_x`."""
+    p = td.tasks
+    y = np.where(p.observed, p.y, np.nan)
+    return y if full else y[: td.n_tasks, : td.n_points.max(initial=0)]
+
+
+def _maps(td: TaskData, full: bool = False) -> np.ndarray:
+    """Grid indices with G in empty slots; cut like :func:`_x`."""
+    p = td.tasks
+    m = np.where(p.rows, p.mappings, td.n_grid)
+    return m if full else m[: td.n_tasks, : td.n_points.max(initial=0)]
 
 
 @st.composite
@@ -58,38 +80,39 @@ def ragged_data(draw):
 
 def _check_invariants(td: TaskData, codes: np.ndarray, x: np.ndarray, y: np.ndarray | None):
     n = codes.size
-    T, N = td.n_tasks, td.n_max
-    assert td.inputs.shape == (T, N, x.shape[1])
-    assert td.inputs.dtype == np.float64
-    assert td.mappings.shape == (T, N) and td.mappings.dtype == np.int64
+    T, p = td.n_tasks, td.tasks
+    # Bucketed slots, finite everywhere, masks for the real rows.
+    assert p.n_slots == bucket(T, 8, 1) and p.n_rows == bucket(td.n_points.max(), 8)
+    assert p.x.shape == (p.n_slots, p.n_rows, x.shape[1]) and p.x.dtype == np.float64
+    assert np.isfinite(p.x).all()
+    assert p.mappings.shape == p.rows.shape and p.mappings.dtype == np.int64
     assert td.task_codes.dtype == np.int64 and td.row_pos.dtype == np.int64
     np.testing.assert_array_equal(td.n_points, np.bincount(codes, minlength=T))
-    assert N == td.n_points.max()
-    mask = td.row_mask
+    np.testing.assert_array_equal(p.n_points, td.n_points)
+    mask = p.rows
     assert mask.sum() == n
-    # Real rows point at their grid row; padding points at G.
+    # Real rows fill the first slots of each task and point at their grid row.
+    np.testing.assert_array_equal(mask[:T], np.arange(p.n_rows) < td.n_points[:, None])
     G = td.n_grid
-    assert np.all(td.mappings[~mask] == G)
-    assert np.all((td.mappings[mask] >= 0) & (td.mappings[mask] < G))
-    np.testing.assert_array_equal(td.grid[td.mappings[mask]], td.inputs[mask])
-    assert np.isnan(td.inputs[~mask]).all()
+    assert np.all((p.mappings[mask] >= 0) & (p.mappings[mask] < G))
+    np.testing.assert_array_equal(td.grid[p.mappings[mask]], p.x[mask])
     # Grid: unique rows, lexicographically sorted.
     assert len(np.unique(td.grid, axis=0)) == G
     order = np.lexsort(td.grid.T[::-1])
     np.testing.assert_array_equal(order, np.arange(G))
     # Round trip, order preserving.
-    np.testing.assert_array_equal(td.to_rows(td.mappings) < G, np.ones(n, dtype=bool))
-    np.testing.assert_allclose(td.to_rows(td.inputs), x, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(td.to_rows(_maps(td, True)) < G, np.ones(n, dtype=bool))
+    np.testing.assert_allclose(td.to_rows(p.x), x, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(td.task_codes, codes)
     sort = np.lexsort((np.arange(n), codes))
     starts = np.cumsum(td.n_points) - td.n_points
     np.testing.assert_array_equal(td.row_pos[sort], np.arange(n) - starts[codes[sort]])
     if y is None:
-        assert td.outputs is None and td.n_outputs == 0
+        assert p.y is None and p.observed is None
     else:
-        np.testing.assert_array_equal(td.to_rows(td.outputs), y)  # NaN compare equal
-        assert np.isnan(td.outputs[~mask]).all()
-        assert (mask[:, :, None] & ~np.isnan(td.outputs)).sum() == np.isfinite(y).sum()
+        np.testing.assert_array_equal(td.to_rows(_y(td, True)), y)  # NaN compare equal
+        assert not p.observed[~mask].any() and not p.y[~p.observed].any()
+        assert p.observed.sum() == np.isfinite(y).sum()
 
 
 # --------------------------------------------------------------------------- property tests
@@ -103,11 +126,9 @@ def test_round_trip_random_ragged(data):
     assert list(uniques) == list(dict.fromkeys(ids.tolist()))
     td = build_task_data(codes, len(uniques), x, y)
     _check_invariants(td, codes, x, y)
-    # to_rows reads back the padded outputs.
-    np.testing.assert_array_equal(td.to_rows(td.outputs), y)
     # Same inputs (up to snapping) share a grid point.
     xs = snap_inputs(x)
-    rows = td.to_rows(td.mappings)
+    rows = td.to_rows(td.tasks.mappings)
     _, inv = np.unique(xs, axis=0, return_inverse=True)
     _, inv_map = np.unique(rows, return_inverse=True)
     np.testing.assert_array_equal(inv.reshape(-1), inv_map.reshape(-1))
@@ -119,10 +140,14 @@ def test_no_outputs(data):
     ids, x, _ = data
     codes, uniques = encode_task_ids(ids)
     td = build_task_data(codes, len(uniques), x)
-    assert td.n_max == np.bincount(codes).max()
-    assert td.outputs is None
-    np.testing.assert_allclose(td.to_rows(td.inputs), x, rtol=1e-9, atol=1e-12)
-    assert np.all(td.mappings[~td.row_mask] == td.n_grid)
+    assert td.tasks.n_rows == bucket(np.bincount(codes).max(), 8)
+    assert td.tasks.y is None and td.tasks.observed is None
+    np.testing.assert_allclose(td.to_rows(td.tasks.x), x, rtol=1e-9, atol=1e-12)
+    # Without a grid: no grid indices, the first row's input in empty slots.
+    bare = build_task_data(codes, len(uniques), x, with_grid=False)
+    assert bare.grid is None and bare.tasks.mappings is None and bare.n_grid == 0
+    np.testing.assert_array_equal(bare.tasks.x[bare.tasks.rows], td.tasks.x[td.tasks.rows])
+    np.testing.assert_array_equal(bare.tasks.x[~bare.tasks.rows][:1], snap_inputs(x)[:1])
 
 
 # --------------------------------------------------------------------------- encode_task_ids
@@ -200,8 +225,8 @@ def test_snap_keeps_nan_and_shape():
 def test_float_noise_maps_to_same_grid_point():
     td = build_task_data(np.array([0, 1, 1]), 2, np.array([0.1 + 0.2, 0.3, 1.0]))
     assert td.n_grid == 2
-    assert td.mappings[0, 0] == td.mappings[1, 0] == 0
-    assert td.inputs[0, 0, 0] == td.inputs[1, 0, 0] == td.grid[0, 0]
+    assert _maps(td)[0, 0] == _maps(td)[1, 0] == 0
+    assert _x(td)[0, 0, 0] == _x(td)[1, 0, 0] == td.grid[0, 0]
 
 
 def test_build_grid_lexicographic_multi_dim():
@@ -223,8 +248,8 @@ def test_map_to_grid_raises_off_grid():
 def test_duplicated_inputs_inside_task_are_kept():
     td = build_task_data(np.array([0, 0, 0]), 1, np.array([2.0, 1.0, 2.0]), np.array([1, 2, 3]))
     assert td.n_points[0] == 3
-    np.testing.assert_array_equal(td.mappings[0], [1, 0, 1])
-    np.testing.assert_array_equal(td.outputs[0, :, 0], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(_maps(td)[0], [1, 0, 1])
+    np.testing.assert_array_equal(_y(td)[0, :, 0], [1.0, 2.0, 3.0])
 
 
 # --------------------------------------------------------------------------- build_task_data
@@ -242,16 +267,16 @@ def test_canonical_layout_orders_tasks_and_rows_by_content():
     np.testing.assert_array_equal(td.task_order, [1, 4, 0, 3, 2])
     np.testing.assert_array_equal(td.task_index, [2, 0, 4, 3, 1])
     np.testing.assert_array_equal(td.n_points, [2, 2, 2, 2, 2])
-    np.testing.assert_array_equal(td.inputs[..., 0], [[0.5, 2], [1, 1], [1, 5], [1, 5], [2, 2]])
-    np.testing.assert_array_equal(td.outputs[..., 0], [[1, 1], [2, 2], [3, 0], [3, 0], [7, np.nan]])
-    np.testing.assert_array_equal(td.to_rows(td.inputs)[:, 0], x)
-    np.testing.assert_array_equal(td.to_rows(td.outputs)[:, 0], y)
+    np.testing.assert_array_equal(_x(td)[..., 0], [[0.5, 2], [1, 1], [1, 5], [1, 5], [2, 2]])
+    np.testing.assert_array_equal(_y(td)[..., 0], [[1, 1], [2, 2], [3, 0], [3, 0], [7, np.nan]])
+    np.testing.assert_array_equal(td.to_rows(td.tasks.x)[:, 0], x)
+    np.testing.assert_array_equal(td.to_rows(_y(td, True))[:, 0], y)
     np.testing.assert_array_equal(td.task_codes, td.task_index[codes])
     # Without canonical=True, tasks keep their codes and rows their caller order.
     plain = build_task_data(codes, 5, x, y)
     np.testing.assert_array_equal(plain.task_index, np.arange(5))
     np.testing.assert_array_equal(plain.task_order, np.arange(5))
-    np.testing.assert_array_equal(plain.inputs[0, :, 0], [5.0, 1.0])
+    np.testing.assert_array_equal(_x(plain)[0, :, 0], [5.0, 1.0])
 
 
 def test_canonical_layout_puts_a_prefix_first_and_allows_empty_tasks():
@@ -262,22 +287,22 @@ def test_canonical_layout_puts_a_prefix_first_and_allows_empty_tasks():
     # task 0 = [1, 2, 3].
     np.testing.assert_array_equal(td.task_order, [1, 2, 0])
     np.testing.assert_array_equal(td.n_points, [0, 2, 3])
-    np.testing.assert_array_equal(td.to_rows(td.inputs)[:, 0], x)
+    np.testing.assert_array_equal(td.to_rows(td.tasks.x)[:, 0], x)
 
 
 def test_rows_all_nan_outputs_are_kept():
     y = np.array([[np.nan, np.nan], [1.0, np.nan], [np.nan, np.nan]])
     td = build_task_data(np.array([0, 0, 1]), 2, np.array([0.0, 1.0, 0.0]), y)
-    assert td.row_mask.sum() == 3
-    np.testing.assert_array_equal((~np.isnan(td.outputs)).sum(axis=(1, 2)), [1, 0])
-    np.testing.assert_array_equal(td.to_rows(td.outputs), y)
+    assert td.tasks.rows.sum() == 3
+    np.testing.assert_array_equal(td.tasks.observed.sum(axis=(1, 2)), [1, 0])
+    np.testing.assert_array_equal(td.to_rows(_y(td, True)), y)
 
 
 def test_task_without_rows_is_fully_padded():
     td = build_task_data(np.array([0, 2, 2]), 3, np.array([0.0, 1.0, 2.0]))
     np.testing.assert_array_equal(td.n_points, [1, 0, 2])
-    assert not td.row_mask[1].any()
-    assert np.all(td.mappings[1] == td.n_grid)
+    assert not td.tasks.rows[1].any()
+    assert td.tasks.n_slots == 4 and not td.tasks.rows[3].any()
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -315,7 +340,8 @@ def test_shape_errors():
 def test_to_rows_reads_each_row_at_its_padded_position():
     codes = np.array([1, 0, 1, 1])
     td = build_task_data(codes, 2, np.arange(4.0))
-    padded = np.array([[20.0, np.nan, np.nan], [10.0, 30.0, 40.0]])
+    padded = np.zeros((2, 8))
+    padded[0, 0], padded[1, :3] = 20.0, [10.0, 30.0, 40.0]
     np.testing.assert_array_equal(td.to_rows(padded), [10.0, 20.0, 30.0, 40.0])
     vec = np.stack([padded, -padded], axis=-1)
     np.testing.assert_array_equal(td.to_rows(vec)[:, 1], [-10.0, -20.0, -30.0, -40.0])
@@ -327,7 +353,12 @@ def test_properties_and_repr():
     td = build_task_data(
         np.array([0, 1, 1]), 2, np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]), np.ones((3, 3))
     )
-    assert (td.n_tasks, td.n_max, td.n_inputs, td.n_outputs, td.n_grid) == (2, 2, 2, 3, 2)
-    assert "n_tasks=2" in repr(td)
+    assert (td.n_tasks, td.n_grid, td.tasks.x.shape, td.tasks.y.shape) == (
+        2,
+        2,
+        (2, 8, 2),
+        (2, 8, 3),
+    )
+    assert "n_tasks=2" in repr(td) and "n_outputs=3" in repr(td)
     with pytest.raises(AttributeError):
         td.grid = None  # frozen

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import _batching, _fit, _fitted
 from mimosa_sklearn._kernels import SharingLayout
@@ -135,22 +136,24 @@ def _shared_data(n_tasks: int, seed: int = 0):
     return x, y, np.repeat(np.arange(6)[None], n_tasks, axis=0), x1
 
 
-def _fit_summary(model: _fitted.FittedMagma, x, y):
-    mean, var, tau = model.predict_training_tasks(np.arange(3), np.repeat(x[:1], 3, axis=0))
+def _fit_summary(model: _fitted.FittedMagma, x):
+    x_pred = from_nan(np.repeat(x[:1], 3, axis=0))
+    mean, var, tau = model.predict_training_tasks(np.arange(3), x_pred)
     hps = model.hyperparameters()
     return [model.elbo_history, mean, var, tau] + [hps[key] for key in sorted(hps)]
 
 
 def test_fit_with_shared_inputs_equals_general_fit(monkeypatch):
     x, y, maps, grid = _shared_data(11)
-    assert _batching.shared_inputs(x, y, maps)
+    tasks = from_nan(x, y, maps)
+    assert _batching.shared_inputs(tasks)
     config = _fit.FitConfig(n_clusters=2, max_iter=3, tol=0.0, max_steps=10)
-    fast = _fit.fit_magma(x, y, maps, grid, config)
+    fast = _fit.fit_magma(tasks, grid, config)
     assert fast.batch.shared_inputs and fast.batch.x.shape[0] == 16
     monkeypatch.setattr(_batching, "shared_inputs", lambda *args: False)
-    general = _fit.fit_magma(x, y, maps, grid, config)
+    general = _fit.fit_magma(tasks, grid, config)
     assert not general.batch.shared_inputs
-    _assert_same(_fit_summary(fast, x, y), _fit_summary(general, x, y))
+    _assert_same(_fit_summary(fast, x), _fit_summary(general, x))
 
 
 _SNIPPET_SHARDED = textwrap.dedent(
@@ -159,6 +162,7 @@ _SNIPPET_SHARDED = textwrap.dedent(
     import numpy as np
     import jax
     from mimosa_sklearn import _fit
+    from mimosa_sklearn._padded import scatter
     from mimosa_sklearn.core import runtime
     assert len(jax.devices()) == 2, jax.devices()
     rng = np.random.default_rng(0)
@@ -166,7 +170,8 @@ _SNIPPET_SHARDED = textwrap.dedent(
     x = np.sort(rng.uniform(0, 5, size=(n, 5, 1)), axis=1)
     y = np.sin(x) + rng.normal(size=(n, 1, 1)) + 0.1 * rng.normal(size=x.shape)
     grid, maps = np.unique(x.reshape(-1, 1), axis=0, return_inverse=True)
-    maps = maps.reshape(n, 5)
+    rows = (np.repeat(np.arange(n), 5), np.tile(np.arange(5), n))
+    tasks = scatter(*rows, n, x.reshape(-1, 1), y.reshape(-1, 1), maps.reshape(-1))
     base = dict(max_iter=2, tol=0.0, max_steps=5)
     if runtime.jaxlib_is_exposed():
         # Two CPU devices share one two-thread pool there: batched LAPACK calls on both
@@ -184,8 +189,7 @@ _SNIPPET_SHARDED = textwrap.dedent(
         shard = True
     out = {}
     for flag in (shard, False):
-        model = _fit.fit_magma(x, y, maps, grid,
-                                 _fit.FitConfig(shard_tasks=flag, **config))
+        model = _fit.fit_magma(tasks, grid, _fit.FitConfig(shard_tasks=flag, **config))
         out[bool(flag)] = (len(model.batch.x.sharding.device_set), model.elbo_history,
                            np.asarray(model.post.mean), model.tau)
     assert out[True][0] == 2 and out[False][0] == 1

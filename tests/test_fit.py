@@ -16,6 +16,7 @@ import dataclasses
 import kernax
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import MagmaClusterRegressor, _fit
 from mimosa_sklearn._fit import FitConfig
@@ -97,7 +98,7 @@ def test_fit_keeps_the_best_of_n_init_runs(monkeypatch):
     seen = []
     x, y, maps = _tasks(5, 1, seed=0)
     config = FitConfig(n_clusters=2, max_iter=2, max_steps=5, n_init=3, init="random", seed=3)
-    best = _fit.fit_magma(x, y, maps, GRID, config, lambda i, elbo: seen.append((i, elbo)))
+    best = _fit.fit_magma(from_nan(x, y, maps), GRID, config, lambda i, e: seen.append((i, e)))
     elbos = [run.elbo for run in runs]
     assert len(runs) == 3 and len(set(elbos)) > 1  # the runs differ: the choice matters
     chosen = runs[int(np.argmax(elbos))]
@@ -117,7 +118,7 @@ def test_fit_with_correlated_outputs():
     x, y, maps = _tasks(4, 2, seed=1)
     y[0, 1, 1] = np.nan  # heterotopic: one output missing at one input
     config = FitConfig(n_clusters=2, max_iter=2, max_steps=5, correlated_outputs=True)
-    fitted = _fit.fit_magma(x, y, maps, GRID, config)
+    fitted = _fit.fit_magma(from_nan(x, y, maps), GRID, config)
     assert fitted.n_joint_outputs == 2 and fitted.n_tasks == 4
     np.testing.assert_array_equal(fitted.grid, GRID)
     # The model's own grid: the distinct observed (x, output) pairs.
@@ -126,12 +127,12 @@ def test_fit_with_correlated_outputs():
     model_grid = np.asarray(fitted.model.grid)[: fitted.n_grid]
     np.testing.assert_array_equal(np.unique(model_grid, axis=0), pairs)
     assert fitted.n_grid == len(pairs)
-    x_pred = np.repeat(GRID[None, ::3], 2, axis=0)
+    x_pred = from_nan(np.repeat(GRID[None, ::3], 2, axis=0))
     mean, var, tau = fitted.predict_training_tasks(np.arange(2), x_pred)
-    assert mean.shape == var.shape == (2, 3, 2) and tau.shape == (2, 2)
-    assert np.isfinite(mean).all() and np.all(var > 0)
+    assert mean.shape == var.shape == (2, 8, 2) and tau.shape == (2, 2)  # 3 rows in 8 slots
+    assert np.isfinite(mean).all() and np.all(var[:, :3] > 0) and not var[:, 3:].any()
     _, joint, _ = fitted.predict_training_tasks(np.arange(2), x_pred, full_cov="joint")
-    assert joint.shape == (2, 3, 2, 3, 2)
+    assert joint.shape == (2, 8, 2, 8, 2)
     np.testing.assert_allclose(np.einsum("pmomo->pmo", joint), var, rtol=1e-10)
     coreg = fitted.hyperparameters()["task_kernel.coregionalisation"]
     assert coreg.shape[-2:] == (2, 2)
@@ -141,4 +142,4 @@ def test_approximate_grid_with_correlated_outputs_is_refused():
     x, y, maps = _tasks(4, 2, seed=1)
     config = FitConfig(n_clusters=2, correlated_outputs=True)
     with pytest.raises(NotImplementedError, match="approximate grid with correlated"):
-        _fit.fit_magma(x, y, None, GRID[::2], config, approximate=True)
+        _fit.fit_magma(from_nan(x, y), GRID[::2], config, approximate=True)

@@ -19,6 +19,7 @@ import pickle
 import jax
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import _fit
 from mimosa_sklearn._fitted import Context, FittedMagma
@@ -44,7 +45,7 @@ def _tasks(n_tasks: int, width: int, seed: int):
 def fitted() -> FittedMagma:
     x, y, maps = _tasks(5, 6, seed=0)
     config = _fit.FitConfig(n_clusters=2, max_iter=2, max_steps=5)
-    return _fit.fit_magma(x, y, maps, GRID, config)
+    return _fit.fit_magma(from_nan(x, y, maps), GRID, config)
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +56,12 @@ def new_tasks():
         x[i, : len(rows), 0] = rows
     y = np.sin(x) + np.array([-2.0, 2.0, -1.0])[:, None, None]
     y[0, 1, 0] = np.nan
-    return x, y
+    return from_nan(x, y)
 
 
 @pytest.fixture(scope="module")
 def context(fitted, new_tasks) -> Context:
-    return fitted.condition(*new_tasks)
+    return fitted.condition(new_tasks)
 
 
 # ---------------------------------------------------------------------- Context
@@ -75,46 +76,49 @@ def test_context_task_and_stack_round_trip_by_hand():
         x[i, :n] = rng.normal(size=(n, 2))
         y[i, :n] = rng.normal(size=(n, 2))
     y[1, 0, 1] = np.nan  # a missing output on a real row stays
+    tasks = from_nan(x, y)
     tau = rng.dirichlet(np.ones(2), size=3)
     params = (rng.normal(size=(3, 1, 2)), rng.normal(size=(3,)), "static")
-    ctx = Context(x=x, y=y, tau=tau, task_params=params)
+    ctx = Context(tasks=tasks, tau=tau, task_params=params)
 
+    fields = ("x", "rows", "y", "observed")
     singles = [ctx.task(i) for i in range(3)]
-    for i, (single, n) in enumerate(zip(singles, lengths, strict=True)):
-        assert single.x.shape == (1, n, 2) and single.y.shape == (1, n, 2)
-        np.testing.assert_array_equal(single.x[0], x[i, :n])
-        np.testing.assert_array_equal(single.y[0], y[i, :n])
+    for i, single in enumerate(singles):
+        assert (single.tasks.n_tasks, single.tasks.n_slots) == (1, 1)
+        for name in fields:
+            np.testing.assert_array_equal(getattr(single.tasks, name)[0], getattr(tasks, name)[i])
         np.testing.assert_array_equal(single.tau, tau[i : i + 1])
         np.testing.assert_array_equal(single.task_params[0], params[0][i : i + 1])
         np.testing.assert_array_equal(single.task_params[1], params[1][i : i + 1])
         assert single.task_params[2] == "static"
 
     back = Context.stack(singles)
-    np.testing.assert_array_equal(back.x, x[:, :5])  # NaN padding to the longest task
-    np.testing.assert_array_equal(back.y, y[:, :5])
+    assert back.tasks.n_tasks == 3
+    for name in fields:
+        np.testing.assert_array_equal(getattr(back.tasks, name)[:3], getattr(tasks, name)[:3])
+    assert not back.tasks.rows[3:].any()  # 3 tasks in 4 slots
     np.testing.assert_array_equal(back.tau, tau)
     for got, want in zip(back.task_params[:2], params[:2], strict=True):
         np.testing.assert_array_equal(got, want)
     assert back.task_params[2] == "static"
     # Any subset, in any order.
     two = Context.stack([singles[2], singles[0]])
-    np.testing.assert_array_equal(two.x, x[[2, 0], :5])
+    np.testing.assert_array_equal(two.tasks.x, tasks.x[[2, 0]])
     np.testing.assert_array_equal(two.task_params[1], params[1][[2, 0]])
 
 
 def test_context_round_trip_of_conditioned_tasks(fitted, new_tasks, context):
-    x, y = new_tasks
-    assert np.isnan(context.x[:, 4:]).all()  # no task is longer than 4 rows
+    assert not context.tasks.rows[:, 4:].any()  # no task is longer than 4 rows
     singles = [context.task(i) for i in range(3)]
     back = Context.stack(singles)
-    np.testing.assert_array_equal(back.x, context.x[:, :4])
-    np.testing.assert_array_equal(back.y, context.y[:, :4])
+    for name in ("x", "rows", "y", "observed"):
+        np.testing.assert_array_equal(getattr(back.tasks, name), getattr(context.tasks, name))
     np.testing.assert_array_equal(back.tau, context.tau)
     leaves = jax.tree.leaves(context.task_params)
     assert leaves and all(np.shape(leaf)[0] == 3 for leaf in leaves)
     for got, want in zip(jax.tree.leaves(back.task_params), leaves, strict=True):
         np.testing.assert_array_equal(got, want)
-    x_pred = np.repeat(GRID[None, ::2], 3, axis=0)
+    x_pred = from_nan(np.repeat(GRID[None, ::2], 3, axis=0))
     whole = fitted.predict_new_tasks(context, x_pred)
     parts = fitted.predict_new_tasks(singles, x_pred)
     for a, b in zip(whole, parts, strict=True):
@@ -129,26 +133,28 @@ def test_predict_tasks_routes_every_row(fitted, context, full_cov):
     # Rows: training task 3, new task 1, a task never seen, training task 0, new task 0,
     # and training task 1 given a context too (a training row wins: the context is ignored).
     rng = np.random.default_rng(2)
-    x_pred = rng.uniform(0.0, 5.0, size=(6, 3, 1))
-    x_pred[2, 2] = np.nan  # a padded prediction row
+    x_nan = rng.uniform(0.0, 5.0, size=(6, 3, 1))
+    x_nan[2, 2] = np.nan  # a task with one row fewer
+    x_pred = from_nan(x_nan)
     train_rows = np.array([3, -1, -1, 0, -1, 1])
     ctx = [context.task(i) for i in range(3)]
     contexts = [None, ctx[1], None, None, ctx[0], ctx[2]]
     kw = {"full_cov": full_cov}
     mean, second, tau = fitted.predict_tasks(x_pred, train_rows, contexts, **kw)
 
-    train = fitted.predict_training_tasks(np.array([3, 0, 1]), x_pred[[0, 3, 5]], **kw)
-    new = fitted.predict_new_tasks([ctx[1], ctx[0]], x_pred[[1, 4]], **kw)
-    unseen = fitted.predict_new_tasks(None, x_pred[[2]], **kw)
+    train = fitted.predict_training_tasks(np.array([3, 0, 1]), from_nan(x_nan[[0, 3, 5]]), **kw)
+    new = fitted.predict_new_tasks([ctx[1], ctx[0]], from_nan(x_nan[[1, 4]]), **kw)
+    unseen = fitted.predict_new_tasks(None, from_nan(x_nan[[2]]), **kw)
     for rows, want in (([0, 3, 5], train), ([1, 4], new), ([2], unseen)):
         for got, ref in zip((mean, second, tau), want, strict=True):
             np.testing.assert_array_equal(got[rows], ref)
     np.testing.assert_array_equal(tau[[0, 3, 5]], fitted.tau[[3, 0, 1]])
     np.testing.assert_allclose(tau[2], fitted.weights, rtol=1e-12)  # no data: the mixture
     np.testing.assert_array_equal(tau[[1, 4]], context.tau[[1, 0]])
-    assert mean[2, 2, 0] == 0.0  # padded rows are zero
+    assert mean.shape == (6, 8, 1) and not mean[2, 2:].any()  # empty row slots are zero
     # The rows really differ: a routing mistake cannot go unseen.
-    assert np.abs(mean[1] - mean[4]).min() > 1e-3 and np.abs(mean[0] - mean[3]).min() > 1e-3
+    assert np.abs(mean[1, :3] - mean[4, :3]).min() > 1e-3
+    assert np.abs(mean[0, :3] - mean[3, :3]).min() > 1e-3
 
 
 # ---------------------------------------------------------------------- inspection
@@ -170,7 +176,7 @@ def test_mean_processes_at_the_grid_are_the_hyperposterior(fitted):
 
 
 def test_pickle_round_trip_with_x64_off(fitted, context):
-    x_pred = np.repeat(GRID[None, 1::3], 3, axis=0)
+    x_pred = from_nan(np.repeat(GRID[None, 1::3], 3, axis=0))
     before = (
         fitted.predict_training_tasks(np.arange(3), x_pred),
         fitted.predict_new_tasks(context, x_pred),

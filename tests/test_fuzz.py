@@ -71,15 +71,16 @@ def test_data_round_trip_is_lossless_at_every_scale(data):
     td = build_task_data(codes, n_tasks, x, y)
     # Lossless: distinct inputs stay distinct and exact, whatever their scale or offset
     # (only float noise within ~1e-12 relative is merged; these inputs have none).
-    np.testing.assert_array_equal(td.to_rows(td.inputs), x)
-    np.testing.assert_array_equal(td.to_rows(td.outputs), y)
+    p = td.tasks
+    np.testing.assert_array_equal(td.to_rows(p.x), x)
+    np.testing.assert_array_equal(td.to_rows(np.where(p.observed, p.y, np.nan)), y)
     assert td.n_grid == len(np.unique(x, axis=0))
-    np.testing.assert_array_equal(td.grid[td.to_rows(td.mappings)], x)
+    np.testing.assert_array_equal(td.grid[td.to_rows(p.mappings)], x)
     # Order preserving: inside each task, rows keep the caller's order.
     for t in np.unique(codes)[:5]:
         rows = np.flatnonzero(codes == t)
         np.testing.assert_array_equal(td.row_pos[rows], np.arange(rows.size))
-    padded = np.full((td.n_tasks, td.n_max), -1)
+    padded = np.full(p.rows.shape, -1)
     padded[td.task_codes, td.row_pos] = np.arange(codes.size)
     np.testing.assert_array_equal(td.to_rows(padded), np.arange(codes.size))
 
@@ -93,7 +94,7 @@ def test_data_grid_ignores_row_order(data, random):
     b = build_task_data(codes[perm], n_tasks, x[perm])
     np.testing.assert_array_equal(a.grid, b.grid)
     np.testing.assert_array_equal(a.n_points, b.n_points)
-    np.testing.assert_array_equal(b.to_rows(b.inputs), x[perm])
+    np.testing.assert_array_equal(b.to_rows(b.tasks.x), x[perm])
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
@@ -105,18 +106,22 @@ def test_canonical_layout_ignores_row_order_and_task_codes(data, random):
     a = build_task_data(codes, n_tasks, x, y, canonical=True)
     b = build_task_data(relabel[codes[perm]], n_tasks, x[perm], y[perm], canonical=True)
     # The padded layout depends on the content only: bit-identical arrays.
-    for field in ("inputs", "outputs", "mappings", "grid", "n_points"):
-        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    for field in ("x", "rows", "y", "observed", "mappings"):
+        got, want = getattr(a.tasks, field), getattr(b.tasks, field)
+        np.testing.assert_array_equal(got, want, err_msg=field)
+    np.testing.assert_array_equal(a.grid, b.grid)
+    np.testing.assert_array_equal(a.n_points, b.n_points)
     # ... and still maps back to the caller's rows and task codes.
-    np.testing.assert_array_equal(b.to_rows(b.inputs), x[perm])
-    np.testing.assert_array_equal(b.to_rows(b.outputs), y[perm])
+    np.testing.assert_array_equal(b.to_rows(b.tasks.x), x[perm])
+    np.testing.assert_array_equal(b.to_rows(np.where(b.tasks.observed, b.tasks.y, np.nan)), y[perm])
     np.testing.assert_array_equal(b.task_codes, b.task_index[relabel[codes[perm]]])
     np.testing.assert_array_equal(b.task_order[b.task_index], np.arange(n_tasks))
     # Task c of `a` and task relabel[c] of `b` hold the same rows (tasks with exactly
     # the same rows may swap places, which changes nothing).
-    np.testing.assert_array_equal(a.outputs[a.task_index], b.outputs[b.task_index[relabel]])
+    np.testing.assert_array_equal(a.tasks.y[a.task_index], b.tasks.y[b.task_index[relabel]])
     # Rows inside each task are sorted lexicographically by inputs, then outputs.
-    content = np.concatenate([a.inputs, a.outputs], axis=2)
+    outputs = np.where(a.tasks.observed, a.tasks.y, np.nan)
+    content = np.concatenate([a.tasks.x, outputs], axis=2)
     for t in range(min(n_tasks, 5)):
         rows = content[t, : a.n_points[t]]
         np.testing.assert_array_equal(rows[np.lexsort(rows.T[::-1])], rows)
@@ -129,7 +134,7 @@ def test_snapping_keeps_timestamps_one_second_apart():
     np.testing.assert_array_equal(snap_inputs(x), x)
     td = build_task_data(np.zeros(6, dtype=np.int64), 1, x, np.arange(6.0))
     assert td.n_grid == 6
-    np.testing.assert_array_equal(td.to_rows(td.inputs)[:, 0], x)
+    np.testing.assert_array_equal(td.to_rows(td.tasks.x)[:, 0], x)
     # Representation noise is still merged.
     assert snap_inputs(np.array([0.1 + 0.2, 0.3]))[0] == 0.3
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import kernax
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn._kernels import (
     SharingLayout,
@@ -182,14 +183,15 @@ def start_data():
             den = sum(tau[i, k] * obs[i, :, o].sum() for i in range(3))
             levels[k, o] = num / den
     var = np.array([np.var(y0[..., o][obs[..., o]]) for o in range(2)])
-    return x, y0, obs, tau, levels, var, 4.0  # input span 0..4
+    tasks = from_nan(x, np.where(obs, y, np.nan))
+    return tasks, tau, levels, var, 4.0  # input span 0..4
 
 
 @pytest.mark.parametrize("shared_output", [True, False])
 def test_default_params_start_from_the_data(start_data, shared_output):
-    x, y0, obs, tau, levels, var, span = start_data
+    tasks, tau, levels, var, span = start_data
     layout = SharingLayout.from_flags(3, 2, 2, shared_output_hps=shared_output)
-    params = default_params(layout, x, y0, obs, tau)
+    params = default_params(layout, tasks, tau)
     v = var.mean()
     np.testing.assert_allclose(np.asarray(params.mean_kernel.left.variance), v, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(params.mean_kernel.right.length_scale), span / 4)
@@ -201,16 +203,16 @@ def test_default_params_start_from_the_data(start_data, shared_output):
     np.testing.assert_allclose(np.asarray(params.prior_mean.constant), want, rtol=1e-12)
     # A kernel given by the user is used as it is.
     own = default_params(
-        layout, x, y0, obs, tau, mean_kernel=kernax.VarianceKernel(3.0) * kernax.SEKernel(0.5)
+        layout, tasks, tau, mean_kernel=kernax.VarianceKernel(3.0) * kernax.SEKernel(0.5)
     )
     np.testing.assert_allclose(np.asarray(own.mean_kernel.left.variance), 3.0, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(own.mean_kernel.right.length_scale), 0.5, rtol=1e-12)
 
 
 def test_correlated_params_put_output_variances_on_the_coregionalisation_diagonal(start_data):
-    x, y0, obs, tau, levels, var, span = start_data
+    tasks, tau, levels, var, span = start_data
     layout = SharingLayout.from_flags(3, 2, 1)  # one stacked output channel
-    params = correlated_params(layout, x, y0, obs, tau)
+    params = correlated_params(layout, tasks, tau)
     mean_k = index_module(params.mean_kernel, (0, 0)).kernel
     task_k = index_module(params.task_kernel, (0, 0, 0)).kernel
     np.testing.assert_allclose(np.asarray(mean_k.coregionalisation), np.diag(var), rtol=1e-12)

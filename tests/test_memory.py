@@ -121,7 +121,7 @@ def test_the_fit_checks_with_its_own_sizes(monkeypatch):
     MagmaClusterRegressor(n_clusters=2, grid=None, max_iter=1).fit(X, y2)
     MagmaClusterRegressor(n_clusters=2, grid=12, max_iter=1).fit(X, y2)
     MagmaClusterRegressor(n_clusters=2, correlated_outputs=True, max_iter=1).fit(X, y2)
-    rows = 6 * 5  # six tasks of five rows
+    rows = 6 * 8  # six tasks of five rows, in eight row slots each
     assert calls == [
         dict(n_clusters=2, n_outputs=2, grid_size=30, n_tasks=6, n_rows=rows, approximate=False),
         dict(n_clusters=2, n_outputs=2, grid_size=12, n_tasks=6, n_rows=rows, approximate=True),

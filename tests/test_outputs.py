@@ -3,7 +3,7 @@
 Proven against explicit loops over tasks, rows and outputs: :func:`stack_observed`
 keeps exactly the observed ``(row, output)`` pairs of real rows, in (row, output)
 order, with the output index as the last input column; :func:`stack_inputs` puts
-``(x_m, p)`` at row ``m * O + p``; :func:`unstack_spread` sends every entry of a stacked
+``(x_m, p)`` at row ``m * O + p`` and :func:`stack_rows` keeps the row mask with it; :func:`unstack_spread` sends every entry of a stacked
 variance or covariance (built from a known kernel on the stacked inputs) back to its
 ``(row, output)`` position in the caller's layout. Pure numpy: no JAX.
 """
@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
-from mimosa_sklearn._outputs import stack_inputs, stack_observed, unstack_spread
+from mimosa_sklearn._outputs import stack_inputs, stack_observed, stack_rows, unstack_spread
+from mimosa_sklearn._padded import row_bucket
 
 
 def test_stack_observed_and_inputs():
     x = np.array([[[0.0], [1.0], [np.nan]], [[2.0], [3.0], [4.0]]])
     y = np.array([[[1.0, np.nan], [2.0, 3.0], [np.nan, np.nan]], [[np.nan, 4.0], [5, 6], [7, 8]]])
-    xs, ys = stack_observed(x, y)
-    assert xs.shape == (2, 5, 2) and ys.shape == (2, 5, 1)
-    np.testing.assert_array_equal(xs[0, :3], [[0, 0], [1, 0], [1, 1]])
-    assert np.isnan(xs[0, 3:]).all() and np.isnan(ys[0, 3:]).all()
-    np.testing.assert_array_equal(ys[1, :, 0], [4, 5, 6, 7, 8])
-    np.testing.assert_array_equal(xs[1, :, 1], [1, 0, 1, 0, 1])
-    full = stack_inputs(x, 2)
+    st = stack_observed(from_nan(x, y))
+    assert st.x.shape == (2, 8, 2) and st.y.shape == (2, 8, 1)  # 5 pairs -> 8 row slots
+    assert st.mappings is None and st.n_tasks == 2
+    np.testing.assert_array_equal(st.rows.sum(1), [3, 5])
+    np.testing.assert_array_equal(st.observed[..., 0], st.rows)
+    np.testing.assert_array_equal(st.x[0, :3], [[0, 0], [1, 0], [1, 1]])
+    assert not st.y[0, 3:].any() and np.isfinite(st.x).all()
+    np.testing.assert_array_equal(st.y[1, :5, 0], [4, 5, 6, 7, 8])
+    np.testing.assert_array_equal(st.x[1, :5, 1], [1, 0, 1, 0, 1])
+    full = stack_inputs(np.nan_to_num(x), 2)
     assert full.shape == (2, 6, 2)
-    assert np.isnan(full[0, 4:]).all()  # padded rows stay padded, output column too
     np.testing.assert_array_equal(full[1, :, 1], [0, 1, 0, 1, 0, 1])
+    rows = stack_rows(from_nan(x), 2)
+    np.testing.assert_array_equal(rows.rows[:, :6], [[1, 1, 1, 1, 0, 0], [1] * 6])
+    np.testing.assert_array_equal(rows.x, stack_inputs(from_nan(x).x, 2))
 
 
 def test_unstack_spread_layouts():
@@ -74,42 +81,38 @@ def test_stack_observed_matches_looped_pairs(seed):
     x[rng.random((t, n)) < 0.25] = np.nan
     y[rng.random((t, n, o)) < 0.4] = np.nan
     x[0, 0] = np.nan
-    y[0, 0] = 2.0  # values on a padded row are no observation
-    y[1] = np.nan  # a task without any observed pair: all padding
-    x0, y0 = x.copy(), y.copy()
-    xs, ys = stack_observed(x, y)
+    y[1] = np.nan  # a task without any observed pair: all empty slots
+    tasks = from_nan(x, y)
+    x0, y0 = tasks.x.copy(), tasks.y.copy()
+    st = stack_observed(tasks)
     pairs = _observed_pairs(x, y)
     size = max(len(v) for _, v in pairs)
-    assert xs.shape == (t, size, n_in + 1) and ys.shape == (t, size, 1)
+    assert st.x.shape == (tasks.n_slots, row_bucket(size), n_in + 1)
     for i, (inputs, values) in enumerate(pairs):
         k = len(values)
-        np.testing.assert_array_equal(xs[i, :k], inputs)
-        np.testing.assert_array_equal(ys[i, :k, 0], values)
-        assert np.isnan(xs[i, k:]).all() and np.isnan(ys[i, k:]).all()
-    np.testing.assert_array_equal(x, x0)
-    np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(st.x[i, :k], inputs)
+        np.testing.assert_array_equal(st.y[i, :k, 0], values)
+        assert st.rows[i, :k].all() and not st.rows[i, k:].any() and not st.y[i, k:].any()
+    np.testing.assert_array_equal(tasks.x, x0)
+    np.testing.assert_array_equal(tasks.y, y0)
 
 
-def test_stack_observed_with_nothing_observed_keeps_one_padded_row():
-    x = np.zeros((2, 3, 1))
-    xs, ys = stack_observed(x, np.full((2, 3, 2), np.nan))
-    assert xs.shape == (2, 1, 2) and ys.shape == (2, 1, 1)
-    assert np.isnan(xs).all() and np.isnan(ys).all()
+def test_stack_observed_with_nothing_observed_has_no_rows():
+    tasks = from_nan(np.zeros((2, 3, 1)), np.full((2, 3, 2), np.nan))
+    st = stack_observed(tasks)
+    assert st.x.shape == (2, 8, 2) and st.y.shape == (2, 8, 1)
+    assert not st.rows.any() and not st.observed.any() and np.isfinite(st.x).all()
 
 
 def test_stack_inputs_row_order_with_any_leading_shape():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4, 2))  # (M, I): inputs of the mean processes, no task axis
-    x[2] = np.nan
     o = 3
     full = stack_inputs(x, o)
     assert full.shape == (4 * o, 3)
     for m in range(4):
         for p in range(o):
-            if m == 2:
-                assert np.isnan(full[m * o + p]).all()
-            else:
-                np.testing.assert_array_equal(full[m * o + p], np.r_[x[m], p])
+            np.testing.assert_array_equal(full[m * o + p], np.r_[x[m], p])
     batched = stack_inputs(np.stack([x, x[::-1]]), o)
     np.testing.assert_array_equal(batched[0], full)
     np.testing.assert_array_equal(batched[1], stack_inputs(x[::-1], o))

@@ -11,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import _batching, _fit, _kernels, _parts
 from mimosa_sklearn._kernels import SharingLayout
+from mimosa_sklearn._padded import row_bucket, task_bucket
 from mimosa_sklearn.core import approx, em, mstep, runtime
 from mimosa_sklearn.core.parts import as_parts
 
@@ -34,21 +36,22 @@ def _ragged_data(n_tasks: int, n_max: int, seed: int, n_outputs: int = 1):
     lengths[0] = n_max
     for i, n in enumerate(lengths):
         idx = np.sort(rng.choice(grid.shape[0], n, replace=False))
-        # Real rows are not all at the front: the split must move them there.
+        # Real rows anywhere: from_nan moves them to the front, as build_task_data lays
+        # them out.
         slots = np.sort(rng.choice(n_max, n, replace=False))
         x[i, slots, 0], maps[i, slots] = grid[idx, 0], idx
     shift = rng.normal(0.0, 2.0, (n_tasks, 1, n_outputs))
     y = np.sin(x) + shift + 0.1 * rng.normal(size=(n_tasks, n_max, n_outputs))
     y[np.isnan(x[..., 0])] = np.nan
     y[1, np.flatnonzero(~np.isnan(x[1, :, 0]))[0], 0] = np.nan
-    return x, y, maps, grid, lengths
+    return from_nan(x, y, maps), grid, lengths
 
 
 def test_length_parts_merge_parts_that_do_not_pay():
     # Swimmers-like: most tasks short, a few long ones worth their own part; the few
     # shortest are folded into the next part (they would save under 10% of the work).
     lengths = np.r_[np.full(400, 14), np.full(2800, 24), np.full(260, 50)]
-    candidates = np.array([_batching.bucket(n, 8) for n in lengths])
+    candidates = np.array([row_bucket(n) for n in lengths])
     assert _parts.length_parts(lengths, candidates) == [32, 56]
     assert _parts.length_parts(lengths, candidates, max_parts=1) == [56]
     # Equal lengths, or a few short tasks that would save little: one part.
@@ -62,20 +65,20 @@ def test_length_parts_merge_parts_that_do_not_pay():
 
 
 def test_split_by_length_keeps_every_row_of_every_task_once():
-    x, y, maps, _, lengths = _ragged_data(30, 20, seed=0)
-    parts = _parts.split_by_length(x, y, maps, [8, 16, 24])
-    seen = np.concatenate([tasks for *_, tasks in parts])
+    tasks, _, lengths = _ragged_data(30, 20, seed=0)
+    parts = _parts.split_by_length(tasks, [8, 16, 24])
+    seen = np.concatenate([index for _, index in parts])
     np.testing.assert_array_equal(np.sort(seen), np.arange(30))
-    for (xp, yp, mp, tasks), n in zip(parts, [8, 16, 24], strict=True):
-        assert xp.shape[1] == min(n, 20) and np.all(lengths[tasks] <= n)
-        for row, i in enumerate(tasks):
-            real = ~np.isnan(x[i, :, 0])
-            k = int(real.sum())
-            # Real rows first, in their order; nothing but padding after them.
-            np.testing.assert_array_equal(xp[row, :k], x[i, real])
-            np.testing.assert_array_equal(yp[row, :k], y[i, real])
-            np.testing.assert_array_equal(mp[row, :k], maps[i, real])
-            assert np.isnan(xp[row, k:]).all()
+    for (part, index), n in zip(parts, [8, 16, 24], strict=True):
+        assert part.n_rows == n and part.n_tasks == index.size and np.all(lengths[index] <= n)
+        assert part.n_slots == task_bucket(index.size)
+        cut = min(n, tasks.n_rows)
+        for row, i in enumerate(index):
+            for name in ("x", "rows", "y", "observed", "mappings"):
+                got, want = getattr(part, name)[row, :cut], getattr(tasks, name)[i, :cut]
+                np.testing.assert_array_equal(got, want, err_msg=name)
+            assert not part.rows[row, cut:].any()
+        assert not part.rows[index.size :].any()
 
 
 def _stacked_rows(src: np.ndarray, n_tasks: int) -> np.ndarray:
@@ -103,27 +106,26 @@ def test_ragged_core_equals_one_padded_batch(approximate):
     # Task-specific hyperparameters, perturbed per task: the parts must see their own
     # tasks' rows. Two outputs with a hole, two clusters.
     t, k, jitter = 20, 2, 1e-6
-    x, y, maps, grid, _ = _ragged_data(t, 24, seed=1, n_outputs=2)
+    tasks, grid, _ = _ragged_data(t, 24, seed=1, n_outputs=2)
     config = _fit.FitConfig(n_clusters=k, shared_task_hps=False)
-    one = _batching.make_batch(x, y, maps, grid)
-    parts, src = _fit.make_parts(x, y, maps, grid, config, max_parts=3)
+    one = _batching.make_batch(tasks, grid)
+    parts, src = _fit.make_parts(tasks, grid, config, max_parts=3)
     assert len(parts) >= 2 and len({p.x.shape[1] for p in parts}) == len(parts)
     if approximate:
         inducing = grid[::4]
-        one = _batching.make_batch(x, y, None, inducing)
-        parts, src = _fit.make_parts(x, y, None, inducing, config, max_parts=3)
+        tasks = dataclasses.replace(tasks, mappings=None)
+        one = _batching.make_batch(tasks, inducing)
+        parts, src = _fit.make_parts(tasks, inducing, config, max_parts=3)
     rows = _stacked_rows(src, t)
 
     rng = np.random.default_rng(2)
     layout = SharingLayout.from_flags(1, k, 2, shared_task_hps=False, shared_output_hps=False)
-    row_mask = ~np.isnan(x).any(-1)
-    obs = ~np.isnan(y) & row_mask[..., None]
     tau0 = rng.dirichlet(np.ones(k), size=t)
     shift = rng.normal(0.0, 0.3, t)
 
     def params_for(n_rows, where):
         lay = dataclasses.replace(layout, task=(n_rows,) + layout.task[1:])
-        p = _kernels.default_params(lay, x, np.where(obs, y, 0.0), obs, tau0)
+        p = _kernels.default_params(lay, tasks, tau0)
         return eqx.tree_at(lambda q: q.log_noise, p, p.log_noise.at[where, 0, 0].add(shift))
 
     p_one = params_for(one.x.shape[0], np.arange(t))
@@ -164,19 +166,19 @@ def test_ragged_core_equals_one_padded_batch(approximate):
     ],
 )
 def test_ragged_fit_equals_one_part_fit(shared_task_hps, approximate):
-    x, y, maps, grid, _ = _ragged_data(24, 24, seed=3)
+    tasks, grid, _ = _ragged_data(24, 24, seed=3)
     config = _fit.FitConfig(
         n_clusters=2, max_iter=3, tol=0.0, max_steps=4, shared_task_hps=shared_task_hps
     )
     if approximate:  # the projections are rebuilt part by part every iteration
-        maps, grid = None, grid[::3]
+        tasks, grid = dataclasses.replace(tasks, mappings=None), grid[::3]
     one, ragged = (
         _fit.fit_magma(
-            x, y, maps, grid, dataclasses.replace(config, task_parts=n), approximate=approximate
+            tasks, grid, dataclasses.replace(config, task_parts=n), approximate=approximate
         )
         for n in (1, 3)
     )
-    assert _fit.make_parts(x, y, maps, grid, config, 3) is not None
+    assert _fit.make_parts(tasks, grid, config, 3) is not None
     # Same objective and gradients to round-off (see the core test), but L-BFGS over one
     # noise per task amplifies round-off a little: 2e-8 after three VM-steps.
     rtol = 1e-9 if shared_task_hps else 1e-6
@@ -186,7 +188,7 @@ def test_ragged_fit_equals_one_part_fit(shared_task_hps, approximate):
     assert hp_one.keys() == hp_ragged.keys()
     for key in hp_one:
         np.testing.assert_allclose(hp_ragged[key], hp_one[key], rtol=100 * rtol, err_msg=key)
-    x_new = np.linspace(0.0, 12.0, 5)[None, :, None].repeat(4, axis=0)
+    x_new = from_nan(np.linspace(0.0, 12.0, 5)[None, :, None].repeat(4, axis=0))
     for u, v in zip(
         ragged.predict_training_tasks(np.arange(4), x_new),
         one.predict_training_tasks(np.arange(4), x_new),

@@ -56,6 +56,8 @@ def test_an_option_the_jaxlib_does_not_know_falls_back_to_xla_defaults(monkeypat
 def test_host_values_reach_the_device_without_compiling(caplog):
     # jnp.asarray compiles a staging program per new shape; a fit used to compile a
     # dozen of them before its EM iteration.
+    from padded_tasks import from_nan
+
     from mimosa_sklearn._batching import make_batch
 
     rng = np.random.default_rng(3)
@@ -64,8 +66,9 @@ def test_host_values_reach_the_device_without_compiling(caplog):
     y = np.where(np.isnan(x), np.nan, np.sin(x))
     grid = np.unique(x[~np.isnan(x)])[:, None]
     mappings = np.searchsorted(grid[:, 0], np.nan_to_num(x[..., 0]))
+    tasks = from_nan(x, y, mappings)
     with jax.log_compiles(True), caplog.at_level("WARNING", logger="jax"):
-        batch = make_batch(x, y, mappings, grid)
+        batch = make_batch(tasks, grid)
         scalar, flag = core_compile.to_device(1e-6), core_compile.to_device(True)
     assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
     assert batch.x.dtype == jnp.float64 and batch.mappings.dtype == jnp.int32

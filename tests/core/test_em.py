@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 
 from mimosa_sklearn import _fit
 from mimosa_sklearn._kernels import SharingLayout
@@ -45,8 +46,9 @@ def _with_post(post: Hyperposterior, mean=None, cov=None) -> Hyperposterior:
         post = eqx.tree_at(lambda p: p.mean, post, jnp.asarray(mean))
     if cov is not None:
         logdet = np.linalg.slogdet(np.asarray(cov))[1]
-        post = eqx.tree_at(lambda p: (p.cov, p.logdet), post,
-                           (jnp.asarray(cov), jnp.asarray(logdet)))
+        post = eqx.tree_at(
+            lambda p: (p.cov, p.logdet), post, (jnp.asarray(cov), jnp.asarray(logdet))
+        )
     return post
 
 
@@ -56,9 +58,7 @@ def _with_post(post: Hyperposterior, mean=None, cov=None) -> Hyperposterior:
 def test_k1_elbo_equals_exact_magma_log_marginal_likelihood():
     # ALGORITHM.md §2.1/§8.4: for K = 1 the bound is tight. Task-specific and
     # output-specific hyperparameters, ragged tasks, NaN holes; no jitter anywhere.
-    _, tasks, batch, params, vals = _setup(
-        0, 1, shared_task_hps=False, shared_output_hps=False
-    )
+    _, tasks, batch, params, vals = _setup(0, 1, shared_task_hps=False, shared_output_hps=False)
     post, tau = e_step(params, jnp.ones(1), jnp.ones((T, 1)), batch, 0.0)
     np.testing.assert_array_equal(np.asarray(tau), 1.0)
     value = float(elbo(params, jnp.ones(1), tau, post, batch, 0.0))
@@ -76,8 +76,12 @@ def test_k1_elbo_equals_exact_magma_log_marginal_likelihood():
 @pytest.mark.parametrize("cluster_specific", [False, True])
 def test_e_step_and_elbo_match_numpy_loops(cluster_specific):
     rng, tasks, batch, params, vals = _setup(
-        1, 2, shared_task_hps=False, shared_cluster_hps=False,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
+        1,
+        2,
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
     )
     tau = rng.dirichlet(np.ones(2), size=T)
     weights = np.array([0.3, 0.7])
@@ -97,8 +101,12 @@ def test_e_step_and_elbo_match_numpy_loops(cluster_specific):
 
 def test_permuting_tasks_and_clusters_permutes_the_e_step_and_keeps_the_elbo():
     # ALGORITHM.md §8.11, with every hyperparameter axis specific (T*, K*, O* all full).
-    flags = dict(shared_task_hps=False, shared_cluster_hps=False,
-                 cluster_specific_task_hps=True, shared_output_hps=False)
+    flags = dict(
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=True,
+        shared_output_hps=False,
+    )
     rng, tasks, batch, params, vals = _setup(6, 2, **flags)
     layout = SharingLayout.from_flags(T, 2, NOUT, **flags)
     tau = rng.dirichlet(np.ones(2), size=T)
@@ -113,18 +121,31 @@ def test_permuting_tasks_and_clusters_permutes_the_e_step_and_keeps_the_elbo():
 
     mean, cov, new_tau, value = run(tasks, vals, tau, weights)
     tp = rng.permutation(T)
-    tasks_p = ref.Tasks(x=tasks.x[tp], y=tasks.y[tp], mask=tasks.mask[tp], row=tasks.row[tp],
-                        mappings=tasks.mappings[tp], grid=tasks.grid)
-    vals_p = ref.NpParams(vals.mean_var, vals.mean_ls, vals.prior, vals.task_var[tp],
-                          vals.task_ls[tp], vals.noise[tp])
+    tasks_p = ref.Tasks(
+        x=tasks.x[tp],
+        y=tasks.y[tp],
+        mask=tasks.mask[tp],
+        row=tasks.row[tp],
+        mappings=tasks.mappings[tp],
+        grid=tasks.grid,
+    )
+    vals_p = ref.NpParams(
+        vals.mean_var, vals.mean_ls, vals.prior, vals.task_var[tp], vals.task_ls[tp], vals.noise[tp]
+    )
     mean_t, cov_t, tau_t, value_t = run(tasks_p, vals_p, tau[tp], weights)
     np.testing.assert_allclose(mean_t, mean, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cov_t, cov, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(tau_t, new_tau[tp], rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(value_t, value, rtol=1e-11)
     cp = np.array([1, 0])
-    vals_c = ref.NpParams(vals.mean_var[cp], vals.mean_ls[cp], vals.prior[cp],
-                          vals.task_var[:, cp], vals.task_ls[:, cp], vals.noise[:, cp])
+    vals_c = ref.NpParams(
+        vals.mean_var[cp],
+        vals.mean_ls[cp],
+        vals.prior[cp],
+        vals.task_var[:, cp],
+        vals.task_ls[:, cp],
+        vals.noise[:, cp],
+    )
     mean_c, cov_c, tau_c, value_c = run(tasks, vals_c, tau[:, cp], weights[cp])
     np.testing.assert_allclose(mean_c, mean[cp], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cov_c, cov[cp], rtol=1e-10, atol=1e-12)
@@ -135,8 +156,12 @@ def test_permuting_tasks_and_clusters_permutes_the_e_step_and_keeps_the_elbo():
 def test_shared_hyperparameters_equal_their_explicit_replication():
     # ALGORITHM.md §8.13: size-1 (shared) axes everywhere == the fully specific layout holding
     # the same values on every axis, for the E-step, the ELBO and the VM-step objective.
-    specific = dict(shared_task_hps=False, shared_cluster_hps=False,
-                    cluster_specific_task_hps=True, shared_output_hps=False)
+    specific = dict(
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=True,
+        shared_output_hps=False,
+    )
     rng, tasks, batch, _, _ = _setup(7, 2, **specific)
     shared_layout = SharingLayout.from_flags(T, 2, NOUT)
     params_s, vals_s = ref.random_params(rng, shared_layout)
@@ -146,9 +171,12 @@ def test_shared_hyperparameters_equal_their_explicit_replication():
         return np.broadcast_to(a, shape).copy()
 
     vals_r = ref.NpParams(
-        rep(vals_s.mean_var, specific_layout.mean), rep(vals_s.mean_ls, specific_layout.mean),
-        rep(vals_s.prior, specific_layout.prior), rep(vals_s.task_var, specific_layout.task),
-        rep(vals_s.task_ls, specific_layout.task), rep(vals_s.noise, specific_layout.task),
+        rep(vals_s.mean_var, specific_layout.mean),
+        rep(vals_s.mean_ls, specific_layout.mean),
+        rep(vals_s.prior, specific_layout.prior),
+        rep(vals_s.task_var, specific_layout.task),
+        rep(vals_s.task_ls, specific_layout.task),
+        rep(vals_s.noise, specific_layout.task),
     )
     params_r = ref.params_from_values(specific_layout, vals_r)
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
@@ -158,8 +186,9 @@ def test_shared_hyperparameters_equal_their_explicit_replication():
         post, new_tau = e_step(prm, weights, tau, batch, 0.0)
         value = float(elbo(prm, weights, new_tau, post, batch, 0.0))
         objective = float(_m_objective(prm, new_tau, post, batch, 1e-6))
-        out.append((np.asarray(post.mean), np.asarray(post.cov), np.asarray(new_tau), value,
-                    objective))
+        out.append(
+            (np.asarray(post.mean), np.asarray(post.cov), np.asarray(new_tau), value, objective)
+        )
     for a, b in zip(*out, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -184,8 +213,10 @@ def test_coordinate_ascent_with_fixed_hyperparameters():
     assert value(other, tau0) < best
     mean0, cov0 = np.asarray(post0.mean), np.asarray(post0.cov)
     for _ in range(3):
-        assert value(_with_post(post0, mean=mean0 + 0.05 * rng.standard_normal(mean0.shape)),
-                     tau0) < best
+        assert (
+            value(_with_post(post0, mean=mean0 + 0.05 * rng.standard_normal(mean0.shape)), tau0)
+            < best
+        )
         a = 0.1 * rng.standard_normal(cov0.shape)
         bigger = cov0 + a @ np.swapaxes(a, -1, -2)
         assert value(_with_post(post0, cov=bigger), tau0) < best
@@ -210,12 +241,21 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
     # At fixed q, ELBO(Theta) + J(Theta) must not depend on Theta (ALGORITHM.md §2.3):
     # otherwise the VM-step optimises something else than the bound.
     rng, _, batch, params, _ = _setup(
-        3, 2, shared_task_hps=False, shared_cluster_hps=False,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
+        3,
+        2,
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
     )
     layout = SharingLayout.from_flags(
-        T, 2, NOUT, shared_task_hps=False, shared_cluster_hps=False,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
+        T,
+        2,
+        NOUT,
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
     )
     other, _ = ref.random_params(rng, layout)
     jitter = 1e-6
@@ -224,12 +264,19 @@ def test_m_step_objective_is_minus_elbo_up_to_a_constant(cluster_specific):
     post, _ = e_step(params, weights, tau, batch, jitter, False)
     sums = []
     for p in (params, other):
-        sums.append(float(elbo(p, weights, tau, post, batch, jitter))
-                    + float(_m_objective(p, tau, post, batch, jitter)))
+        sums.append(
+            float(elbo(p, weights, tau, post, batch, jitter))
+            + float(_m_objective(p, tau, post, batch, jitter))
+        )
     np.testing.assert_allclose(sums[0], sums[1], rtol=1e-10)
     # The two parameter sets give really different objectives (the test can fail).
-    assert abs(float(_m_objective(params, tau, post, batch, jitter))
-               - float(_m_objective(other, tau, post, batch, jitter))) > 1.0
+    assert (
+        abs(
+            float(_m_objective(params, tau, post, batch, jitter))
+            - float(_m_objective(other, tau, post, batch, jitter))
+        )
+        > 1.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -246,8 +293,9 @@ def test_cluster_objective_equals_its_explicit_second_moments(shared_cluster, sh
     batch = ref.to_batch(tasks, grid_pad=3)
     tau = jnp.asarray(rng.dirichlet(np.ones(3), size=T))
     post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, 1e-6, False)
-    got = float(eqx.filter_jit(mstep.cluster_objective)(
-        params, post, batch.grid, batch.grid_mask, 1e-6))
+    got = float(
+        eqx.filter_jit(mstep.cluster_objective)(params, post, batch.grid, batch.grid_mask, 1e-6)
+    )
     cov, mean, _ = (np.asarray(a) for a in prior_on_grid(params, batch.grid, batch.grid_mask, 1e-6))
     pm, pc = np.asarray(post.mean), np.asarray(post.cov)
     k, o, g = pm.shape
@@ -257,8 +305,9 @@ def test_cluster_objective_equals_its_explicit_second_moments(shared_cluster, sh
             c = cov[kk % cov.shape[0], oo % cov.shape[1]]
             r = pm[kk, oo] - mean[kk % mean.shape[0], oo % mean.shape[1]]
             mom = pc[kk, oo] + np.outer(r, r)
-            want += 0.5 * (np.linalg.slogdet(c)[1] + np.trace(np.linalg.solve(c, mom))
-                           + g * np.log(2 * np.pi))
+            want += 0.5 * (
+                np.linalg.slogdet(c)[1] + np.trace(np.linalg.solve(c, mom)) + g * np.log(2 * np.pi)
+            )
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
@@ -279,8 +328,9 @@ def test_posterior_factor_survives_a_singular_sum():
     assert np.all(np.isfinite(factor))
     np.testing.assert_allclose(factor[0, 0] @ factor[0, 0].T, summed, atol=1e-9 * summed.max())
     regular = np.asarray(eqx.filter_jit(mstep.posterior_factor)(post, 2, NOUT))
-    np.testing.assert_allclose(regular, np.linalg.cholesky(np.asarray(post.cov)), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        regular, np.linalg.cholesky(np.asarray(post.cov)), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize(
@@ -370,8 +420,12 @@ def test_em_iteration_elbo_from_the_objective_equals_the_direct_elbo(cluster_spe
     # em_iteration derives the ELBO from the VM-step objective instead of recomputing
     # it: the two must agree with all constants, not just up to one.
     rng, _, batch, params, _ = _setup(
-        5, 2, shared_task_hps=False, shared_cluster_hps=False,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=False,
+        5,
+        2,
+        shared_task_hps=False,
+        shared_cluster_hps=False,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
     )
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
     weights = jnp.mean(tau, axis=0)
@@ -426,8 +480,9 @@ def test_run_em_elbo_is_non_decreasing():
     params, _ = ref.random_params(rng, layout)
     # Soft start leaning towards the truth (as k-means would give), far from converged.
     tau0 = np.where((np.arange(t) % 2 == 0)[:, None], [0.7, 0.3], [0.3, 0.7])
-    result = em.run_em(params, jnp.asarray(tau0), ref.to_batch(tasks), max_iter=6, tol=0.0,
-                       max_steps=20)
+    result = em.run_em(
+        params, jnp.asarray(tau0), ref.to_batch(tasks), max_iter=6, tol=0.0, max_steps=20
+    )
     hist = result.elbo_history
     assert result.n_iter == 6 and hist.shape == (6,) and np.all(np.isfinite(hist))
     assert np.all(np.diff(hist) >= -1e-6 * np.abs(hist[1:])), hist
@@ -438,8 +493,9 @@ def test_run_em_elbo_is_non_decreasing():
     batch, jitter = ref.to_batch(tasks), jnp.asarray(result.jitter)
     weights, tau = jnp.asarray(result.weights), jnp.asarray(result.tau)
     post_ref, _ = e_step(result.params, weights, tau, batch, jitter, False)
-    np.testing.assert_allclose(np.asarray(result.post.mean), np.asarray(post_ref.mean),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(result.post.mean), np.asarray(post_ref.mean), rtol=1e-9, atol=1e-12
+    )
     direct = float(elbo(result.params, weights, tau, result.post, batch, jitter))
     np.testing.assert_allclose(result.elbo, direct, rtol=1e-10)
     # Well-separated offsets: the two groups end up in different clusters.
@@ -490,21 +546,30 @@ def test_every_sharing_combination_fits_and_predicts(
     offsets = np.where(np.arange(t) < 3, -1.5, 1.5)
     tasks = ref.make_tasks(rng, t, 7, grid, 4, 7, n_outputs=2, hole_prob=0.2, offsets=offsets)
     config = _fit.FitConfig(
-        n_clusters=2, shared_task_hps=shared_task, shared_cluster_hps=shared_cluster,
-        cluster_specific_task_hps=cluster_specific, shared_output_hps=shared_output,
-        max_iter=2, max_steps=5, seed=0,
+        n_clusters=2,
+        shared_task_hps=shared_task,
+        shared_cluster_hps=shared_cluster,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=shared_output,
+        max_iter=2,
+        max_steps=5,
+        seed=0,
     )
-    model = _fit.fit_magma(tasks.nan_x(), tasks.nan_y(), tasks.mappings, grid, config)
+    model = _fit.fit_magma(from_nan(tasks.nan_x(), tasks.nan_y(), tasks.mappings), grid, config)
     assert model.n_iter == 2 and np.all(np.isfinite(model.elbo_history))
     assert np.isfinite(model.elbo)
     np.testing.assert_allclose(model.tau.sum(1), 1.0, atol=1e-12)
-    x_pred = np.repeat(np.linspace(-1.0, 11.0, 5)[None, :, None], 2, axis=0)
-    outs = [model.predict_training_tasks(np.array([0, 4]), x_pred), model.predict_new_tasks(None, x_pred)]
+    x_pred = from_nan(np.repeat(np.linspace(-1.0, 11.0, 5)[None, :, None], 2, axis=0))
+    outs = [
+        model.predict_training_tasks(np.array([0, 4]), x_pred),
+        model.predict_new_tasks(None, x_pred),
+    ]
     np.testing.assert_allclose(outs[1][2], np.broadcast_to(model.weights, (2, 2)), atol=1e-12)
-    ctx = model.condition(tasks.nan_x()[:2, :3], tasks.nan_y()[:2, :3])
+    ctx = model.condition(from_nan(tasks.nan_x()[:2, :3], tasks.nan_y()[:2, :3]))
     assert np.all(np.isfinite(ctx.tau)) and ctx.tau.shape == (2, 2)
     outs.append(model.predict_new_tasks(ctx, x_pred))
     for mean, var, tau in outs:
+        mean, var = mean[:, :5], var[:, :5]  # 5 rows in 8 slots
         assert mean.shape == (2, 5, 2) and var.shape == (2, 5, 2) and tau.shape == (2, 2)
         assert np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var > 0)
         np.testing.assert_allclose(tau.sum(1), 1.0, atol=1e-12)

@@ -133,6 +133,7 @@ def test_masked_nll_gradient_wrt_kernel_hyperparameters_equals_unpadded():
     assert np.all(np.isfinite(got))
     expected = _numpy_se_nll_grad(x[mask], y[mask], 1.3, 0.8, 0.1)
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
+
     # The same NLL without the safe inputs: NaN inputs poison every gradient even though the
     # forward value is masked, which is why the core never feeds them to a kernel.
     def unsafe(kern):
@@ -236,12 +237,12 @@ def test_logdet_and_trace_custom_gradient_equals_autodiff_and_finite_differences
     want = jax.grad(plain, argnums=(0, 1))(covs, moms)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-11)
+
     # Finite differences along symmetric directions (a factorisation reads one triangle).
     def sym(a, m):
         return custom(0.5 * (a + jnp.swapaxes(a, -1, -2)), m)
 
     check_grads(sym, (covs, moms), order=1, modes=("rev",))
-
 
 
 def test_logdet_and_factored_trace_equals_the_explicit_second_moment_and_its_gradient():
@@ -271,8 +272,9 @@ def test_logdet_and_factored_trace_equals_the_explicit_second_moment_and_its_gra
     want = jax.grad(plain, argnums=(0, 1, 2))(covs, fixed, cols)
     # S is symmetric: compare the symmetrised cotangents (autodiff's is not symmetric).
     sym = lambda a: 0.5 * (a + np.swapaxes(a, -1, -2))  # noqa: E731
-    np.testing.assert_allclose(sym(np.asarray(got[0])), sym(np.asarray(want[0])), rtol=1e-9,
-                               atol=1e-11)
+    np.testing.assert_allclose(
+        sym(np.asarray(got[0])), sym(np.asarray(want[0])), rtol=1e-9, atol=1e-11
+    )
     np.testing.assert_array_equal(np.asarray(got[1]), 0.0)
     np.testing.assert_allclose(np.asarray(got[2]), np.asarray(want[2]), rtol=1e-9, atol=1e-11)
 
@@ -280,6 +282,7 @@ def test_logdet_and_factored_trace_equals_the_explicit_second_moment_and_its_gra
         return custom(0.5 * (a + jnp.swapaxes(a, -1, -2)), fixed, rc)
 
     check_grads(along_sym, (covs, cols), order=1, modes=("rev",), eps=1e-6)
+
 
 def test_moment_nll_gradient_through_kernel_matches_finite_differences():
     # End to end through a padded, jittered kernel matrix: the custom VJP composes with
@@ -377,9 +380,7 @@ def _brute_task_nlls(y, mask, mappings, post_means, post_covs, task_covs):
 def test_task_nlls_match_loops_and_broadcasting_matches_replication(tt, kt, ot):
     rng, y, mask, mappings, post_means, post_covs = _task_problem(30 + tt + kt + ot)
     n = y.shape[1]
-    task_covs = np.stack(
-        [[[spd(rng, n) for _ in range(ot)] for _ in range(kt)] for _ in range(tt)]
-    )
+    task_covs = np.stack([[[spd(rng, n) for _ in range(ot)] for _ in range(kt)] for _ in range(tt)])
     # Padded rows/columns of task-specific covariances hold NaN: they must never leak.
     pad = ~mask.any(axis=2)
     for i in range(tt if tt > 1 else 0):
@@ -404,10 +405,11 @@ def test_task_nlls_match_loops_and_broadcasting_matches_replication(tt, kt, ot):
     explicit = task_nlls(*args, jnp.asarray(full))
     np.testing.assert_allclose(np.asarray(explicit), got, rtol=1e-13)
     # Hyperposterior covariances shared across outputs (O* = 1) broadcast too.
-    shared = task_nlls(*_j(y, mask, mappings, post_means, post_covs[:, :1]),
-                          jnp.asarray(task_covs))
-    two = task_nlls(*_j(y, mask, mappings, post_means, np.repeat(post_covs[:, :1], 2, 1)),
-                       jnp.asarray(task_covs))
+    shared = task_nlls(*_j(y, mask, mappings, post_means, post_covs[:, :1]), jnp.asarray(task_covs))
+    two = task_nlls(
+        *_j(y, mask, mappings, post_means, np.repeat(post_covs[:, :1], 2, 1)),
+        jnp.asarray(task_covs),
+    )
     np.testing.assert_allclose(np.asarray(shared), np.asarray(two), rtol=1e-14)
 
 

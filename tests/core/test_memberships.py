@@ -50,8 +50,9 @@ def test_invariant_to_per_task_constants():
     moved = np.asarray(responsibilities(jnp.asarray(weights), jnp.asarray(nll + shift)))
     np.testing.assert_allclose(moved, base, rtol=1e-9, atol=1e-12)
     # A per-cluster constant is not a symmetry: it must change tau.
-    other = np.asarray(responsibilities(jnp.asarray(weights),
-                                        jnp.asarray(nll + np.array([0.0, 1.0, 2.0]))))
+    other = np.asarray(
+        responsibilities(jnp.asarray(weights), jnp.asarray(nll + np.array([0.0, 1.0, 2.0])))
+    )
     assert not np.allclose(other, base)
 
 

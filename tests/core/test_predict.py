@@ -7,6 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from padded_tasks import from_nan
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 from sklearn.gaussian_process.kernels import ConstantKernel as Const
@@ -33,8 +34,14 @@ def _task_objective(params, tau, post, batch, jitter):
 
 def _model(params, post, batch, weights, jitter) -> Model:
     """The fitted model of ``params`` and ``post`` on the batch's grid."""
-    return Model(params, post, batch.grid, batch.grid_mask, jnp.asarray(weights),
-                 jnp.asarray(jitter, jnp.float64))
+    return Model(
+        params,
+        post,
+        batch.grid,
+        batch.grid_mask,
+        jnp.asarray(weights),
+        jnp.asarray(jitter, jnp.float64),
+    )
 
 
 def _j(*arrays):
@@ -59,8 +66,11 @@ def test_single_task_zero_mean_variance_is_ordinary_gp_regression():
     layout = SharingLayout.from_flags(1, 1, 1)
     c, var, ls, noise = 1.7, 0.8, 0.9, 0.05
     vals = ref.NpParams(
-        mean_var=np.full((1, 1), 1e-10), mean_ls=np.ones((1, 1)), prior=np.full((1, 1), c),
-        task_var=np.full((1, 1, 1), var), task_ls=np.full((1, 1, 1), ls),
+        mean_var=np.full((1, 1), 1e-10),
+        mean_ls=np.ones((1, 1)),
+        prior=np.full((1, 1), c),
+        task_var=np.full((1, 1, 1), var),
+        task_ls=np.full((1, 1, 1), ls),
         noise=np.full((1, 1, 1), noise),
     )
     params = ref.params_from_values(layout, vals)
@@ -76,23 +86,29 @@ def test_single_task_zero_mean_variance_is_ordinary_gp_regression():
     for include_noise in (True, False):
         kernel = Const(var, "fixed") * RBF(ls, "fixed")
         if include_noise:
-            gpr = GaussianProcessRegressor(kernel + WhiteKernel(noise, "fixed"), alpha=1e-14,
-                                           optimizer=None)
+            gpr = GaussianProcessRegressor(
+                kernel + WhiteKernel(noise, "fixed"), alpha=1e-14, optimizer=None
+            )
         else:
             gpr = GaussianProcessRegressor(kernel, alpha=noise, optimizer=None)
         gpr.fit(x_train, y_train - c)
         mean_sk, cov_sk = gpr.predict(x_pred, return_cov=True)
         model = _model(params, post, batch, jnp.ones(1), 0.0)
-        new = predict_new(model, task_params, x_obs, y_obs, mask_obs, jnp.asarray(x_pred),
-                          include_noise)
-        train = predict_train(model, 0, jnp.ones(1), x_obs, y_obs, mask_obs,
-                              jnp.asarray(x_pred), include_noise)
+        new = predict_new(
+            model, task_params, x_obs, y_obs, mask_obs, jnp.asarray(x_pred), include_noise
+        )
+        train = predict_train(
+            model, 0, jnp.ones(1), x_obs, y_obs, mask_obs, jnp.asarray(x_pred), include_noise
+        )
         for mean, cov in (new[:2], train):
             np.testing.assert_allclose(np.asarray(mean[0]), mean_sk + c, rtol=1e-7, atol=1e-8)
             np.testing.assert_allclose(np.asarray(cov[0]), cov_sk, rtol=1e-6, atol=1e-8)
     assert float(new[2][0]) == 1.0
-    gpr = GaussianProcessRegressor(Const(var, "fixed") * RBF(ls, "fixed")
-                                   + WhiteKernel(noise, "fixed"), alpha=1e-14, optimizer=None)
+    gpr = GaussianProcessRegressor(
+        Const(var, "fixed") * RBF(ls, "fixed") + WhiteKernel(noise, "fixed"),
+        alpha=1e-14,
+        optimizer=None,
+    )
     gpr.fit(x_train, y_train - c)
     objective = float(_task_objective(params, jnp.ones((1, 1)), post, batch, jitter))
     np.testing.assert_allclose(objective, -gpr.log_marginal_likelihood_value_, rtol=1e-8)
@@ -103,8 +119,14 @@ def test_single_task_zero_mean_variance_is_ordinary_gp_regression():
 
 def _extended_tasks(tasks: ref.Tasks, x_new: np.ndarray) -> ref.Tasks:
     """The same tasks on the grid ``G + x_new`` (new points appended; mappings unchanged)."""
-    return ref.Tasks(x=tasks.x, y=tasks.y, mask=tasks.mask, row=tasks.row,
-                     mappings=tasks.mappings, grid=np.concatenate([tasks.grid, x_new]))
+    return ref.Tasks(
+        x=tasks.x,
+        y=tasks.y,
+        mask=tasks.mask,
+        row=tasks.row,
+        mappings=tasks.mappings,
+        grid=np.concatenate([tasks.grid, x_new]),
+    )
 
 
 def test_extended_hyperposterior_equals_recomputation_on_extended_grid():
@@ -112,8 +134,9 @@ def test_extended_hyperposterior_equals_recomputation_on_extended_grid():
     rng = np.random.default_rng(1)
     grid = np.linspace(0.0, 7.0, 8)[:, None]
     tasks = ref.make_tasks(rng, 5, 6, grid, 2, 6, n_outputs=2, hole_prob=0.3)
-    layout = SharingLayout.from_flags(5, 2, 2, shared_task_hps=False, shared_cluster_hps=False,
-                                      shared_output_hps=False)
+    layout = SharingLayout.from_flags(
+        5, 2, 2, shared_task_hps=False, shared_cluster_hps=False, shared_output_hps=False
+    )
     params, vals = ref.random_params(rng, layout, mean_ls=(1.2, 2.0))
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=5))
     jitter = 1e-9
@@ -171,16 +194,20 @@ def test_mixture_moments_match_total_covariance_and_monte_carlo():
 
 def _slice_cluster(params, post: Hyperposterior, k: int):
     """Params and hyperposterior of cluster ``k`` alone (shared kernels, K* = 1)."""
-    params = eqx.tree_at(lambda p: p.prior_mean.constant, params,
-                         params.prior_mean.constant[k : k + 1])
+    params = eqx.tree_at(
+        lambda p: p.prior_mean.constant, params, params.prior_mean.constant[k : k + 1]
+    )
     post = _slice_post(post, k)
     return params, post
 
 
 def _slice_post(post: Hyperposterior, k: int) -> Hyperposterior:
-    return Hyperposterior(*(getattr(post, f)[k : k + 1] for f in
-                            ("mean", "cov", "prior_mean", "prior_chol", "whitened_chol",
-                             "logdet")))
+    return Hyperposterior(
+        *(
+            getattr(post, f)[k : k + 1]
+            for f in ("mean", "cov", "prior_mean", "prior_chol", "whitened_chol", "logdet")
+        )
+    )
 
 
 def _new_task_reference(vals, tasks, tau, weights, x_obs, y_obs, x_pred, include_noise):
@@ -201,8 +228,10 @@ def _new_task_reference(vals, tasks, tau, weights, x_obs, y_obs, x_pred, include
     for k in range(k_n):
         m = mean[k, 0]
         c = cov[k, 0]
-        s_oo, s_po, s_pp = (vals.task_kernel(0, k, 0, a, b)
-                            for a, b in ((x_obs, x_obs), (x_pred, x_obs), (x_pred, x_pred)))
+        s_oo, s_po, s_pp = (
+            vals.task_kernel(0, k, 0, a, b)
+            for a, b in ((x_obs, x_obs), (x_pred, x_obs), (x_pred, x_pred))
+        )
         g_oo = c[np.ix_(obs, obs)] + s_oo + vals.task_noise(0, k, 0) * np.eye(n)
         g_po = c[np.ix_(prd, obs)] + s_po
         g_pp = c[np.ix_(prd, prd)] + s_pp
@@ -214,8 +243,9 @@ def _new_task_reference(vals, tasks, tau, weights, x_obs, y_obs, x_pred, include
     tau_new = np.exp(logits - logits.max())
     tau_new /= tau_new.sum()
     mix = sum(t * y for t, y in zip(tau_new, ybar, strict=True))
-    cov_mix = sum(t * (vk + np.outer(y - mix, y - mix))
-                  for t, vk, y in zip(tau_new, v, ybar, strict=True))
+    cov_mix = sum(
+        t * (vk + np.outer(y - mix, y - mix)) for t, vk, y in zip(tau_new, v, ybar, strict=True)
+    )
     return mix, cov_mix, tau_new
 
 
@@ -224,8 +254,9 @@ def test_predict_new_task_matches_numpy_mixture_predictive(cluster_specific):
     rng = np.random.default_rng(3)
     grid = np.linspace(0.0, 7.0, 8)[:, None]
     tasks = ref.make_tasks(rng, 5, 6, grid, 3, 6, n_outputs=1)
-    layout = SharingLayout.from_flags(5, 2, 1, shared_cluster_hps=False,
-                                      cluster_specific_task_hps=cluster_specific)
+    layout = SharingLayout.from_flags(
+        5, 2, 1, shared_cluster_hps=False, cluster_specific_task_hps=cluster_specific
+    )
     params, vals = ref.random_params(rng, layout)
     vals.prior[:] = [[-0.5], [0.8]]
     params = ref.params_from_values(layout, vals)
@@ -241,11 +272,15 @@ def test_predict_new_task_matches_numpy_mixture_predictive(cluster_specific):
     task_params = pr.task_params_of(params, 0)
     for include_noise in (False, True):
         mean, cov, tau_new = predict_new(
-            _model(params, post, batch, jnp.asarray(weights), 0.0), task_params,
-            *_j(x_obs, y_obs, mask_obs, x_pred), include_noise)
+            _model(params, post, batch, jnp.asarray(weights), 0.0),
+            task_params,
+            *_j(x_obs, y_obs, mask_obs, x_pred),
+            include_noise,
+        )
         r = mask_obs[:, 0]
         exp_mean, exp_cov, exp_tau = _new_task_reference(
-            vals, tasks, tau, weights, x_obs[r], y_obs[r, 0], x_pred, include_noise)
+            vals, tasks, tau, weights, x_obs[r], y_obs[r, 0], x_pred, include_noise
+        )
         np.testing.assert_allclose(np.asarray(tau_new), exp_tau, rtol=1e-7, atol=1e-12)
         np.testing.assert_allclose(np.asarray(mean[0]), exp_mean, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(np.asarray(cov[0]), exp_cov, rtol=1e-7, atol=1e-9)
@@ -268,12 +303,26 @@ def test_one_hot_memberships_give_the_single_cluster_prediction():
     x_obs, y_obs, mask_obs = _task_inputs(tasks, 2)
     x_pred = jnp.asarray([[-0.5], [2.2], [7.5]])
     task_params = pr.task_params_of(params, 0)
-    mean2, cov2, tau2 = predict_new(_model(params, post, batch, jnp.asarray([0.5, 0.5]), 1e-8),
-                                    task_params, x_obs, y_obs, mask_obs, x_pred, True)
+    mean2, cov2, tau2 = predict_new(
+        _model(params, post, batch, jnp.asarray([0.5, 0.5]), 1e-8),
+        task_params,
+        x_obs,
+        y_obs,
+        mask_obs,
+        x_pred,
+        True,
+    )
     np.testing.assert_array_equal(np.asarray(tau2), [1.0, 0.0])
     params1, post1 = _slice_cluster(params, post, 0)
-    mean1, cov1, tau1 = predict_new(_model(params1, post1, batch, jnp.ones(1), 1e-8),
-                                    task_params, x_obs, y_obs, mask_obs, x_pred, True)
+    mean1, cov1, tau1 = predict_new(
+        _model(params1, post1, batch, jnp.ones(1), 1e-8),
+        task_params,
+        x_obs,
+        y_obs,
+        mask_obs,
+        x_pred,
+        True,
+    )
     np.testing.assert_allclose(np.asarray(mean2), np.asarray(mean1), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(cov2), np.asarray(cov1), rtol=1e-12, atol=1e-12)
 
@@ -296,8 +345,9 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
     i = 1
     x_pred = np.array([[-0.7], [tasks.points(i, 0)[0][0, 0]], [3.3], [7.6]])
     model = _model(params, post, batch, jnp.ones(1), 0.0)
-    mean, cov = predict_train(model, i, jnp.ones(1), *_task_inputs(tasks, i),
-                              jnp.asarray(x_pred), include_noise)
+    mean, cov = predict_train(
+        model, i, jnp.ones(1), *_task_inputs(tasks, i), jnp.asarray(x_pred), include_noise
+    )
     # Joint prior of (z, y_1, ..., y_T), z = mu_0(x_pred) + f_i(x_pred) (+ eps).
     xs = [x_pred] + [tasks.points(j, 0)[0] for j in range(t)]
     ys = [tasks.points(j, 0)[1] for j in range(t)]
@@ -319,8 +369,13 @@ def test_k1_training_task_prediction_is_exact_gaussian_conditioning(include_nois
     np.testing.assert_allclose(np.asarray(mean[0]), exp_mean, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(np.asarray(cov[0]), exp_cov, rtol=1e-6, atol=1e-8)
     # The new-task formula applied to the same training task counts y_i twice: different.
-    new = predict_new(model, pr.task_params_of(params, i), *_task_inputs(tasks, i),
-                      jnp.asarray(x_pred), include_noise)
+    new = predict_new(
+        model,
+        pr.task_params_of(params, i),
+        *_task_inputs(tasks, i),
+        jnp.asarray(x_pred),
+        include_noise,
+    )
     assert np.abs(np.asarray(new[1][0]) - exp_cov).max() > 1e-4
 
 
@@ -337,13 +392,22 @@ def test_predict_new_tasks_with_cluster_specific_task_hyperparameters():
     weights = tau.mean(0)
     batch = ref.to_batch(tasks)
     post, _ = e_step(params, jnp.asarray(weights), jnp.asarray(tau), batch, 1e-6, False)
-    result = em.EMResult(params=params, weights=weights, tau=tau, post=post, elbo=0.0,
-                         elbo_history=np.zeros(1), n_iter=1, converged=False, jitter=1e-6)
+    result = em.EMResult(
+        params=params,
+        weights=weights,
+        tau=tau,
+        post=post,
+        elbo=0.0,
+        elbo_history=np.zeros(1),
+        n_iter=1,
+        converged=False,
+        jitter=1e-6,
+    )
     model = _fitted.FittedMagma(result, batch, 4, 8, layout, _fit.FitConfig(n_clusters=2))
-    x_obs, y_obs = tasks.nan_x()[:2], tasks.nan_y()[:2]
     x_pred = np.repeat(np.array([[[0.5], [4.0]]]), 2, axis=0)
-    ctx = model.condition(x_obs, y_obs)
-    mean, var, tau_ctx = model.predict_new_tasks(ctx, x_pred)
+    ctx = model.condition(from_nan(tasks.nan_x()[:2], tasks.nan_y()[:2]))
+    mean, var, tau_ctx = model.predict_new_tasks(ctx, from_nan(x_pred))
+    mean, var = mean[:, :2], var[:, :2]  # 2 prediction rows in 8 slots
     for j in range(2):
         # The model pads the 6 slots to 8 (its bucket): do the same, so that both paths
         # factorise identical arrays.
@@ -351,8 +415,11 @@ def test_predict_new_tasks_with_cluster_specific_task_hyperparameters():
         y_o = np.concatenate([tasks.y[j], np.zeros((2, 1))])
         m_o = np.concatenate([tasks.mask[j], np.zeros((2, 1), bool)])
         ref_mean, ref_cov, ref_tau = predict_new(
-            _model(params, post, batch, weights, 1e-6), pr.task_params_of(params, 0),
-            *_j(x_o, y_o, m_o, x_pred[j]), True)
+            _model(params, post, batch, weights, 1e-6),
+            pr.task_params_of(params, 0),
+            *_j(x_o, y_o, m_o, x_pred[j]),
+            True,
+        )
         np.testing.assert_allclose(tau_ctx[j], np.asarray(ref_tau), rtol=1e-8)
         np.testing.assert_allclose(mean[j, :, 0], np.asarray(ref_mean[0]), rtol=1e-8)
         np.testing.assert_allclose(var[j, :, 0], np.diag(np.asarray(ref_cov[0])), rtol=1e-8)

@@ -114,9 +114,7 @@ def test_compiled_code_is_released_near_the_map_limit(monkeypatch):
     from mimosa_sklearn import MagmaClusterRegressor
     from mimosa_sklearn.datasets import make_magma_data
 
-    X, y, _ = make_magma_data(
-        n_tasks=8, n_points=6, n_clusters=2, grid_size=15, random_state=3
-    )
+    X, y, _ = make_magma_data(n_tasks=8, n_points=6, n_clusters=2, grid_size=15, random_state=3)
     est = MagmaClusterRegressor(n_clusters=2, max_iter=3, random_state=0).fit(X, y)
     first = est.predict(X)
     held = runtime.memory_map_count()
