@@ -207,8 +207,9 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
     -----
     Predictions for a task come from the posterior given *that task's* training rows,
     so a task is a unit: hold tasks out with ``GroupKFold`` rather than rows with
-    ``KFold``. With JAX, ``n_jobs=1`` is advised in ``GridSearchCV``/``cross_val_score``
-    (JAX is multithreaded and each worker would recompile).
+    ``KFold``. ``n_jobs`` in ``GridSearchCV``/``cross_val_score`` may be up to the number
+    of cores: each worker process computes on one thread, and the workers share the
+    on-disk compile cache.
 
     A fit depends on the data only, not on the order of the rows or tasks nor on the
     task ids: before fitting, tasks and the rows inside each task are put in an order

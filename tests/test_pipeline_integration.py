@@ -85,6 +85,28 @@ def test_grid_search_with_group_kfold_and_forecast_scorer(data):
     assert search.best_estimator_[-1]._contexts == {}  # scoring left no state behind
 
 
+@pytest.mark.slow
+def test_grid_search_in_two_worker_processes_equals_one_process(data):
+    # n_jobs=2: joblib's loky workers are new processes, each with its own JAX (one XLA
+    # thread) and the shared compile cache; the scores are those of n_jobs=1.
+    X, y = data
+    searches = [
+        GridSearchCV(
+            _pipeline(),
+            {"magma__n_clusters": [1, 2]},
+            cv=GroupKFold(n_splits=2),
+            scoring=make_forecast_scorer("rmse", observed_fraction=0.5),
+            error_score="raise",
+            n_jobs=n_jobs,
+        ).fit(X, y, groups=X["ID"])
+        for n_jobs in (1, 2)
+    ]
+    one, two = (s.cv_results_ for s in searches)
+    np.testing.assert_allclose(two["mean_test_score"], one["mean_test_score"], rtol=1e-9)
+    np.testing.assert_allclose(two["split1_test_score"], one["split1_test_score"], rtol=1e-9)
+    assert np.all(np.isfinite(one["mean_test_score"]))
+
+
 def test_cross_val_score(data):
     X, y = data
     forecast = cross_val_score(

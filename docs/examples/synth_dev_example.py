@@ -77,7 +77,7 @@ search = GridSearchCV(
     param_grid={"n_clusters": [2, 3]},
     cv=GroupKFold(n_splits=2),  # whole tasks are held out
     scoring=make_forecast_scorer("rmse", observed_fraction=0.5),
-    n_jobs=1,  # JAX is already multithreaded
+    n_jobs=2,  # two worker processes, one thread each
 )
 search.fit(X, y, groups=X["ID"])
 results = pd.DataFrame(search.cv_results_)
