@@ -16,7 +16,7 @@ from mimosa_sklearn._data import (
     map_to_grid,
     snap_inputs,
 )
-from mimosa_sklearn._padded import bucket
+from mimosa_sklearn._padded import bucket, task_bucket
 
 # --------------------------------------------------------------------------- helpers
 
@@ -82,7 +82,7 @@ def _check_invariants(td: TaskData, codes: np.ndarray, x: np.ndarray, y: np.ndar
     n = codes.size
     T, p = td.n_tasks, td.tasks
     # Bucketed slots, finite everywhere, masks for the real rows.
-    assert p.n_slots == bucket(T, 8, 1) and p.n_rows == bucket(td.n_points.max(), 8)
+    assert p.n_slots == task_bucket(T) and p.n_rows == bucket(td.n_points.max(), 8)
     assert p.x.shape == (p.n_slots, p.n_rows, x.shape[1]) and p.x.dtype == np.float64
     assert np.isfinite(p.x).all()
     assert p.mappings.shape == p.rows.shape and p.mappings.dtype == np.int64

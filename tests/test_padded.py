@@ -21,8 +21,8 @@ from mimosa_sklearn._padded import Padded, concat, empty, scatter, take
 def test_task_buckets_are_powers_of_two_from_one():
     # An empty task slot costs as much as a real task, so the task axis has no floor of
     # 8; rows and grid keep it (their padding is cheap and it bounds the shape count).
-    sizes = [_padded.task_bucket(t) for t in (1, 2, 3, 5, 8, 9, 32, 33, 41)]
-    assert sizes == [1, 2, 4, 8, 8, 16, 32, 40, 48]
+    sizes = [_padded.task_bucket(t) for t in (1, 2, 3, 5, 8, 9, 33, 60, 128, 129, 1000)]
+    assert sizes == [1, 2, 4, 8, 8, 16, 64, 64, 128, 160, 1024]
     assert _padded.row_bucket(1) == 8 and _padded.row_bucket(33) == 40
     assert _padded.bucket(3, 8) == 8
 
