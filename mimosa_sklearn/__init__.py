@@ -1,7 +1,8 @@
 """scikit-learn compatible MagmaClust: multi-task Gaussian processes with clustered means.
 
 Public names: :class:`MagmaClusterRegressor`, :func:`make_forecast_scorer`,
-:class:`GridChoice` (its ``grid_choice_``), :class:`FitMemoryError`, and the public
+:class:`GridChoice` (its ``grid_choice_``), :class:`FitMemoryError`,
+:class:`UnseenTaskWarning`, and the public
 modules :mod:`~mimosa_sklearn.datasets`, :mod:`~mimosa_sklearn.metrics`,
 :mod:`~mimosa_sklearn.selection` and :mod:`~mimosa_sklearn.plotting`. Modules whose
 names start with ``_`` are implementation. The JAX core is imported on first use
@@ -14,6 +15,7 @@ from . import datasets
 from ._auto_grid import GridChoice
 from ._estimator import MagmaClusterRegressor
 from ._memory import FitMemoryError
+from ._predicting import UnseenTaskWarning
 from ._version import __version__
 from .metrics import make_forecast_scorer
 
@@ -21,6 +23,7 @@ __all__ = [
     "FitMemoryError",
     "GridChoice",
     "MagmaClusterRegressor",
+    "UnseenTaskWarning",
     "__version__",
     "datasets",
     "make_forecast_scorer",

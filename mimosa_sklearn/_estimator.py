@@ -12,7 +12,7 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,6 @@ from ._memory import check_fit_memory
 from ._persistence import pack_state, unpack_state
 from ._predicting import ForecastMixin
 from ._validation import check_observed, validate_rows, validate_y
-
-if TYPE_CHECKING:
-    from ._fitted import Context
 
 __all__ = ["MagmaClusterRegressor"]
 
@@ -360,6 +357,29 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         NotImplementedError
             For ``correlated_outputs=True`` with an approximate ``grid``.
         """
+        # Validation records n_features_in_ (and feature names) on the estimator: a fit
+        # that fails or is interrupted puts them back, and the fitted state below is
+        # assigned at once, so the estimator is left as it was before the call.
+        before = {k: vars(self)[k] for k in _VALIDATION_ATTRS if k in vars(self)}
+        try:
+            state = self._fitted_state(X, y)
+        except BaseException:
+            for key in _VALIDATION_ATTRS:
+                vars(self).pop(key, None)
+            vars(self).update(before)
+            raise
+        vars(self).update(state)
+        if not self.converged_:
+            warnings.warn(
+                f"MagmaClust EM did not converge within max_iter={self.max_iter} "
+                f"iterations (tol={self.tol}). Increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _fitted_state(self, X: Any, y: Any) -> dict[str, Any]:
+        """Every fitted attribute of a fit on ``(X, y)``, by name (nothing assigned)."""
         rows = validate_rows(self, X, y, reset=True)
         y2, is_1d, output_names = validate_y(self, y, rows.ids.shape[0])
         codes, task_ids = encode_task_ids(rows.ids)
@@ -424,39 +444,33 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
                 )
                 raise
 
-        self.model_ = model
-        self.grid_choice_ = choice
-        self.task_ids_ = task_ids
-        self.n_tasks_ = n_tasks
-        # model_ row of each training task (task_ids_ order).
-        self._model_rows = td.task_index
-        self.weights_ = np.asarray(model.weights, dtype=np.float64).copy()
         tau = np.asarray(model.tau, dtype=np.float64)[td.task_index]
-        self.memberships_ = pd.DataFrame(
-            tau,
-            index=pd.Index(task_ids, name=self._task_col_label()),
-            columns=pd.RangeIndex(tau.shape[1], name="cluster"),
-        )
-        self.labels_ = tau.argmax(axis=1)
-        self.elbo_ = np.asarray(model.elbo_history, dtype=np.float64).copy()
-        self.n_iter_ = int(model.n_iter)
-        self.converged_ = bool(model.converged)
-        self.hyperparameters_ = model.hyperparameters(task_order=td.task_index)
-        self._y_train_mean = mean
-        self._y_train_std = std
-        self._y_1d = is_1d
-        self._output_names = output_names
-        self._input_names = rows.input_names
-        self._contexts: dict[Hashable, Context] = {}
-        self._mean_processes: pd.DataFrame | None = None
-        if not self.converged_:
-            warnings.warn(
-                f"MagmaClust EM did not converge within max_iter={self.max_iter} "
-                f"iterations (tol={self.tol}). Increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return self
+        return {
+            "model_": model,
+            "grid_choice_": choice,
+            "task_ids_": task_ids,
+            "n_tasks_": n_tasks,
+            # model_ row of each training task (task_ids_ order).
+            "_model_rows": td.task_index,
+            "weights_": np.asarray(model.weights, dtype=np.float64).copy(),
+            "memberships_": pd.DataFrame(
+                tau,
+                index=pd.Index(task_ids, name=self._task_col_label()),
+                columns=pd.RangeIndex(tau.shape[1], name="cluster"),
+            ),
+            "labels_": tau.argmax(axis=1),
+            "elbo_": np.asarray(model.elbo_history, dtype=np.float64).copy(),
+            "n_iter_": int(model.n_iter),
+            "converged_": bool(model.converged),
+            "hyperparameters_": model.hyperparameters(task_order=td.task_index),
+            "_y_train_mean": mean,
+            "_y_train_std": std,
+            "_y_1d": is_1d,
+            "_output_names": output_names,
+            "_input_names": rows.input_names,
+            "_contexts": {},
+            "_mean_processes": None,
+        }
 
     # ------------------------------------------------------------------ fitted views
 
@@ -482,6 +496,10 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             table["std"] = std.ravel()
             self._mean_processes = pd.DataFrame(table)
         return self._mean_processes
+
+
+# Attributes that scikit-learn's validate_data sets on the estimator during fit.
+_VALIDATION_ATTRS = ("n_features_in_", "feature_names_in_")
 
 
 class _progress:

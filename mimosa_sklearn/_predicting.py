@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import warnings
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Self
 
@@ -28,7 +29,24 @@ from .metrics import masked_r2_score
 if TYPE_CHECKING:
     from ._fitted import Context
 
-__all__ = ["ForecastMixin"]
+__all__ = ["ForecastMixin", "UnseenTaskWarning"]
+
+
+class UnseenTaskWarning(UserWarning):
+    """Rows of tasks that were neither fitted nor conditioned were predicted.
+
+    Their forecasts are the cluster mixture, with no data of the task: plausible
+    numbers, but rarely what was meant when the task id is a typo or has another type
+    (``"7"`` for ``7``). Silence it with ``warnings.filterwarnings("ignore",
+    category=mimosa_sklearn.UnseenTaskWarning)``.
+    """
+
+
+def _id_key(value: Any) -> str:
+    """A task id as text, integral floats without their ``.0`` (``7.0`` -> ``"7"``)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class ForecastMixin:
@@ -111,6 +129,33 @@ class ForecastMixin:
         }
 
     # ------------------------------------------------------------------ prediction
+
+    def _warn_unseen(self, rows: Rows) -> None:
+        """Warn (:class:`UnseenTaskWarning`) when rows belong to tasks that were neither
+        fitted nor conditioned, naming a few and any that match a known id as text."""
+        _, ids = encode_task_ids(rows.ids)
+        train_idx, ctx_idx = self._task_sources(ids, self._contexts)
+        unseen = ids[(train_idx < 0) & (ctx_idx < 0)]
+        if not unseen.size:
+            return
+        shown = ", ".join(repr(t) for t in unseen[:5].tolist())
+        more = f" and {unseen.size - 5} more" if unseen.size > 5 else ""
+        msg = (
+            f"{unseen.size} task(s) in X were neither fitted nor conditioned ({shown}{more}): "
+            "their predictions are the cluster mixture, without any data of these tasks. "
+            "Add tasks with condition(), or silence this with warnings.filterwarnings("
+            "'ignore', category=mimosa_sklearn.UnseenTaskWarning)."
+        )
+        known = {_id_key(t): t for t in [*self.task_ids_.tolist(), *self._contexts]}
+        cast = [(t, known[_id_key(t)]) for t in unseen.tolist() if _id_key(t) in known]
+        if cast:
+            t, k = cast[0]
+            msg += (
+                f" {len(cast)} of them equal a known task id once converted to text "
+                f"(e.g. {t!r} and {k!r}): ids are compared with their type; convert the "
+                "task column to the type used in fit."
+            )
+        warnings.warn(msg, UnseenTaskWarning, stacklevel=3)
 
     def _task_sources(
         self, ids: np.ndarray, contexts: dict[Hashable, Context]
@@ -195,6 +240,7 @@ class ForecastMixin:
         if return_std and return_cov:
             raise RuntimeError("At most one of return_std or return_cov can be requested.")
         rows = validate_rows(self, X, reset=False)
+        self._warn_unseen(rows)
         return self._predict_rows(
             rows,
             self._contexts,
@@ -306,7 +352,9 @@ class ForecastMixin:
             number of outputs: the outputs of a task share its cluster.
         """
         check_is_fitted(self, "model_")
-        return self._row_memberships(validate_rows(self, X, reset=False))
+        rows = validate_rows(self, X, reset=False)
+        self._warn_unseen(rows)
+        return self._row_memberships(rows)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Coefficient of determination R² of :meth:`predict`, ignoring NaN targets.
@@ -363,6 +411,7 @@ class ForecastMixin:
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         rows = validate_rows(self, X, reset=False)
+        self._warn_unseen(rows)
         # Correlated outputs are drawn jointly (covariance across rows and outputs).
         joint = "joint" if self._joint_outputs() else True
         mean, cov, _, td = self._predict_tasks(
@@ -402,6 +451,7 @@ class ForecastMixin:
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
         rows = validate_rows(self, X, reset=False)
+        self._warn_unseen(rows)
         mean, var, tau, td = self._predict_tasks(
             rows, self._contexts, full_cov=False, include_noise=include_noise
         )

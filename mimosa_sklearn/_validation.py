@@ -168,6 +168,7 @@ def validate_y(est: Any, y: Any, n_rows: int) -> tuple[np.ndarray, bool, list[st
         names = [str(y.name) if y.name is not None else "y"]
     elif isinstance(y, pd.DataFrame):
         names = [str(c) for c in y.columns]
+    _check_numeric_y(y)
     arr = check_array(
         y,
         ensure_2d=False,
@@ -195,6 +196,47 @@ def validate_y(est: Any, y: Any, n_rows: int) -> tuple[np.ndarray, bool, list[st
         where = "" if is_1d else f" (output {names[col]!r})"
         raise ValueError(f"Input y contains infinity at row {row}{where}")
     return y2, is_1d, names
+
+
+def _check_numeric_y(y: Any) -> None:
+    """Refuse text in ``y``, naming the first offending row and value.
+
+    Strings are refused even when they spell numbers (``"1.5"``), as scikit-learn does:
+    a column read as text usually hides a parsing problem (a decimal comma, a unit, a
+    header row), and converting it silently would hide it too. NaN, None and pandas'
+    missing values stay missing outputs.
+    """
+    values = y.to_numpy() if isinstance(y, pd.Series | pd.DataFrame) else y
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError):
+        return  # ragged or odd input: check_array reports it
+    if arr.dtype.kind not in "OUS" or arr.size == 0:
+        return
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim else arr.reshape(1, 1)
+    for row, col in np.ndindex(flat.shape):
+        value = flat[row, col]
+        if isinstance(value, str | bytes):
+            value = value.item() if isinstance(value, np.generic) else value  # np.str_
+            spelled = _parses_as_number(value)
+            hint = (
+                " It spells a number: convert y to numbers first (e.g. pd.to_numeric)."
+                if spelled
+                else ""
+            )
+            where = f"row {row}" if flat.shape[1] == 1 else f"row {row}, output {col}"
+            raise ValueError(
+                f"y must be numeric; {where} holds the text {value!r}.{hint} Missing "
+                "outputs are NaN."
+            )
+
+
+def _parses_as_number(value: str | bytes) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_observed(

@@ -6,10 +6,14 @@ synth_dev fits shared with ``test_estimator.py``).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 from estimator_data import fresh_copy
+
+from mimosa_sklearn import MagmaClusterRegressor, UnseenTaskWarning
 
 # ---------------------------------------------------------------------- prediction
 
@@ -66,12 +70,14 @@ def test_predict_proba(fitted, data):
     codes = pd.Index(fitted.task_ids_).get_indexer(X["ID"])
     np.testing.assert_allclose(proba, fitted.memberships_.to_numpy()[codes])
     unseen = pd.DataFrame({"ID": ["nobody", "nobody"], "Input": [1.0, 2.0]})
-    np.testing.assert_allclose(fitted.predict_proba(unseen), [fitted.weights_] * 2)
+    with pytest.warns(UnseenTaskWarning):
+        np.testing.assert_allclose(fitted.predict_proba(unseen), [fitted.weights_] * 2)
 
 
 def test_unseen_task_gets_mixture_prior(fitted):
     X_new = pd.DataFrame({"ID": ["nobody"] * 4, "Input": [0.5, 2.5, 5.0, 7.5]})
-    mean, std = fitted.predict(X_new, return_std=True)
+    with pytest.warns(UnseenTaskWarning, match="'nobody'"):
+        mean, std = fitted.predict(X_new, return_std=True)
     assert mean.shape == (4,) and np.all(np.isfinite(mean)) and np.all(std > 0)
     # The prior mixture mean lies between the cluster mean processes.
     table = fitted.mean_processes_
@@ -79,10 +85,58 @@ def test_unseen_task_gets_mixture_prior(fitted):
     assert np.all((mean > lo - 3 * table["std"].max()) & (mean < hi + 3 * table["std"].max()))
 
 
+def test_unseen_tasks_warn_in_every_prediction_method(fitted, conditioned, data, new_tasks):
+    X, _ = data
+    X_obs = new_tasks[0]
+    calls = {
+        "predict": lambda est, Z: est.predict(Z),
+        "predict_proba": lambda est, Z: est.predict_proba(Z),
+        "sample_y": lambda est, Z: est.sample_y(Z, random_state=0),
+        "predict_frame": lambda est, Z: est.predict_frame(Z),
+    }
+    unseen = pd.DataFrame({"ID": [f"new{i}" for i in range(7)], "Input": np.arange(7.0)})
+    for name, call in calls.items():
+        with pytest.warns(UnseenTaskWarning, match=r"7 task\(s\) in X were neither") as rec:
+            call(fitted, pd.concat([X.iloc[:3], unseen]))
+        message = str(rec[0].message)
+        assert "'new0', 'new1', 'new2', 'new3', 'new4' and 2 more" in message, name
+        assert "filterwarnings" in message and "type" not in message, name
+        assert rec[0].filename == __file__, name  # points at the caller
+        # Fitted and conditioned tasks are known: no warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnseenTaskWarning)
+            call(fitted, X)
+            call(conditioned, X_obs)
+
+
+def test_unseen_task_warning_names_ids_that_match_after_a_type_cast():
+    X = pd.DataFrame({"ID": np.repeat([7, 8], 4), "Input": np.tile(np.arange(4.0), 2)})
+    y = np.r_[np.sin(X["Input"][:4]), np.cos(X["Input"][4:])]
+    est = MagmaClusterRegressor(n_clusters=1, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    as_text = X.assign(ID=X["ID"].astype(str))
+    with pytest.warns(UnseenTaskWarning, match=r"2 of them equal a known task id .*'7' and 7"):
+        mixture = est.predict(as_text)
+    # The forecasts are the mixture's, not the fitted tasks': plausible and wrong.
+    assert not np.allclose(mixture, est.predict(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnseenTaskWarning)
+        est.predict(X.assign(ID=X["ID"].astype(float)))  # 7.0 == 7: the same task
+    # The documented way to silence it.
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", category=UnseenTaskWarning)
+        est.predict(as_text)
+    assert not [w for w in rec if w.category is UnseenTaskWarning]
+
+
 def test_condition_then_predict(fitted, conditioned, new_tasks):
     _, _, X_target, y_target = new_tasks
     mean_c, std_c = conditioned.predict(X_target, return_std=True)
-    mean_p, std_p = fitted.predict(X_target, return_std=True)  # unconditioned: prior
+    with pytest.warns(UnseenTaskWarning):  # unconditioned: the cluster-mixture prior
+        mean_p, std_p = fitted.predict(X_target, return_std=True)
     rmse_c = np.sqrt(np.mean((mean_c - y_target.to_numpy()) ** 2))
     rmse_p = np.sqrt(np.mean((mean_p - y_target.to_numpy()) ** 2))
     assert rmse_c < rmse_p

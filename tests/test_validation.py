@@ -166,6 +166,27 @@ def test_validate_y_rejects_infinity_and_bad_shapes():
         validate_y(est, np.ones((3, 0)), 3)
 
 
+def test_validate_y_refuses_text_naming_row_and_value():
+    est = MagmaClusterRegressor()
+    with pytest.raises(ValueError, match=r"^y must be numeric; row 2 holds the text 'abc'\."):
+        validate_y(est, pd.Series([1.0, 2.0, "abc"], dtype=object), 3)
+    # A number spelled as text is refused too, with the way out.
+    with pytest.raises(ValueError, match=r"row 0 holds the text '1.5'\. It spells a number"):
+        validate_y(est, np.array(["1.5", "2.0"]), 2)
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, "x"]})
+    with pytest.raises(ValueError, match=r"row 1, output 1 holds the text 'x'"):
+        validate_y(est, frame, 2)
+    # Missing values of an object column stay missing outputs.
+    y2, _, _ = validate_y(est, pd.Series([1.0, None, np.nan], dtype=object), 3)
+    np.testing.assert_array_equal(y2[:, 0], [1.0, np.nan, np.nan])
+
+
+def test_fit_names_a_text_output():
+    X = pd.DataFrame({"ID": [0, 0, 1, 1], "t": [0.0, 1.0, 0.0, 1.0]})
+    with pytest.raises(ValueError, match="row 3 holds the text 'abc'"):
+        MagmaClusterRegressor(n_clusters=1).fit(X, pd.Series([1.0, 2.0, 1.0, "abc"]))
+
+
 # ---------------------------------------------------------------------- observed values
 
 
