@@ -12,7 +12,7 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,10 @@ from ._data import build_task_data, encode_task_ids
 from ._memory import check_fit_memory
 from ._persistence import pack_state, unpack_state
 from ._predicting import ForecastMixin
-from ._validation import check_observed, validate_rows, validate_y
+from ._validation import Rows, check_observed, validate_rows, validate_y
+
+if TYPE_CHECKING:
+    from ._fitted import FittedMagma
 
 __all__ = ["MagmaClusterRegressor"]
 
@@ -152,6 +155,16 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         :meth:`sample_y` gets no ``random_state``). Pass an int for reproducible fits.
     verbose : int, default=0
         0: silent. 1 or more: a progress bar over EM iterations showing the ELBO.
+    warm_start : bool, default=False
+        When True, a new ``fit`` of a fitted estimator starts where the previous one
+        ended: its hyperparameters, its output scaling, the memberships of the tasks
+        fitted before (by task id) and, for new tasks, the memberships that
+        :meth:`condition` gives them (the mean processes follow at the first E-step).
+        A refit on the same data starts at the previous final ELBO. The settings that
+        shape the model (``n_clusters``, kernels, sharing flags, ``correlated_outputs``,
+        ``normalize_y``), the input columns and the number of outputs must not change;
+        otherwise the fit starts from scratch, with a warning. ``n_init`` is ignored
+        when warm starting.
 
     Attributes
     ----------
@@ -256,6 +269,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         "jitter": [Interval(numbers.Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "warm_start": ["boolean"],
     }
 
     def __init__(
@@ -281,6 +295,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         jitter: float = 1e-6,
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
+        warm_start: bool = False,
     ) -> None:
         self.n_clusters = n_clusters
         self.task_col = task_col
@@ -302,6 +317,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         self.jitter = jitter
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
 
     # ------------------------------------------------------------------ sklearn plumbing
 
@@ -397,7 +413,10 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         # order; td.task_index maps the first-seen task codes to them.
         td = build_task_data(codes, n_tasks, rows.inputs, y2, canonical=True)
         tasks = td.tasks
-        if self.normalize_y:
+        previous = self._warm_model(rows, y2.shape[1])
+        if previous is not None:  # the scale the previous hyperparameters live in
+            mean, std = self._y_train_mean, self._y_train_std
+        elif self.normalize_y:
             # Statistics over the canonical layout: the same rounding for any row order.
             values = np.where(tasks.observed, tasks.y, np.nan).reshape(-1, y2.shape[1])
             mean = np.nanmean(values, axis=0)
@@ -410,6 +429,11 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         fit_module = _fit_module()
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         config = fit_module.FitConfig.from_params(self.get_params(deep=False), seed=seed)
+        start = None
+        if previous is not None:
+            known = pd.Index(self.task_ids_).get_indexer(task_ids[td.task_order])
+            rows_before = np.where(known >= 0, self._model_rows[np.maximum(known, 0)], -1)
+            start = fit_module.warm_start(previous, tasks, rows_before)
         choice, inducing = resolve_grid(
             self.grid, rows.inputs, td, joint=self.correlated_outputs and y2.shape[1] > 1, seed=seed
         )
@@ -428,7 +452,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         with _progress(self.verbose, self.max_iter) as callback:
             try:
                 if inducing is None:
-                    model = fit_module.fit_magma(tasks, td.grid, config, callback)
+                    model = fit_module.fit_magma(tasks, td.grid, config, callback, start=start)
                 else:
                     model = fit_module.fit_magma(
                         dataclasses.replace(tasks, mappings=None),
@@ -436,6 +460,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
                         config,
                         callback,
                         approximate=True,
+                        start=start,
                     )
             except fit_module.NumericalFailure as exc:
                 exc.add_note(
@@ -470,7 +495,32 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             "_input_names": rows.input_names,
             "_contexts": {},
             "_mean_processes": None,
+            "_model_settings": {name: getattr(self, name) for name in _MODEL_SHAPING},
         }
+
+    def _warm_model(self, rows: Rows, n_outputs: int) -> FittedMagma | None:
+        """The fitted model a ``warm_start`` fit starts from, or None (a cold fit)."""
+        if not self.warm_start or not hasattr(self, "model_"):
+            return None
+        before = self._model_settings
+        changed = [
+            name
+            for name in _MODEL_SHAPING
+            if before[name] is not getattr(self, name) and before[name] != getattr(self, name)
+        ]
+        if rows.input_names != self._input_names:
+            changed.append("the input columns")
+        if n_outputs != self._y_train_mean.shape[0]:
+            changed.append("the number of outputs")
+        if changed:
+            warnings.warn(
+                f"warm_start=True, but {', '.join(changed)} changed since the previous "
+                "fit: fitting from scratch.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        return self.model_
 
     # ------------------------------------------------------------------ fitted views
 
@@ -498,6 +548,19 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         return self._mean_processes
 
 
+# Settings that shape the fitted model: a warm start needs them unchanged.
+_MODEL_SHAPING = (
+    "n_clusters",
+    "mean_kernel",
+    "task_kernel",
+    "prior_mean",
+    "shared_task_hps",
+    "shared_cluster_hps",
+    "cluster_specific_task_hps",
+    "shared_output_hps",
+    "correlated_outputs",
+    "normalize_y",
+)
 # Attributes that scikit-learn's validate_data sets on the estimator during fit.
 _VALIDATION_ATTRS = ("n_features_in_", "feature_names_in_")
 

@@ -34,7 +34,7 @@ from .core.init import init_responsibilities
 from .core.parallel import auto_task_chunk, shard_tasks, task_mesh
 from .core.params import Params, TaskBatch
 
-__all__ = ["FitConfig", "NumericalFailure", "fit_magma", "make_parts"]
+__all__ = ["FitConfig", "NumericalFailure", "Start", "fit_magma", "make_parts", "warm_start"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,16 +177,77 @@ def _unstack_result(result: EMResult, src: np.ndarray, n_rows: int) -> EMResult:
     tau = np.asarray(result.tau)[rows]
     params = result.params
     if params.log_noise.shape[0] > 1:
-        idx = to_device(rows)
-        params = eqx.tree_at(
-            lambda p: (p.task_kernel, p.log_noise),
-            params,
-            jax.tree.map(
-                lambda a: a[idx] if eqx.is_inexact_array(a) else a,
-                (params.task_kernel, params.log_noise),
-            ),
-        )
+        params = _take_task_rows(params, rows)
     return dataclasses.replace(result, tau=tau, params=params)
+
+
+def _take_task_rows(params: Params, rows: np.ndarray) -> Params:
+    """``params`` with the task-hyperparameter rows ``rows`` (task-specific ones)."""
+    idx = to_device(rows)
+    return eqx.tree_at(
+        lambda p: (p.task_kernel, p.log_noise),
+        params,
+        jax.tree.map(
+            lambda a: a[idx] if eqx.is_inexact_array(a) else a,
+            (params.task_kernel, params.log_noise),
+        ),
+    )
+
+
+def _fill_rows(a: np.ndarray, size: int, fill) -> np.ndarray:
+    """``a`` with its leading axis grown to ``size`` rows of ``fill``."""
+    out = np.full((size,) + a.shape[1:], fill, dtype=np.asarray(a).dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+# ---------------------------------------------------------------------- warm start
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a warm-started EM begins: ``params`` (task-specific rows, if any, one per
+    real task) and memberships ``tau`` (T, K) of the real tasks."""
+
+    params: Params
+    tau: np.ndarray
+
+
+def warm_start(previous: FittedMagma, tasks: Padded, previous_rows: np.ndarray) -> Start:
+    """Start a fit of ``tasks`` where ``previous`` ended.
+
+    ``previous_rows`` (T,) is the model row in ``previous`` of every real task, or -1 for
+    a task it did not fit. Known tasks keep their memberships (and task-specific
+    hyperparameters); the others get those that conditioning on their data gives under
+    ``previous`` (:meth:`FittedMagma.condition`). Hyperparameters are kept; the mean
+    processes follow from them and the memberships at the first E-step.
+    """
+    known = previous_rows >= 0
+    tau = np.empty((tasks.n_tasks, previous.n_clusters))
+    tau[known] = previous.tau[previous_rows[known]]
+    new = np.flatnonzero(~known)
+    context = previous.condition(take(tasks, new)) if new.size else None
+    if context is not None:
+        tau[new] = context.tau
+    params = previous.params
+    if params.log_noise.shape[0] > 1:
+        rows = np.maximum(previous_rows, 0)
+        task = jax.tree.map(
+            lambda a: np.asarray(a)[rows] if eqx.is_inexact_array(a) else a,
+            (params.task_kernel, params.log_noise),
+        )
+        if context is not None:
+
+            def put(mine, theirs):
+                if isinstance(mine, np.ndarray):
+                    mine[new] = np.asarray(theirs)
+                return mine
+
+            task = jax.tree.map(put, task, context.task_params)
+        with runtime.jax_scope():  # float64 on the device whatever the user's JAX flags
+            task = jax.tree.map(lambda a: to_device(a) if isinstance(a, np.ndarray) else a, task)
+        params = eqx.tree_at(lambda p: (p.task_kernel, p.log_noise), params, task)
+    return Start(params=params, tau=tau)
 
 
 @jit
@@ -288,6 +349,7 @@ def fit_magma(
     callback: Callable[[int, float], None] | None = None,
     *,
     approximate: bool = False,
+    start: Start | None = None,
 ) -> FittedMagma:
     """Fit MagmaClust by variational EM on padded tasks.
 
@@ -307,6 +369,9 @@ def fit_magma(
         Approximate grid (:mod:`.core.approx`): the mean processes live on the inducing
         inputs ``grid`` and reach task inputs through ``A = c(x, u) c(u, u)^{-1}``,
         recomputed from the current mean kernel before every EM iteration.
+    start : Start, optional
+        Where the EM starts (a warm start, :func:`warm_start`) instead of
+        ``config.n_init`` k-means or random initialisations.
 
     Returns
     -------
@@ -341,16 +406,23 @@ def fit_magma(
                     return tuple(_with_projection(p, b, j) for b in light)
                 return _with_projection(p, light, j)
 
-        for _ in range(max(1, config.n_init)):
-            tau0 = init_responsibilities(
-                init.y,
-                init.observed,
-                config.n_clusters,
-                rng,
-                config.init,
-                np.asarray(batch.task_weight),
-            )
-            params = problem.start_params(tau0)
+        for _ in range(1 if start is not None else max(1, config.n_init)):
+            if start is None:
+                tau0 = init_responsibilities(
+                    init.y,
+                    init.observed,
+                    config.n_clusters,
+                    rng,
+                    config.init,
+                    np.asarray(batch.task_weight),
+                )
+                params = problem.start_params(tau0)
+            else:
+                tau0, params = _fill_rows(start.tau, tb, 1.0 / config.n_clusters), start.params
+                if params.log_noise.shape[0] > 1:
+                    # One row per task slot of the EM (empty slots: any finite row).
+                    slots = np.arange(tb) if problem.src is None else problem.src
+                    params = _take_task_rows(params, np.where((slots >= 0) & (slots < t), slots, 0))
             if problem.src is not None:
                 src = problem.src
                 uniform = np.full((src.size, config.n_clusters), 1.0 / config.n_clusters)

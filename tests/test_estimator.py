@@ -6,6 +6,8 @@ through module-scoped fixtures and the tests reuse a handful of shapes.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -162,3 +164,51 @@ def test_accelerate_switches_the_squarem_extrapolation(data, monkeypatch):
     # Three plain iterations come first either way; the ELBO never decreases.
     np.testing.assert_allclose(fast.elbo_[:3], plain.elbo_[:3], rtol=1e-10)
     assert np.all(np.diff(fast.elbo_) >= -1e-9 * np.abs(fast.elbo_[1:]))
+
+
+# ---------------------------------------------------------------------- warm start
+
+
+def _converged(X, y, **params) -> MagmaClusterRegressor:
+    return fit(X, y, max_iter=100, **params)
+
+
+@pytest.mark.parametrize(
+    "shared", [True, pytest.param(False, marks=pytest.mark.slow, id="task-specific")]
+)
+def test_warm_start_refit_starts_at_the_previous_elbo(data, shared):
+    X, y = data
+    est = _converged(X, y, warm_start=True, shared_task_hps=shared)
+    final = est.elbo_[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "fitting from scratch"
+        est.fit(X, y)
+    assert est.elbo_[0] >= final - 1e-9 * abs(final)
+    assert est.n_iter_ <= 3 and est.converged_
+
+
+def test_warm_start_with_new_tasks_converges_faster_than_a_cold_fit(data):
+    X, y = data
+    first = X["ID"].isin(X["ID"].unique()[:8])
+    warm = _converged(X[first], y[first], warm_start=True)
+    warm.fit(X, y)  # four tasks more
+    cold = _converged(X, y)
+    assert warm.converged_ and cold.converged_
+    assert warm.n_iter_ < cold.n_iter_
+    # The known tasks kept their clusters, the new ones got theirs.
+    assert warm.elbo_[-1] >= cold.elbo_[-1] - 1e-3 * abs(cold.elbo_[-1])
+    np.testing.assert_array_equal(warm.task_ids_, cold.task_ids_)
+
+
+def test_warm_start_with_other_settings_fits_from_scratch(data):
+    X, y = data
+    est = _converged(X, y, warm_start=True)
+    est.set_params(n_clusters=3)
+    with pytest.warns(UserWarning, match="n_clusters changed since the previous fit"):
+        est.fit(X, y)
+    cold = _converged(X, y, n_clusters=3)
+    np.testing.assert_array_equal(est.elbo_, cold.elbo_)
+    # Without warm_start a second fit ignores the first.
+    again = _converged(X, y)
+    again.fit(X.assign(Input=X["Input"] * 1.0), y)
+    np.testing.assert_array_equal(again.elbo_, _converged(X, y).elbo_)
