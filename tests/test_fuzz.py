@@ -10,7 +10,8 @@ to buckets of at least 8 and tasks to powers of two), so the fast estimator fuzz
 its examples inside few buckets (at most 8 tasks of at most 8 rows, at most 8 distinct
 inputs, one input, one output, two clusters), runs few of them, and derandomises
 hypothesis so that CI runs the same examples every time. The full ranges (1..50 tasks of 1..60 rows, 1..3 inputs, 1..3 outputs)
-run under ``@pytest.mark.slow``.
+run under ``@pytest.mark.slow``, and so do several outputs with holes (modelled jointly
+or independently) on 1-D and 2-D inputs with new tasks conditioned on 1 to 3 points.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import ConvergenceWarning
 
-from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn import MagmaClusterRegressor, UnseenTaskWarning
 from mimosa_sklearn._data import build_task_data, encode_task_ids, snap_inputs
 
 # ---------------------------------------------------------------------- data layer
@@ -306,7 +307,8 @@ def _check_predictions(est: MagmaClusterRegressor, case: Case) -> tuple[np.ndarr
     unseen = case.X.iloc[:3].copy()
     unseen["ID"] = unseen["ID"].astype(object)
     unseen["ID"] = ["never-seen"] * len(unseen)
-    m_new, s_new = est.predict(unseen, return_std=True)
+    with pytest.warns(UnseenTaskWarning):
+        m_new, s_new = est.predict(unseen, return_std=True)
     assert np.all(np.isfinite(m_new)) and np.all(np.isfinite(s_new))
     return mean, proba
 
@@ -395,3 +397,74 @@ def test_fit_predict_fuzz_full_ranges(case, n_clusters):
             n_clusters=n_clusters,
             max_iter=3,
         )
+
+
+def _check_conditioning(est: MagmaClusterRegressor, case: Case, n_obs: int) -> None:
+    """Forecast a new task from ``n_obs`` of a fitted task's rows (its observed rows
+    first): finite, independent of the order of the observed rows, deterministic, and
+    the caller's data are left as they were."""
+    y2 = case.y.reshape(len(case.y), -1)
+    seen = ~np.isnan(y2).all(axis=1)
+    rows = np.flatnonzero(case.codes == case.codes[np.flatnonzero(seen)[0]])
+    rows = rows[np.argsort(~seen[rows], kind="stable")]
+    X_obs = case.X.iloc[rows[:n_obs]].reset_index(drop=True)
+    X_obs["ID"] = "a-new-task"
+    y_obs = case.y[rows[:n_obs]]
+    X_new = case.X.iloc[rows].reset_index(drop=True)
+    X_new["ID"] = "a-new-task"
+    before = (X_obs.copy(), y_obs.copy(), X_new.copy())
+    mean, std = est.forecast(X_obs, y_obs, X_new)
+    assert mean.shape == std.shape == (len(rows),) + case.y.shape[1:]
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std >= 0)
+    flipped = est.forecast(X_obs.iloc[::-1], y_obs[::-1], X_new)
+    np.testing.assert_array_equal(flipped[0], mean)
+    np.testing.assert_array_equal(flipped[1], std)
+    again = est.forecast(X_obs, y_obs, X_new)
+    np.testing.assert_array_equal(again[0], mean)
+    pd.testing.assert_frame_equal(X_obs, before[0])
+    np.testing.assert_array_equal(y_obs, before[1])
+    pd.testing.assert_frame_equal(X_new, before[2])
+    assert est._contexts == {}  # forecast stores nothing
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    cases(max_tasks=12, max_size=12, max_distinct=12, n_inputs=(1, 2), n_outputs=(2, 3)),
+    st.booleans(),
+    st.integers(1, 3),
+)
+def test_several_outputs_2d_inputs_and_conditioning_fuzz(case, correlated, n_obs):
+    # Several outputs with holes, modelled jointly or independently, on 1-D or 2-D
+    # inputs; new tasks conditioned on 1 to 3 points.
+    X0, y0 = case.X.copy(), case.y.copy()
+    est = _fit(case, correlated_outputs=correlated, max_iter=3)
+    pd.testing.assert_frame_equal(case.X, X0)
+    np.testing.assert_array_equal(case.y, y0)
+    if est is None:
+        y = case.y.reshape(len(case.y), -1)
+        assert (
+            int(case.codes.max()) + 1 < 2
+            or not _observed_tasks(case).all()
+            or np.isnan(y).all(axis=0).any()
+        )
+        return
+    assert est.model_.n_joint_outputs == (case.y.shape[1] if correlated else 1)
+    mean, proba = _check_predictions(est, case)
+    _check_conditioning(est, case, n_obs)
+    _check_permutation_invariance(
+        case,
+        mean,
+        proba,
+        seed=len(case.X),
+        keep_task_order=False,
+        correlated_outputs=correlated,
+        max_iter=3,
+    )
+    pd.testing.assert_frame_equal(case.X, X0)
+    np.testing.assert_array_equal(case.y, y0)
