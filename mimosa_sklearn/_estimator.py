@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MagmaClusterRegressor"]
 
+# Fitted tables left out of the saved state and rebuilt from arrays on loading, so that
+# the state holds no pandas objects (which skops would ask the user to trust).
+_REBUILT_ON_LOAD = ("memberships_", "_mean_processes")
+
 
 def _fit_module():
     """Import the fit lazily so that ``import mimosa_sklearn`` stays light (no JAX)."""
@@ -318,12 +322,20 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         return tags
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle state (see :mod:`mimosa_sklearn._persistence`)."""
-        return pack_state(super().__getstate__())
+        """State to save, as plain data (see :mod:`mimosa_sklearn._persistence`).
+
+        Tables are left out: they are rebuilt on loading from the arrays they show.
+        """
+        state = super().__getstate__()
+        return pack_state({k: v for k, v in state.items() if k not in _REBUILT_ON_LOAD})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore a pickled estimator, refusing pickles from incompatible versions."""
+        """Restore a saved estimator, refusing states of another persistence format or
+        of an incompatible version."""
         super().__setstate__(unpack_state(state, type(self).__name__))
+        if "model_" in self.__dict__:
+            self.memberships_ = self._memberships_frame()
+            self._mean_processes = None
 
     # ------------------------------------------------------------------ input validation
 
@@ -430,13 +442,8 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         # model_ row of each training task (task_ids_ order).
         self._model_rows = td.task_index
         self.weights_ = np.asarray(model.weights, dtype=np.float64).copy()
-        tau = np.asarray(model.tau, dtype=np.float64)[td.task_index]
-        self.memberships_ = pd.DataFrame(
-            tau,
-            index=pd.Index(task_ids, name=self._task_col_label()),
-            columns=pd.RangeIndex(tau.shape[1], name="cluster"),
-        )
-        self.labels_ = tau.argmax(axis=1)
+        self.memberships_ = self._memberships_frame()
+        self.labels_ = self.memberships_.to_numpy().argmax(axis=1)
         self.elbo_ = np.asarray(model.elbo_history, dtype=np.float64).copy()
         self.n_iter_ = int(model.n_iter)
         self.converged_ = bool(model.converged)
@@ -458,6 +465,15 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         return self
 
     # ------------------------------------------------------------------ fitted views
+
+    def _memberships_frame(self) -> pd.DataFrame:
+        """``memberships_`` from the fitted model's memberships, rows in task id order."""
+        tau = np.asarray(self.model_.tau, dtype=np.float64)[self._model_rows]
+        return pd.DataFrame(
+            tau,
+            index=pd.Index(self.task_ids_, name=self._task_col_label()),
+            columns=pd.RangeIndex(tau.shape[1], name="cluster"),
+        )
 
     @property
     def mean_processes_(self) -> pd.DataFrame:
