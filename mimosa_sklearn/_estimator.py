@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,12 +27,17 @@ from ._data import build_task_data, encode_task_ids
 from ._memory import check_fit_memory
 from ._persistence import pack_state, unpack_state
 from ._predicting import ForecastMixin
+from ._progress import Progress
 from ._validation import Rows, check_observed, validate_rows, validate_y
 
 if TYPE_CHECKING:
     from ._fitted import FittedMagma
 
 __all__ = ["MagmaClusterRegressor"]
+
+# Fitted tables left out of the saved state and rebuilt from arrays on loading, so that
+# the state holds no pandas objects (which skops would ask the user to trust).
+_REBUILT_ON_LOAD = ("memberships_", "_mean_processes")
 
 
 def _fit_module():
@@ -332,12 +337,20 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         return tags
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle state (see :mod:`mimosa_sklearn._persistence`)."""
-        return pack_state(super().__getstate__())
+        """State to save, as plain data (see :mod:`mimosa_sklearn._persistence`).
+
+        Tables are left out: they are rebuilt on loading from the arrays they show.
+        """
+        state = super().__getstate__()
+        return pack_state({k: v for k, v in state.items() if k not in _REBUILT_ON_LOAD})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore a pickled estimator, refusing pickles from incompatible versions."""
+        """Restore a saved estimator, refusing states of another persistence format or
+        of an incompatible version."""
         super().__setstate__(unpack_state(state, type(self).__name__))
+        if "model_" in self.__dict__:
+            self.memberships_ = self._memberships_frame()
+            self._mean_processes = None
 
     # ------------------------------------------------------------------ input validation
 
@@ -449,7 +462,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             n_rows=n_tasks * tasks.n_rows,
             approximate=inducing is not None,
         )
-        with _progress(self.verbose, self.max_iter) as callback:
+        with Progress(self.verbose, self.max_iter) as callback:
             try:
                 if inducing is None:
                     model = fit_module.fit_magma(tasks, td.grid, config, callback, start=start)
@@ -478,11 +491,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             # model_ row of each training task (task_ids_ order).
             "_model_rows": td.task_index,
             "weights_": np.asarray(model.weights, dtype=np.float64).copy(),
-            "memberships_": pd.DataFrame(
-                tau,
-                index=pd.Index(task_ids, name=self._task_col_label()),
-                columns=pd.RangeIndex(tau.shape[1], name="cluster"),
-            ),
+            "memberships_": _memberships_table(tau, task_ids, self._task_col_label()),
             "labels_": tau.argmax(axis=1),
             "elbo_": np.asarray(model.elbo_history, dtype=np.float64).copy(),
             "n_iter_": int(model.n_iter),
@@ -524,6 +533,11 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
 
     # ------------------------------------------------------------------ fitted views
 
+    def _memberships_frame(self) -> pd.DataFrame:
+        """``memberships_`` from the fitted model's memberships, rows in task id order."""
+        tau = np.asarray(self.model_.tau, dtype=np.float64)[self._model_rows]
+        return _memberships_table(tau, self.task_ids_, self._task_col_label())
+
     @property
     def mean_processes_(self) -> pd.DataFrame:
         """DataFrame: hyperposterior of the mean processes on the training grid.
@@ -548,6 +562,15 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         return self._mean_processes
 
 
+def _memberships_table(tau: np.ndarray, task_ids: np.ndarray, name: str) -> pd.DataFrame:
+    """Memberships (T, K) as a table indexed by task id, one column per cluster."""
+    return pd.DataFrame(
+        tau,
+        index=pd.Index(task_ids, name=name),
+        columns=pd.RangeIndex(tau.shape[1], name="cluster"),
+    )
+
+
 # Settings that shape the fitted model: a warm start needs them unchanged.
 _MODEL_SHAPING = (
     "n_clusters",
@@ -563,29 +586,3 @@ _MODEL_SHAPING = (
 )
 # Attributes that scikit-learn's validate_data sets on the estimator during fit.
 _VALIDATION_ATTRS = ("n_features_in_", "feature_names_in_")
-
-
-class _progress:
-    """Context manager yielding the EM callback: a tqdm bar when verbose, else None."""
-
-    def __init__(self, verbose: int, total: int) -> None:
-        self.verbose = verbose
-        self.total = total
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int, float], None] | None:
-        if not self.verbose:
-            return None
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=self.total, desc="MagmaClust EM", unit="iter")
-
-        def callback(iteration: int, elbo: float) -> None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"ELBO={float(elbo):.6g}")
-
-        return callback
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -20,7 +20,6 @@ import numpy as np
 from ._kernels import SharingLayout, count_trainable, kernel_hyperparameters
 from ._outputs import FullCov, stack_inputs, stack_observed, stack_rows, unstack_spread
 from ._padded import Padded, concat, empty, take
-from ._persistence import to_device_tree, to_host
 from .core import predict as core_predict
 from .core import runtime
 from .core.compile import to_device
@@ -153,23 +152,6 @@ class FittedMagma:
         self.n_joint_outputs = int(joint_outputs)
         self.input_grid = None if input_grid is None else np.asarray(input_grid, np.float64)
         self.n_outputs = int(tasks.y.shape[-1])
-
-    # -- persistence: arrays as numpy, modules through cloudpickle (_persistence)
-    def __getstate__(self):
-        import cloudpickle
-
-        state = self.__dict__.copy()
-        for key in ("model", "config"):
-            state[key] = cloudpickle.dumps(to_host(state[key]))
-        return state
-
-    def __setstate__(self, state):
-        import pickle
-
-        for key in ("model", "config"):
-            state[key] = pickle.loads(state[key])
-        state["model"] = to_device_tree(state["model"])
-        self.__dict__.update(state)
 
     # -- views
     @property

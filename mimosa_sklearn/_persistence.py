@@ -1,29 +1,36 @@
-"""Pickling: what of a fitted estimator travels how, and which versions may load it.
+"""Saving a fitted estimator: its state as plain data, and which states may load.
 
-kernax kernels hold jitted functions that stdlib ``pickle`` rejects, so attributes that
-hold equinox modules (the fitted model, user kernels, conditioned tasks' contexts) travel
-as cloudpickle bytes. JAX arrays travel as numpy arrays and come back on the device in
-float64 (:func:`to_host`, :func:`to_device_tree`): unpickled as JAX arrays outside
-``jax.enable_x64`` they would silently become float32. A pickle records the package
-version; one from an incompatible version (another major, or another minor before
-1.0) is refused with a message naming both.
+An estimator's ``__getstate__`` returns :func:`pack_state` of its attributes: every value
+through :func:`._spec.encode` (equinox modules, JAX arrays and the package's own objects
+become nested dicts, lists, tuples, strings, numbers and numpy arrays), plus two
+versions. That state is what pickle, joblib and skops store; ``skops.io`` then needs to
+trust only the estimator's class (and a user's own kernel classes, saved by reference).
+
+Two versions guard loading (:func:`unpack_state`):
+
+- the persistence format, :data:`FORMAT`: how the state is written. A state of another
+  format is refused, naming both formats and versions (a newer one: upgrade; an older
+  one, or none, which is a pickle from before formats existed: install the version
+  that saved it, or refit);
+- the package version: what the attributes mean. A state from an incompatible version
+  (another major, or another minor before 1.0) is refused with a message naming both.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
-import sys
 from typing import Any
 
+from ._spec import decode, encode
 from ._version import __version__
 
-__all__ = ["pack_state", "to_device_tree", "to_host", "unpack_state"]
+__all__ = ["FORMAT", "pack_state", "unpack_state"]
 
-# Marker of estimator attributes stored as cloudpickle bytes inside a pickle.
-_CLOUDPICKLED = "__cloudpickled__"
-# Attributes that may hold equinox modules deep inside containers.
-_ALWAYS_CLOUDPICKLED = ("_contexts",)
+# Version of the layout of saved states (the kinds of values of ._spec, the keys
+# below). Raise it when a state it writes can no longer be read by the previous code.
+FORMAT = 1
+_FORMAT_KEY = "_mimosa_format"
 _VERSION_KEY = "_mimosa_version"
 
 
@@ -32,94 +39,61 @@ def _package_version() -> str:
 
 
 def _compat_key(version: str) -> tuple[int, ...]:
-    """Part of a version that must match for pickles to load (semver; 0.x: the minor)."""
+    """Part of a version that must match for states to load (semver; 0.x: the minor)."""
     parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
     parts += [0] * (2 - len(parts))
     return (parts[0],) if parts[0] >= 1 else (0, parts[1])
 
 
-def _cloudpickle() -> Any:
-    """cloudpickle: a dependency of joblib >= 1.6, vendored by older joblib."""
-    try:
-        import cloudpickle
-    except ImportError:  # pragma: no cover - joblib < 1.6
-        from joblib.externals import cloudpickle
-    return cloudpickle
+def pack_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An estimator's attributes as plain data, with the format and package versions.
+
+    The caller's dict is not modified.
+    """
+    packed = {key: encode(value) for key, value in state.items()}
+    packed[_FORMAT_KEY] = FORMAT
+    packed[_VERSION_KEY] = _package_version()
+    return packed
 
 
-def _is_equinox_module(value: Any) -> bool:
-    """True for equinox modules, without importing equinox when nobody else did."""
-    eqx = sys.modules.get("equinox")
-    return eqx is not None and isinstance(value, eqx.Module)
-
-
-def _is_cloudpickled(value: Any) -> bool:
-    """True for the ``(marker, bytes)`` pairs written by :func:`pack_state`."""
+def _format_error(owner: str, saved_format: Any, saved: str | None) -> str:
+    by = f"mimosa_sklearn {saved}" if saved else "another mimosa_sklearn"
+    if saved_format is None:
+        written = f"no persistence format (a pickle from before format {FORMAT})"
+    else:
+        written = f"persistence format {saved_format}"
+    if isinstance(saved_format, int) and saved_format > FORMAT:
+        advice = f"Upgrade mimosa_sklearn{f' to {saved} or later' if saved else ''} to load it"
+    else:
+        advice = "Load it with the mimosa_sklearn that saved it"
     return (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and value[0] == _CLOUDPICKLED
-        and isinstance(value[1], bytes)
+        f"This {owner} was saved by {by} in {written}; mimosa_sklearn "
+        f"{_package_version()} reads persistence format {FORMAT}. {advice}, or refit "
+        "the model."
     )
 
 
-def pack_state(state: dict[str, Any]) -> dict[str, Any]:
-    """An estimator's ``__dict__`` ready for pickle: equinox modules (with numpy
-    leaves) and conditioned tasks' contexts as cloudpickle bytes, and the package
-    version."""
-    cloudpickle = _cloudpickle()
-    state = dict(state)
-    for key, value in state.items():
-        if _is_equinox_module(value):
-            state[key] = (_CLOUDPICKLED, cloudpickle.dumps(to_host(value)))
-        elif key in _ALWAYS_CLOUDPICKLED and value:
-            state[key] = (_CLOUDPICKLED, cloudpickle.dumps(value))
-    state[_VERSION_KEY] = _package_version()
-    return state
-
-
 def unpack_state(state: dict[str, Any], owner: str) -> dict[str, Any]:
-    """The inverse of :func:`pack_state`, refusing pickles from incompatible versions.
+    """The attributes that :func:`pack_state` saved, refusing states of another format
+    or of an incompatible package version.
 
     Raises
     ------
     pickle.UnpicklingError
-        When the pickle's version is incompatible with this one (``owner`` names the
-        class in the message).
+        When the state's format or package version cannot be loaded (``owner`` names
+        the class in the message), or when it names a class or function outside
+        kernax and mimosa_sklearn (:func:`._spec.decode`).
     """
     state = dict(state)
+    saved_format = state.pop(_FORMAT_KEY, None)
     saved = state.pop(_VERSION_KEY, None)
+    if saved_format != FORMAT:
+        raise pickle.UnpicklingError(_format_error(owner, saved_format, saved))
     current = _package_version()
     if saved is not None and _compat_key(saved) != _compat_key(current):
         raise pickle.UnpicklingError(
-            f"This {owner} was pickled with mimosa_sklearn {saved} and cannot be loaded "
+            f"This {owner} was saved with mimosa_sklearn {saved} and cannot be loaded "
             f"with mimosa_sklearn {current} (incompatible versions). Install "
             f"mimosa_sklearn=={saved} to load it, or refit the model."
         )
-    for key, value in state.items():
-        if _is_cloudpickled(value):
-            value = pickle.loads(value[1])
-            # Modules (user kernels) travelled with numpy leaves: back in float64.
-            state[key] = to_device_tree(value) if _is_equinox_module(value) else value
-    return state
-
-
-def to_host(tree: Any) -> Any:
-    """``tree`` with its JAX arrays as numpy arrays."""
-    import jax
-    import numpy as np
-
-    return jax.tree.map(lambda a: np.asarray(a) if isinstance(a, jax.Array) else a, tree)
-
-
-def to_device_tree(tree: Any) -> Any:
-    """``tree`` with its numpy arrays on the device, dtypes kept (float64 included)."""
-    import jax
-    import numpy as np
-
-    from .core import runtime
-    from .core.compile import to_device
-
-    with runtime.jax_scope():
-        return jax.tree.map(lambda a: to_device(a) if isinstance(a, np.ndarray) else a, tree)
+    return decode(state)
