@@ -11,7 +11,8 @@ its examples inside few buckets (at most 8 tasks of at most 8 rows, at most 8 di
 inputs, one input, one output, two clusters), runs few of them, and derandomises
 hypothesis so that CI runs the same examples every time. The full ranges (1..50 tasks of 1..60 rows, 1..3 inputs, 1..3 outputs)
 run under ``@pytest.mark.slow``, and so do several outputs with holes (modelled jointly
-or independently) on 1-D and 2-D inputs with new tasks conditioned on 1 to 3 points.
+or independently) on 1-D and 2-D inputs with new tasks conditioned on 1 to 3 points,
+and skops round-trips of these fits.
 """
 
 from __future__ import annotations
@@ -427,6 +428,21 @@ def _check_conditioning(est: MagmaClusterRegressor, case: Case, n_obs: int) -> N
     assert est._contexts == {}  # forecast stores nothing
 
 
+def _check_skops_round_trip(est: MagmaClusterRegressor, case: Case) -> None:
+    """Through skops, trusting only mimosa_sklearn types: the same predictions."""
+    import skops.io as sio
+
+    blob = sio.dumps(est)
+    untrusted = sio.get_untrusted_types(data=blob)
+    assert untrusted and all(t.startswith("mimosa_sklearn.") for t in untrusted), untrusted
+    loaded = sio.loads(blob, trusted=untrusted)
+    for a, b in zip(
+        loaded.predict(case.X, return_std=True), est.predict(case.X, return_std=True), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.predict_proba(case.X), est.predict_proba(case.X))
+
+
 @pytest.mark.slow
 @settings(
     max_examples=12,
@@ -457,6 +473,7 @@ def test_several_outputs_2d_inputs_and_conditioning_fuzz(case, correlated, n_obs
     assert est.model_.n_joint_outputs == (case.y.shape[1] if correlated else 1)
     mean, proba = _check_predictions(est, case)
     _check_conditioning(est, case, n_obs)
+    _check_skops_round_trip(est, case)
     _check_permutation_invariance(
         case,
         mean,
