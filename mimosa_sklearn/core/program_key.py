@@ -12,7 +12,8 @@ A key is computed before tracing, so everything that shapes the program must be 
 - the program (:func:`program_key`): the function's module and name, the compiler
   options, every ``jax.config`` value as it reads in the call (``jax_enable_x64``
   among them), the static (non-array) part of the arguments with their pytree
-  structure, and the shape, dtype and weak type of every array argument.
+  structure, and the shape, dtype, weak type and memory kind of every array argument,
+  all on the one device of the backend (programs over several devices get no key).
 
 The static part is written with :func:`dumps`: a pickle in which every class and
 function is named by its module and name. Only objects of this package, kernax,
@@ -147,7 +148,7 @@ def _cpu_identity() -> str:
         return platform.node()
     fields = ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU part")
     kept = {line for line in lines if line.split(":")[0].strip() in fields}
-    return "\n".join(sorted(kept))
+    return "\n".join(sorted(kept)) or platform.node()
 
 
 def _cpus() -> tuple[int | None, int]:
