@@ -10,7 +10,8 @@ Run ``python benchmarks/house_record.py [--part elbo compiles]``.
   commits whose numbers agree to 1e-6 relative fit alike.
 - ``compiles``: XLA compilations (``jax_log_compiles``) of a first fit, ``condition`` and
   ``predict`` on synth_dev (K = 3) in a new process, and of the same three calls on a
-  second fold (40 of the 60 training tasks).
+  second fold (40 of the 60 training tasks). Counted with the compiled-program cache
+  off, so that programs compiled by an earlier run are compiled again.
 - ``warm`` (not run by default): the speed benchmark's 1000-task fit three times in one
   process, once cold and twice warm; prints the three times. For an A/B of two commits,
   run it in alternating processes at each (e.g. from a ``git worktree``).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import warnings
 
 import numpy as np
@@ -68,6 +70,7 @@ class _Counter(logging.Handler):
 
 
 def compiles() -> None:
+    os.environ["MIMOSA_SKLEARN_CACHE_DIR"] = ""
     import jax
 
     from mimosa_sklearn import MagmaClusterRegressor

@@ -1,9 +1,17 @@
 """Fixtures shared by the estimator's test modules: small synth_dev fits (module scope).
 
 Test modules that define a fixture of the same name use their own.
+
+Compiled programs go to a cache folder of the test session, never to the user's: the
+xdist workers (and the processes tests start) share it, so a program compiled by one
+is loaded by the others.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -11,6 +19,22 @@ import pytest
 from estimator_data import N_TASKS, fit, fresh_copy, subset
 
 from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn.core import cache
+
+_CACHE_FOLDER = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    # xdist workers inherit the folder of the process that started them.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="mimosa-sklearn-test-cache-")
+        config.stash[_CACHE_FOLDER] = folder
+        os.environ[cache.DIR_ENV] = folder
+
+
+def pytest_unconfigure(config):
+    if _CACHE_FOLDER in config.stash:
+        shutil.rmtree(config.stash[_CACHE_FOLDER], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ Memory maps of compiled code
     reached that cap. :func:`release_compiled_code_if_needed`, called on entry to every
     core computation, clears JAX's compilation caches (:func:`jax.clear_caches`) once
     the process holds half of its allowed maps: later calls recompile, none crash.
+    Holders of other compiled programs (:mod:`mimosa_sklearn.core.compile`) drop them
+    at the same time (:func:`on_release`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import gc
 import logging
 import os
 import warnings
+from collections.abc import Callable
 
 import jax
 
@@ -44,6 +47,7 @@ __all__ = [
     "ensure_safe_cpu_backend",
     "jaxlib_is_exposed",
     "release_compiled_code_if_needed",
+    "on_release",
     "memory_map_count",
     "GUARD_ENV",
     "MAP_LIMIT_ENV",
@@ -56,6 +60,7 @@ MAP_LIMIT_ENV = "MIMOSA_SKLEARN_MAX_MAP_COUNT"
 # takes ~1000 maps, far below half of the default 65530, so one call never overflows.
 _MAP_FRACTION = 0.5
 _state = {"checked": False, "releases": 0}
+_release_hooks: list[Callable[[], None]] = []
 _log = logging.getLogger(__name__)
 
 
@@ -147,6 +152,12 @@ def _map_limit() -> int | None:
         return None
 
 
+def on_release(hook: Callable[[], None]) -> None:
+    """Have :func:`release_compiled_code_if_needed` call ``hook`` when it releases
+    compiled code (``hook`` drops its own references to compiled programs)."""
+    _release_hooks.append(hook)
+
+
 def release_compiled_code_if_needed() -> bool:
     """Clear JAX's compilation caches when the process nears its memory-map limit.
 
@@ -159,6 +170,8 @@ def release_compiled_code_if_needed() -> bool:
     if count is None or count < _MAP_FRACTION * limit:
         return False
     jax.clear_caches()
+    for hook in _release_hooks:
+        hook()
     gc.collect()
     _state["releases"] += 1
     _log.info(
