@@ -354,6 +354,16 @@ _FAST = settings(
 )
 
 
+def _slow(max_examples: int):
+    """Settings of the slow tier's fuzz: the same examples every run."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
 @_FAST
 @given(cases(max_tasks=8, max_size=8, max_distinct=8))
 def test_fit_predict_fuzz(case):
@@ -368,12 +378,7 @@ def test_fit_predict_fuzz(case):
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@_slow(max_examples=25)
 @given(
     cases(max_tasks=50, max_size=60, max_distinct=40, n_inputs=(1, 2, 3), n_outputs=(1, 2, 3)),
     st.integers(1, 3),
@@ -444,12 +449,7 @@ def _check_skops_round_trip(est: MagmaClusterRegressor, case: Case) -> None:
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=12,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@_slow(max_examples=12)
 @given(
     cases(max_tasks=12, max_size=12, max_distinct=12, n_inputs=(1, 2), n_outputs=(2, 3)),
     st.booleans(),
