@@ -16,15 +16,20 @@ programs then fall back to XLA's defaults for the rest of the process.
 Compiled programs on disk
     A new process used to trace, lower and compile every program again. For a first
     fit + condition + predict on synth_dev (60 tasks, K = 3; 2-core CPU, jax 0.10.2)
-    that was 3.7 s of work for 0.3 s warm: tracing 0.8 s, lowering to StableHLO
-    0.3 s, XLA compilation 1.9 s (JAX's duration events), the rest execution and
-    Python. JAX's persistent compilation cache would only skip the compilation, and it
-    is switched on through the global ``jax.config`` (its folder, once per process),
-    which must stay the user's. So each program's executable is serialised instead
+    that was 3.9 s of work for 0.32 s warm: tracing 0.9 s, lowering to StableHLO
+    0.3 s, XLA compilation 2.2 s (JAX's duration events), the rest execution and
+    Python. JAX's persistent compilation cache would only skip the compilation (and
+    keep the 1.2 s of tracing and lowering), and it cannot be confined to our
+    programs in jax 0.10.2: whether it is used and its folder are read from the global
+    ``jax.config`` once per process, and setting it up writes a global option
+    (``jax_persistent_cache_min_entry_size_bytes``). So each program's executable is
+    serialised instead
     (:mod:`jax.experimental.serialize_executable`) under a key computed *before*
     tracing (:mod:`mimosa_sklearn.core.program_key`) and stored in the user's cache
-    folder (:mod:`mimosa_sklearn.core.cache`). A hit skips all three stages: loading
-    the five programs of that run takes about 0.2 s.
+    folder (:mod:`mimosa_sklearn.core.cache`). A hit skips all three stages: the same
+    calls take 0.88 s in a new process, 0.16 s of it loading the five programs
+    (``benchmarks/results/compile_cache.md``). Writing them costs a first process
+    0.08 s (2%).
 
     The price is that a key computed without tracing must pin everything that shapes
     the program. Programs whose arguments cannot be pinned (a user's own kernel class
