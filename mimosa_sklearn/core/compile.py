@@ -114,7 +114,28 @@ def _aval(x: jax.Array) -> tuple:
     return x.shape, x.dtype, x.weak_type, x.sharding
 
 
-def _serialize(compiled: jax.stages.Compiled) -> bytes:
+def _custom_calls(lowered: jax.stages.Lowered) -> set[str]:
+    """The targets of the custom calls in a lowered program."""
+    names = set()
+
+    def walk(op):
+        for region in op.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    if inner.operation.name == "stablehlo.custom_call":
+                        names.add(str(inner.attributes["call_target_name"]).strip('"'))
+                    walk(inner.operation)
+
+    walk(lowered.compiler_ir("stablehlo").operation)
+    return names
+
+
+def _serialize(compiled: jax.stages.Compiled, lowered: jax.stages.Lowered) -> bytes:
+    # A loaded program skips lowering, where custom-call kernels are set up: only
+    # LAPACK's are set up again before loading (_lapack_ready).
+    other = {name for name in _custom_calls(lowered) if not name.startswith("lapack_")}
+    if other:
+        raise program_key.Uncacheable(f"custom calls {sorted(other)} may need set-up")
     executable, _, out_tree = serialize_executable.serialize(compiled)
     # The output structure holds the static outputs; one that does not come back equal
     # (an object compared by identity) would make a hit return other objects.
@@ -235,10 +256,11 @@ class _Program:
             else:
                 _log.debug("Loaded %s from the cache (%s).", self.name, key)
                 return compiled
-        compiled = self.jitted[tuned].lower(dynamic, static).compile()
+        lowered = self.jitted[tuned].lower(dynamic, static)
+        compiled = lowered.compile()
         if key is not None:
             try:
-                cache.write(key, _serialize(compiled))
+                cache.write(key, _serialize(compiled, lowered))
             except (program_key.Uncacheable, ValueError, NotImplementedError) as err:
                 _log.debug("%s cannot be written to the cache: %s", self.name, err)
         return compiled
