@@ -26,7 +26,8 @@ Compiled programs on disk
     serialised instead
     (:mod:`jax.experimental.serialize_executable`) under a key computed *before*
     tracing (:mod:`mimosa_sklearn.core.program_key`) and stored in the user's cache
-    folder (:mod:`mimosa_sklearn.core.cache`). A hit skips all three stages: the same
+    folder (:mod:`mimosa_sklearn.core.cache`; :mod:`mimosa_sklearn.core.executable`
+    writes and loads the executables). A hit skips all three stages: the same
     calls take 0.88 s in a new process, 0.16 s of it loading the five programs
     (``benchmarks/results/compile_cache.md``). Writing them costs a first process
     0.08 s (2%).
@@ -56,9 +57,8 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
-from jax.experimental import serialize_executable
 
-from . import cache, program_key, runtime
+from . import cache, executable, program_key, runtime
 
 __all__ = ["jit", "to_device", "COMPILER_OPTIONS", "options_in_use", "forget_compiled"]
 
@@ -112,64 +112,6 @@ def _traced(fn: Callable) -> Callable:
 
 def _aval(x: jax.Array) -> tuple:
     return x.shape, x.dtype, x.weak_type, x.sharding
-
-
-def _custom_calls(lowered: jax.stages.Lowered) -> set[str]:
-    """The targets of the custom calls in a lowered program."""
-    names = set()
-
-    def walk(op):
-        for region in op.regions:
-            for block in region.blocks:
-                for inner in block.operations:
-                    if inner.operation.name == "stablehlo.custom_call":
-                        names.add(str(inner.attributes["call_target_name"]).strip('"'))
-                    walk(inner.operation)
-
-    walk(lowered.compiler_ir("stablehlo").operation)
-    return names
-
-
-def _serialize(compiled: jax.stages.Compiled, lowered: jax.stages.Lowered) -> bytes:
-    # A loaded program skips lowering, where custom-call kernels are set up: only
-    # LAPACK's are set up again before loading (_lapack_ready).
-    other = {name for name in _custom_calls(lowered) if not name.startswith("lapack_")}
-    if other:
-        raise program_key.Uncacheable(f"custom calls {sorted(other)} may need set-up")
-    executable, _, out_tree = serialize_executable.serialize(compiled)
-    # The output structure holds the static outputs; one that does not come back equal
-    # (an object compared by identity) would make a hit return other objects.
-    try:
-        same = program_key.loads(program_key.dumps(out_tree)) == out_tree
-    except Exception:  # an object that cannot be loaded or compared
-        same = False
-    if not same:
-        raise program_key.Uncacheable("the output structure does not survive pickling")
-    return program_key.dumps((executable, out_tree))
-
-
-@functools.cache
-def _lapack_ready() -> bool:
-    """Set up jaxlib's LAPACK kernels, as lowering a program that uses them does.
-
-    A program loaded from disk skips lowering, and its Cholesky factorisations then
-    call kernels that were never set up: the process segfaults (jax 0.10.2). Without
-    JAX's set-up function (a later JAX moved it), no program is loaded.
-    """
-    try:
-        from jax._src.lax.linalg import initialize_lapack
-    except ImportError:
-        return False
-    initialize_lapack()
-    return True
-
-
-def _deserialize(payload: bytes, dynamic: tuple) -> jax.stages.Compiled:
-    if not _lapack_ready():
-        raise RuntimeError("this JAX cannot prepare loaded programs")
-    executable, out_tree = program_key.loads(payload)
-    in_tree = jax.tree.structure(((dynamic,), {}))
-    return serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
 
 
 class _Program:
@@ -250,7 +192,7 @@ class _Program:
         payload = None if key is None else cache.read(key)
         if payload is not None:
             try:
-                compiled = _deserialize(payload, dynamic)
+                compiled = executable.load(payload, dynamic)
             except Exception as err:  # an entry from a broken write: rebuild it
                 _log.info("Ignoring the cache entry %s of %s: %s", key, self.name, err)
             else:
@@ -260,7 +202,7 @@ class _Program:
         compiled = lowered.compile()
         if key is not None:
             try:
-                cache.write(key, _serialize(compiled, lowered))
+                cache.write(key, executable.dump(compiled, lowered))
             except (program_key.Uncacheable, ValueError, NotImplementedError) as err:
                 _log.debug("%s cannot be written to the cache: %s", self.name, err)
         return compiled

@@ -187,24 +187,6 @@ def test_an_entry_of_another_environment_is_not_used(cache_dir, caplog, monkeypa
     assert len(set(cache_dir.iterdir()) - written) == len(written)
 
 
-def test_only_programs_whose_custom_calls_are_set_up_on_loading_are_written():
-    # LAPACK kernels are set up before loading; a callback (or anything else that
-    # lowering alone prepares) keeps its program off the disk.
-    def factor(x):
-        return jnp.linalg.cholesky(x @ x.T + jnp.eye(3))
-
-    def with_callback(x):
-        return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
-
-    x = jnp.ones((3, 3))
-    lowered = jax.jit(factor).lower(x)
-    assert any(n.startswith("lapack_") for n in core_compile._custom_calls(lowered))
-    assert core_compile._serialize(lowered.compile(), lowered)
-    lowered = jax.jit(with_callback).lower(x)
-    with pytest.raises(program_key.Uncacheable, match="custom calls"):
-        core_compile._serialize(lowered.compile(), lowered)
-
-
 def test_functions_outside_the_package_never_reach_the_disk(cache_dir):
     double = core_compile.jit(lambda x: 2 * x)
     np.testing.assert_array_equal(np.asarray(double(jnp.arange(3.0))), [0.0, 2.0, 4.0])
