@@ -16,15 +16,21 @@ programs then fall back to XLA's defaults for the rest of the process.
 Compiled programs on disk
     A new process used to trace, lower and compile every program again. For a first
     fit + condition + predict on synth_dev (60 tasks, K = 3; 2-core CPU, jax 0.10.2)
-    that was 3.7 s of work for 0.3 s warm: tracing 0.8 s, lowering to StableHLO
-    0.3 s, XLA compilation 1.9 s (JAX's duration events), the rest execution and
-    Python. JAX's persistent compilation cache would only skip the compilation, and it
-    is switched on through the global ``jax.config`` (its folder, once per process),
-    which must stay the user's. So each program's executable is serialised instead
+    that was 3.9 s of work for 0.32 s warm: tracing 0.9 s, lowering to StableHLO
+    0.3 s, XLA compilation 2.2 s (JAX's duration events), the rest execution and
+    Python. JAX's persistent compilation cache would only skip the compilation (and
+    keep the 1.2 s of tracing and lowering), and it cannot be confined to our
+    programs in jax 0.10.2: whether it is used and its folder are read from the global
+    ``jax.config`` once per process, and setting it up writes a global option
+    (``jax_persistent_cache_min_entry_size_bytes``). So each program's executable is
+    serialised instead
     (:mod:`jax.experimental.serialize_executable`) under a key computed *before*
     tracing (:mod:`mimosa_sklearn.core.program_key`) and stored in the user's cache
-    folder (:mod:`mimosa_sklearn.core.cache`). A hit skips all three stages: loading
-    the five programs of that run takes about 0.2 s.
+    folder (:mod:`mimosa_sklearn.core.cache`; :mod:`mimosa_sklearn.core.executable`
+    writes and loads the executables). A hit skips all three stages: the same
+    calls take 0.88 s in a new process, 0.16 s of it loading the five programs
+    (``benchmarks/results/compile_cache.md``). Writing them costs a first process
+    0.08 s (2%).
 
     The price is that a key computed without tracing must pin everything that shapes
     the program. Programs whose arguments cannot be pinned (a user's own kernel class
@@ -51,9 +57,8 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
-from jax.experimental import serialize_executable
 
-from . import cache, program_key, runtime
+from . import cache, executable, program_key, runtime
 
 __all__ = ["jit", "to_device", "COMPILER_OPTIONS", "options_in_use", "forget_compiled"]
 
@@ -107,43 +112,6 @@ def _traced(fn: Callable) -> Callable:
 
 def _aval(x: jax.Array) -> tuple:
     return x.shape, x.dtype, x.weak_type, x.sharding
-
-
-def _serialize(compiled: jax.stages.Compiled) -> bytes:
-    executable, _, out_tree = serialize_executable.serialize(compiled)
-    # The output structure holds the static outputs; one that does not come back equal
-    # (an object compared by identity) would make a hit return other objects.
-    try:
-        same = program_key.loads(program_key.dumps(out_tree)) == out_tree
-    except Exception:  # an object that cannot be loaded or compared
-        same = False
-    if not same:
-        raise program_key.Uncacheable("the output structure does not survive pickling")
-    return program_key.dumps((executable, out_tree))
-
-
-@functools.cache
-def _lapack_ready() -> bool:
-    """Set up jaxlib's LAPACK kernels, as lowering a program that uses them does.
-
-    A program loaded from disk skips lowering, and its Cholesky factorisations then
-    call kernels that were never set up: the process segfaults (jax 0.10.2). Without
-    JAX's set-up function (a later JAX moved it), no program is loaded.
-    """
-    try:
-        from jax._src.lax.linalg import initialize_lapack
-    except ImportError:
-        return False
-    initialize_lapack()
-    return True
-
-
-def _deserialize(payload: bytes, dynamic: tuple) -> jax.stages.Compiled:
-    if not _lapack_ready():
-        raise RuntimeError("this JAX cannot prepare loaded programs")
-    executable, out_tree = program_key.loads(payload)
-    in_tree = jax.tree.structure(((dynamic,), {}))
-    return serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
 
 
 class _Program:
@@ -224,16 +192,17 @@ class _Program:
         payload = None if key is None else cache.read(key)
         if payload is not None:
             try:
-                compiled = _deserialize(payload, dynamic)
+                compiled = executable.load(payload, dynamic)
             except Exception as err:  # an entry from a broken write: rebuild it
                 _log.info("Ignoring the cache entry %s of %s: %s", key, self.name, err)
             else:
                 _log.debug("Loaded %s from the cache (%s).", self.name, key)
                 return compiled
-        compiled = self.jitted[tuned].lower(dynamic, static).compile()
+        lowered = self.jitted[tuned].lower(dynamic, static)
+        compiled = lowered.compile()
         if key is not None:
             try:
-                cache.write(key, _serialize(compiled))
+                cache.write(key, executable.dump(compiled, lowered))
             except (program_key.Uncacheable, ValueError, NotImplementedError) as err:
                 _log.debug("%s cannot be written to the cache: %s", self.name, err)
         return compiled

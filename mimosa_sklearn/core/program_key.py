@@ -42,6 +42,7 @@ from typing import Any
 import equinox
 import jax
 import jaxlib
+import kernax
 import lineax
 import numpy as np
 import optimistix
@@ -49,10 +50,13 @@ import optimistix
 __all__ = ["Uncacheable", "dumps", "loads", "environment", "program_key"]
 
 # Modules whose classes and functions may be named in a key, and what pins their code.
-_HASHED = ("mimosa_sklearn", "kernax")  # source files hashed
+_SOURCES = {  # source files hashed
+    "mimosa_sklearn": Path(__file__).resolve().parents[1],
+    "kernax": Path(kernax.__file__).resolve().parent,
+}
 _VERSIONED = {m.__name__: m.__version__ for m in (jax, jaxlib, equinox, optimistix, lineax, np)}
 _STANDARD = ("builtins", "copyreg", "collections", "functools", "operator", "_operator", "enum")
-_NAMEABLE = frozenset((*_HASHED, *_VERSIONED, *_STANDARD))
+_NAMEABLE = frozenset((*_SOURCES, *_VERSIONED, *_STANDARD))
 _PROTOCOL = 5
 
 
@@ -170,10 +174,7 @@ def environment() -> bytes:
             "python": sys.version,
             "versions": _VERSIONED,
             "package": package_version,
-            "sources": {
-                name: _tree_hash(Path(importlib.import_module(name).__file__).parent)
-                for name in _HASHED
-            },
+            "sources": {name: _tree_hash(root) for name, root in _SOURCES.items()},
             "backend": (
                 device.platform,
                 device.client.platform_version,
