@@ -19,17 +19,17 @@ import pytest
 from estimator_data import N_TASKS, fit, fresh_copy, subset
 
 from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn.core import cache
 
 _CACHE_FOLDER = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
-    # xdist workers inherit the folder of the process that started them.
+    # xdist workers inherit the folder of the process that started them. (The name is
+    # spelled out: importing mimosa_sklearn.core here would start JAX in every process.)
     if "PYTEST_XDIST_WORKER" not in os.environ:
         folder = tempfile.mkdtemp(prefix="mimosa-sklearn-test-cache-")
         config.stash[_CACHE_FOLDER] = folder
-        os.environ[cache.DIR_ENV] = folder
+        os.environ["MIMOSA_SKLEARN_CACHE_DIR"] = folder
 
 
 def pytest_unconfigure(config):
