@@ -1,8 +1,8 @@
 """Padded tasks -> the device batch the compiled programs take.
 
 :class:`._padded.Padded` tasks are already at bucketed shapes with their masks; here
-the grid is padded to its bucket (:func:`._padded.grid_bucket`), empty row slots point
-past the grid, and the arrays move to the device as a :class:`.core.params.TaskBatch`.
+the grid is padded (:func:`padded_grid_size`), empty row slots point past the grid,
+and the arrays move to the device as a :class:`.core.params.TaskBatch`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,35 @@ from ._padded import Padded, grid_bucket, take
 from .core.compile import to_device
 from .core.params import TaskBatch
 
-__all__ = ["make_batch", "shared_inputs"]
+__all__ = ["GRID_REUSE_WORK", "make_batch", "padded_grid_size", "shared_inputs"]
+
+#: How much more ``G^3`` work a fit may take on to reuse a padded grid size that an
+#: earlier fit of this process used: compiling an EM program costs seconds, while
+#: grids small enough for this to matter factorise in milliseconds.
+GRID_REUSE_WORK = 2.0
+
+# Padded grid sizes used by this process's fits, by the shapes of their tasks.
+_grid_sizes: dict[tuple, set[int]] = {}
+
+
+def padded_grid_size(g: int, shapes: tuple) -> int:
+    """The padded size of a grid of ``g`` points for tasks of ``shapes``.
+
+    Its bucket (:func:`._padded.grid_bucket`), unless an earlier fit in this process
+    padded tasks of the same ``shapes`` (slots, rows, inputs, outputs...) to a larger
+    size whose cubic work is at most :data:`GRID_REUSE_WORK` times that of ``g``
+    points: then the largest such size, and the programs compiled for it. The folds of
+    a cross-validation and the refit on all tasks have grids of slightly different
+    sizes (the union of their inputs), which would otherwise straddle bucket
+    boundaries and compile the EM program again. Padded grid points are masked, so the
+    model is the same; only the rounding of sums may differ (last bits).
+    """
+    own = grid_bucket(g)
+    used = _grid_sizes.setdefault(shapes, set())
+    limit = g * GRID_REUSE_WORK ** (1 / 3)
+    size = max((s for s in used if own <= s <= limit), default=own)
+    used.add(size)
+    return size
 
 
 def shared_inputs(tasks: Padded) -> bool:
@@ -38,20 +66,25 @@ def make_batch(
     *,
     task_chunk: int = 0,
     task_multiple: int = 1,
+    grid_size: int | None = None,
 ) -> TaskBatch:
     """The device batch of ``tasks`` on ``grid`` (G, I).
 
     Row grid indices come from ``tasks.mappings`` (None with the approximate grid,
     whose projection replaces them). ``task_chunk`` sets ``TaskBatch.task_chunk``; the
     number of task slots is made a multiple of ``task_multiple`` (the device count
-    when the task axis is sharded). Shared inputs are detected here
-    (:func:`shared_inputs`) and flagged on the batch.
+    when the task axis is sharded). ``grid_size`` is the padded grid size, by default
+    the grid's bucket (:func:`._padded.grid_bucket`); the parts of one fit must share
+    it. Shared inputs are detected here (:func:`shared_inputs`) and flagged on the
+    batch.
     """
     if tasks.n_slots % task_multiple:
         slots = -(-tasks.n_slots // task_multiple) * task_multiple
         tasks = take(tasks, np.arange(tasks.n_tasks), n_slots=slots)
     g = grid.shape[0]
-    gb = grid_bucket(g)
+    gb = grid_bucket(g) if grid_size is None else int(grid_size)
+    if gb < g:
+        raise ValueError(f"grid_size={gb} is smaller than the grid ({g} points)")
     maps = np.full(tasks.rows.shape, gb, dtype=np.int32)
     if tasks.mappings is not None:
         maps[tasks.rows] = tasks.mappings[tasks.rows]

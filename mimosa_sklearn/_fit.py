@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _parts
-from ._batching import make_batch
+from ._batching import make_batch, padded_grid_size
 from ._data import build_grid, map_to_grid
 from ._fitted import FittedMagma
 from ._kernels import SharingLayout, correlated_params, default_params
@@ -142,10 +142,15 @@ def _max_parts(config: FitConfig, n_tasks: int) -> int:
 
 
 def make_parts(
-    tasks: Padded, grid: np.ndarray, config: FitConfig, max_parts: int
+    tasks: Padded,
+    grid: np.ndarray,
+    config: FitConfig,
+    max_parts: int,
+    grid_size: int | None = None,
 ) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
     """A batch in parts (:mod:`.core.parts`) of tasks grouped by length, or None when one
-    part is best (:func:`._parts.length_parts`).
+    part is best (:func:`._parts.length_parts`). All parts pad the grid to
+    ``grid_size`` (see :func:`._batching.make_batch`).
 
     Returns the parts and ``src``: the index in ``tasks`` of every stacked task slot (-1
     on empty slots).
@@ -160,7 +165,7 @@ def make_parts(
         chunk = config.task_chunk
         if chunk is None:
             chunk = auto_task_chunk(part.n_rows, config.n_clusters, part.y.shape[-1])
-        parts.append(make_batch(part, grid, task_chunk=chunk))
+        parts.append(make_batch(part, grid, task_chunk=chunk, grid_size=grid_size))
         slots = np.full(part.n_slots, -1, dtype=np.int64)
         slots[: index.size] = index
         src.append(slots)
@@ -301,7 +306,12 @@ def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
         grid_s = build_grid(stacked.x[stacked.rows])
         maps = np.zeros(stacked.rows.shape, dtype=np.int64)
         maps[stacked.rows] = map_to_grid(stacked.x[stacked.rows], grid_s)
-        batch = make_batch(dataclasses.replace(stacked, mappings=maps), grid_s)
+        shapes = (stacked.n_slots, stacked.n_rows, stacked.x.shape[-1], "joint")
+        batch = make_batch(
+            dataclasses.replace(stacked, mappings=maps),
+            grid_s,
+            grid_size=padded_grid_size(grid_s.shape[0], shapes),
+        )
         layout = _layout(config, batch.x.shape[0], 1)
         return _Problem(
             batch=batch,
@@ -319,13 +329,19 @@ def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
     chunk = config.task_chunk
     if chunk is None:
         chunk = auto_task_chunk(tasks.n_rows, config.n_clusters, o)
+    shapes = (tasks.n_slots, tasks.n_rows, tasks.x.shape[-1], o, tasks.mappings is None)
+    grid_size = padded_grid_size(grid.shape[0], shapes)
     batch = make_batch(
-        tasks, grid, task_chunk=chunk, task_multiple=1 if mesh is None else mesh.size
+        tasks,
+        grid,
+        task_chunk=chunk,
+        task_multiple=1 if mesh is None else mesh.size,
+        grid_size=grid_size,
     )
     tb = batch.x.shape[0]
     split = None
     if mesh is None:
-        split = make_parts(tasks, grid, config, _max_parts(config, t))
+        split = make_parts(tasks, grid, config, _max_parts(config, t), grid_size)
     em_batch, src = (batch, None) if split is None else split
     # Task-specific hyperparameters: one row per stacked task during the EM, one per
     # task slot of the one-part batch afterwards.

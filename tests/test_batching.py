@@ -97,3 +97,23 @@ def test_shared_inputs_ignore_empty_slots_but_not_mappings_of_real_rows():
     assert not _batching.shared_inputs(from_nan(x, y, other))
     x[2, 4] = 0.0  # one task has a real row where the others pad
     assert not _batching.shared_inputs(from_nan(x, y, maps))
+
+
+def test_padded_grid_size_reuses_a_larger_size_within_the_work_bound(monkeypatch):
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    shapes = (64, 32, 1, 1, False)
+    # Nothing used yet: the grid's own bucket.
+    assert _batching.padded_grid_size(189, shapes) == 192
+    # 194 points need the next bucket; from then on 224 is a size this process uses.
+    assert _batching.padded_grid_size(194, shapes) == 224
+    # 189 points may take 224 (cubic work (224/189)^3 = 1.66 <= 2): the largest size used.
+    assert _batching.padded_grid_size(189, shapes) == 224
+    # 150 points would pay (192/150)^3 = 2.1 > 2 for 192: own bucket 160.
+    assert _batching.padded_grid_size(150, shapes) == 160
+    # Other task shapes share nothing.
+    assert _batching.padded_grid_size(189, (32, 32, 1, 1, False)) == 192
+    # A size below the grid's own bucket is never taken.
+    assert _batching.padded_grid_size(200, shapes) == 224
+    with pytest.raises(ValueError, match="smaller than the grid"):
+        x, y, maps = _shared_data(2)
+        _batching.make_batch(from_nan(x, y, maps), np.arange(6.0)[:, None], grid_size=4)

@@ -143,3 +143,57 @@ def test_approximate_grid_with_correlated_outputs_is_refused():
     config = FitConfig(n_clusters=2, correlated_outputs=True)
     with pytest.raises(NotImplementedError, match="approximate grid with correlated"):
         _fit.fit_magma(from_nan(x, y), GRID[::2], config, approximate=True)
+
+
+def _compiled_em_programs() -> int:
+    from mimosa_sklearn.core import compile as core_compile
+
+    return sum(key[0].name.endswith(":em_iteration") for key in core_compile._compiled)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_fold_reuses_the_larger_grid_of_an_earlier_fit(monkeypatch):
+    # Cross-validation folds have grids of slightly different sizes (the union of their
+    # inputs). A fold whose grid fits in a padded size used before reuses that size, so
+    # its EM program is not compiled again, and it fits the same model.
+    from mimosa_sklearn import _batching
+    from mimosa_sklearn.core import compile as core_compile
+
+    rng = np.random.default_rng(5)
+    inputs = 0.25 * np.arange(45)
+    # Tasks 0-9 cover inputs 0..38 (39 points, bucket 40); tasks 10-12 add 39..44 (45
+    # points, bucket 48, which 39 points may take: 48^3 <= 2 * 39^3). Both take 16
+    # task slots.
+    index = [np.arange(4 * t, 4 * t + 8) % 39 for t in range(10)]
+    index += [np.r_[np.arange(39, 45), rng.choice(39, 2, replace=False)] for _ in range(3)]
+    rows = []
+    for t, idx in enumerate(index):
+        x = np.sort(inputs[idx])
+        rows += [(t, xi, np.sin(xi) + 0.3 * t + 0.1 * rng.normal()) for xi in x]
+    ids, xs, ys = (np.array(c) for c in zip(*rows, strict=True))
+    big = ids < 13
+    grids = {n: np.unique(xs[ids < n]).size for n in (13, 10)}
+    assert (grids[10], grids[13]) == (39, 45)
+
+    def fit(keep):
+        est = MagmaClusterRegressor(n_clusters=1, max_iter=3, random_state=0, task_col=0)
+        return est.fit(np.c_[ids[keep], xs[keep]], ys[keep])
+
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    core_compile.forget_compiled()
+    fit(big)
+    before = _compiled_em_programs()
+    small = ids < 10
+    reused = fit(small)
+    assert _compiled_em_programs() == before  # the 48-point program served the fold
+    # The same fold fitted alone, on its own 40-point bucket, gives the same model.
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    alone = fit(small)
+    assert _compiled_em_programs() == before + 1
+    np.testing.assert_allclose(reused.elbo_, alone.elbo_, rtol=1e-10)
+    np.testing.assert_allclose(
+        reused.predict(np.c_[ids[small], xs[small]]),
+        alone.predict(np.c_[ids[small], xs[small]]),
+        rtol=1e-9,
+        atol=1e-10,
+    )
