@@ -11,9 +11,11 @@ A key is computed before tracing, so everything that shapes the program must be 
   ``XLA_FLAGS``;
 - the program (:func:`program_key`): the function's module and name, the compiler
   options, every ``jax.config`` value as it reads in the call (``jax_enable_x64``
-  among them), the static (non-array) part of the arguments with their pytree
-  structure, and the shape, dtype, weak type and memory kind of every array argument,
-  all on the one device of the backend (programs over several devices get no key).
+  among them) except the few that only log or set up JAX's own cache
+  (:data:`UNKEYED_SETTINGS`: ``jax_log_compiles`` must not turn the cache off), the
+  static (non-array) part of the arguments with their pytree structure, and the
+  shape, dtype, weak type and memory kind of every array argument, all on the one
+  device of the backend (programs over several devices get no key).
 
 The static part is written with :func:`dumps`: a pickle in which every class and
 function is named by its module and name. Only objects of this package, kernax,
@@ -47,7 +49,7 @@ import lineax
 import numpy as np
 import optimistix
 
-__all__ = ["Uncacheable", "dumps", "loads", "environment", "program_key"]
+__all__ = ["UNKEYED_SETTINGS", "Uncacheable", "dumps", "loads", "environment", "program_key"]
 
 # Modules whose classes and functions may be named in a key, and what pins their code.
 _SOURCES = {  # source files hashed
@@ -188,6 +190,30 @@ def environment() -> bytes:
     )
 
 
+#: ``jax.config`` settings left out of the key: they log, or configure JAX's own
+#: persistent cache, and cannot change a traced program.
+UNKEYED_SETTINGS = frozenset(
+    {
+        "jax_log_compiles",
+        "jax_explain_cache_misses",
+        "jax_logging_level",
+        "jax_debug_log_modules",
+        "jax_compiler_detailed_logging_min_ops",
+        "jax_traceback_filtering",
+        "jax_compilation_cache_dir",
+        "jax_enable_compilation_cache",
+        "jax_raise_persistent_cache_errors",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+        "jax_compilation_cache_max_size",
+    }
+)
+
+
+def _settings() -> dict[str, Any]:
+    return {k: v for k, v in jax.config.values.items() if k not in UNKEYED_SETTINGS}
+
+
 def _aval(x: jax.Array, device: Any) -> tuple:
     sharding = x.sharding
     if sharding.device_set != {device}:
@@ -207,5 +233,5 @@ def program_key(name: str, options: dict[str, Any], static: Any, dynamic: tuple[
     if len(devices) != 1 or jax.config.jax_default_device is not None:
         raise Uncacheable("several devices")
     avals = tuple(_aval(x, devices[0]) for x in dynamic)
-    material = dumps((name, options, jax.config.values, static, avals), canonical=True)
+    material = dumps((name, options, _settings(), static, avals), canonical=True)
     return hashlib.sha256(environment() + material).hexdigest()

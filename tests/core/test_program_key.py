@@ -67,6 +67,15 @@ def test_jax_settings_change_the_key():
     assert _key() == base
 
 
+def test_logging_settings_keep_the_key():
+    # Debugging with jax_log_compiles must still hit the cache: logging cannot change
+    # a program. Every unkeyed name is a real setting (a rename would key it again).
+    base = _key()
+    with jax.log_compiles(True), jax.explain_cache_misses(True):
+        assert _key() == base
+    assert program_key.UNKEYED_SETTINGS <= set(jax.config.values)
+
+
 def test_the_environment_changes_the_key(monkeypatch):
     base = _key()
     monkeypatch.setitem(program_key._VERSIONED, "jax", "0.0.0")
