@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._distinct import InputGroup, group_by_inputs
 from ._kernels import SharingLayout, count_trainable, kernel_hyperparameters
 from ._outputs import FullCov, stack_inputs, stack_observed, stack_rows, unstack_spread
-from ._padded import Padded, concat, empty, take
+from ._padded import Padded, concat, empty, take, task_bucket
 from .core import predict as core_predict
 from .core import runtime
 from .core.compile import to_device
@@ -28,6 +31,17 @@ from .core.model import Model
 from .core.params import TaskBatch
 
 __all__ = ["Context", "FittedMagma"]
+
+# The grid extension of each fitted model (core.predict.GridExtension), computed on first
+# use and reused by every later call; kept out of the model's attributes so that it is
+# not saved with it (a loaded model computes it again).
+_EXTENSIONS: weakref.WeakKeyDictionary[FittedMagma, core_predict.GridExtension] = (
+    weakref.WeakKeyDictionary()
+)
+# Fewest distinct inputs a group of tasks may hold (_distinct.group_by_inputs); the cap
+# is otherwise the padded grid size, so that a group's arrays are no larger than the
+# extension's.
+_MIN_GROUP_INPUTS = 256
 
 
 @dataclasses.dataclass
@@ -82,6 +96,19 @@ def _concat_leaves(*leaves):
     if _leading(leaves[0]) is None:
         return leaves[0]
     return np.concatenate([np.asarray(leaf) for leaf in leaves], axis=0)
+
+
+def _host(leaf):
+    """A device array leaf as a numpy array (other leaves as they are)."""
+    return np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf
+
+
+def _task_rows(tree, n_slots: int, slots: np.ndarray):
+    """Rows ``slots`` of the per-task leaves (leading axis ``n_slots``) of ``tree``, on
+    the device; other leaves as they are."""
+    return jax.tree.map(
+        lambda a: to_device(np.asarray(a)[slots]) if _leading(a) == n_slots else a, tree
+    )
 
 
 def _fill_slots(a: np.ndarray, size: int) -> np.ndarray:
@@ -185,6 +212,35 @@ class FittedMagma:
         # Without the training tasks: programs on new tasks do not depend on their shapes.
         return dataclasses.replace(self.model, tasks=None, tau=None)
 
+    def _extension(self) -> core_predict.GridExtension:
+        """The hyperposterior's grid extension, computed once per fitted model."""
+        extension = _EXTENSIONS.get(self)
+        if extension is None:
+            extension = core_predict.extension_of(self._new_task_model())
+            _EXTENSIONS[self] = extension
+        return extension
+
+    def _over_groups(self, parts: list[np.ndarray], run: Callable) -> list[np.ndarray]:
+        """``run(group, slots)`` for every group of tasks sharing their distinct inputs
+        (:func:`._distinct.group_by_inputs` of ``parts``), results concatenated over
+        the tasks.
+
+        ``slots`` are the group's task slots, padded to a bucketed count with copies of
+        its last task; ``run`` returns device arrays with one leading row per slot.
+        """
+        cap = max(int(self.model.grid.shape[0]), _MIN_GROUP_INPUTS)
+        outs = []
+        for group in group_by_inputs(parts, cap):
+            n = group.tasks.stop - group.tasks.start
+            slots = group.tasks.start + np.minimum(np.arange(task_bucket(n)), n - 1)
+            pad = slots.size - n
+            if pad:
+                group = dataclasses.replace(
+                    group, index=[np.concatenate([i, i[-1:].repeat(pad, 0)]) for i in group.index]
+                )
+            outs.append([np.asarray(a)[:n] for a in run(group, slots)])
+        return [np.concatenate(arrays) for arrays in zip(*outs, strict=True)]
+
     # -- inspection
     def mean_processes(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hyperposterior mean and variance of every mean process at ``x``: ``(K, O, M)``."""
@@ -259,18 +315,18 @@ class FittedMagma:
 
     # -- prediction
     def _pad_pred(self, x_pred: Padded):
-        """Prediction rows on the device (stacked with correlated outputs), their mask for
-        the real tasks, and the task slots."""
+        """Prediction inputs (stacked with correlated outputs), their mask for the real
+        tasks, and the task slots."""
         if self.n_joint_outputs > 1:
             x_pred = stack_rows(x_pred, self.n_joint_outputs)
-        return to_device(x_pred.x), x_pred.rows[: x_pred.n_tasks], x_pred.n_slots
+        return x_pred.x, x_pred.rows[: x_pred.n_tasks], x_pred.n_slots
 
     @staticmethod
-    def _pad_obs(obs: Padded, n_slots: int):
-        """Observations on the device, in ``n_slots`` task slots."""
+    def _pad_obs(obs: Padded, n_slots: int) -> Padded:
+        """Observations in ``n_slots`` task slots."""
         if obs.n_slots != n_slots:
             obs = take(obs, np.arange(obs.n_tasks), n_slots=n_slots)
-        return to_device(obs.x), to_device(obs.y), to_device(obs.observed)
+        return obs
 
     def _finish(self, mean, cov, tau, real: np.ndarray, full_cov: FullCov):
         """Device results -> the caller's layout, zero on empty row slots."""
@@ -312,9 +368,23 @@ class FittedMagma:
             xp, real, pb = self._pad_pred(x_pred)
             idx = np.zeros(pb, dtype=np.int32)
             idx[: task_index.size] = task_index
-            mean, cov = core_predict.predict_training_tasks(
-                self.model, to_device(idx), xp, include_noise
-            )
+            xo = np.asarray(self.model.tasks.x)[idx]
+            extension = self._extension()
+
+            def run(group: InputGroup, slots: np.ndarray):
+                io, ip = group.index
+                return core_predict.predict_training_tasks(
+                    self.model,
+                    extension,
+                    to_device(group.inputs),
+                    group.shared,
+                    to_device(idx[slots]),
+                    to_device(io),
+                    to_device(ip),
+                    include_noise,
+                )
+
+            mean, cov = self._over_groups([xo, xp], run)
             return self._finish(mean, cov, self.tau[idx], real, full_cov)
 
     def condition(self, obs: Padded) -> Context:
@@ -322,20 +392,35 @@ class FittedMagma:
         shared) of new tasks observed as ``obs``."""
         if self.n_joint_outputs > 1:
             obs = stack_observed(obs)
-        p = obs.n_tasks
+        p, slots_all = obs.n_tasks, obs.n_slots
         model = self._new_task_model()
+        own_params = model.params.log_noise.shape[0] > 1
         with runtime.jax_scope():
-            xo, yo, mo = self._pad_obs(obs, obs.n_slots)
-            start = self._typical_task_params(obs.n_slots)
-            if model.params.log_noise.shape[0] > 1:
-                start = core_predict.fit_new_tasks_params(
-                    model, start, xo, yo, mo, self.config.max_steps
+            extension = self._extension()
+            start = jax.tree.map(_host, self._typical_task_params(slots_all))
+            leaves, treedef = jax.tree.flatten(start)
+            rows = [i for i, leaf in enumerate(leaves) if _leading(leaf) == slots_all]
+
+            def run(group: InputGroup, slots: np.ndarray):
+                (io,) = group.index
+                u, io, shared = to_device(group.inputs), to_device(io), group.shared
+                yo, mo = to_device(obs.y[slots]), to_device(obs.observed[slots])
+                params = _task_rows(start, slots_all, slots)
+                if own_params:
+                    params = core_predict.fit_new_tasks_params(
+                        model, extension, u, shared, params, io, yo, mo, self.config.max_steps
+                    )
+                tau = core_predict.new_task_memberships(
+                    model, extension, u, shared, params, io, yo, mo
                 )
-            tau = core_predict.new_task_memberships(model, start, xo, yo, mo)
-            params_np = jax.tree.map(
-                lambda a: np.asarray(a)[:p] if isinstance(a, jax.Array) else a, start
-            )
-            return Context(tasks=obs, tau=np.asarray(tau)[:p], task_params=params_np)
+                fitted = jax.tree.leaves(params)
+                return [tau, *(fitted[i] for i in rows)]
+
+            tau, *fitted = self._over_groups([obs.x], run)
+            for i, leaf in zip(rows, fitted, strict=True):
+                leaves[i] = leaf[:p]
+            params_np = jax.tree.unflatten(treedef, leaves)
+            return Context(tasks=obs, tau=tau[:p], task_params=params_np)
 
     def predict_new_tasks(
         self,
@@ -356,17 +441,32 @@ class FittedMagma:
             if context is None:
                 inputs = np.asarray(self.model.grid[0])
                 obs = empty(x_pred.n_tasks, inputs, self.n_outputs)
-                task_params = self._typical_task_params(pb)
+                task_params = jax.tree.map(_host, self._typical_task_params(pb))
             else:
                 obs = context.tasks
                 task_params = jax.tree.map(
-                    lambda a: to_device(_fill_slots(a, pb)) if isinstance(a, np.ndarray) else a,
+                    lambda a: _fill_slots(a, pb) if isinstance(a, np.ndarray) else a,
                     context.task_params,
                 )
-            xo, yo, mo = self._pad_obs(obs, pb)
-            mean, cov, tau = core_predict.predict_new_tasks(
-                model, task_params, xo, yo, mo, xp, include_noise
-            )
+            obs = self._pad_obs(obs, pb)
+            extension = self._extension()
+
+            def run(group: InputGroup, slots: np.ndarray):
+                io, ip = group.index
+                return core_predict.predict_new_tasks(
+                    model,
+                    extension,
+                    to_device(group.inputs),
+                    group.shared,
+                    _task_rows(task_params, pb, slots),
+                    to_device(io),
+                    to_device(obs.y[slots]),
+                    to_device(obs.observed[slots]),
+                    to_device(ip),
+                    include_noise,
+                )
+
+            mean, cov, tau = self._over_groups([obs.x, xp], run)
             return self._finish(mean, cov, tau, real, full_cov)
 
     def predict_tasks(

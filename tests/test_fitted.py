@@ -9,22 +9,30 @@ row to the right predictor (training task, conditioned new task, task never seen
 equals those predictors called separately, tasks never seen getting the mixture
 weights; the hyperposterior read back at its own grid points; a round trip through the
 persistence codec and pickle with JAX's global x64 off keeps a float64 model and
-bit-identical predictions. No test enters ``jax_scope`` itself: the facade must work
-from plain numpy.
+bit-identical predictions; many new tasks, grouped by their distinct inputs (several
+groups, shared and not, or one), predict as the per-task formulas of the core do, and
+task-specific hyperparameters of new tasks do not depend on the grouping. Only the
+per-task reference enters ``jax_scope`` itself: the facade must work from plain numpy.
 """
 
 from __future__ import annotations
 
 import pickle
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from padded_tasks import from_nan
 
-from mimosa_sklearn import _fit
+from mimosa_sklearn import _fit, _fitted
+from mimosa_sklearn._distinct import group_by_inputs
 from mimosa_sklearn._fitted import Context, FittedMagma
+from mimosa_sklearn._padded import take
 from mimosa_sklearn._spec import decode, encode
+from mimosa_sklearn.core import predict as pr
+from mimosa_sklearn.core import runtime
 
 GRID = np.linspace(0.0, 5.0, 8)[:, None]
 
@@ -202,3 +210,106 @@ def test_pickle_round_trip_with_x64_off(fitted, context):
     )
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------- many tasks
+
+
+def _many_new_tasks(seed: int):
+    """Twelve new tasks: six on grid points (shared inputs), six at inputs of their own;
+    observed rows (3 to 5, one output missing) and prediction rows (2 to 4)."""
+    rng = np.random.default_rng(seed)
+    x_obs, x_pred = np.full((12, 5, 1), np.nan), np.full((12, 4, 1), np.nan)
+    for i in range(12):
+        n_obs, n_pred = int(rng.integers(3, 6)), int(rng.integers(2, 5))
+        if i < 6:
+            x_obs[i, :n_obs] = GRID[rng.choice(8, n_obs, replace=False)]
+            x_pred[i, :n_pred] = GRID[rng.choice(8, n_pred, replace=False)]
+        else:
+            x_obs[i, :n_obs, 0] = rng.uniform(-1.0, 6.0, n_obs)
+            x_pred[i, :n_pred, 0] = rng.uniform(-1.0, 6.0, n_pred)
+    y = np.sin(x_obs) + np.where(np.arange(12) % 2, 2.0, -2.0)[:, None, None]
+    y[3, 1, 0] = np.nan
+    return from_nan(x_obs, y), from_nan(x_pred)
+
+
+def _per_task_reference(fitted, context, x_pred):
+    """Every new task alone through the per-task formulas (its own extension of the
+    hyperposterior, no grouping, no gathering)."""
+    model = fitted._new_task_model()
+    predict_new = eqx.filter_jit(pr.predict_new_task)
+    out = []
+    with runtime.jax_scope():  # the core itself, not the facade
+        for i in range(context.tasks.n_tasks):
+            out.append(_one_task(model, predict_new, context, x_pred, i))
+    return out
+
+
+def _one_task(model, predict_new, context, x_pred, i):
+    obs, rows = context.tasks, x_pred.rows[i]
+    params = jax.tree.map(lambda a: jnp.asarray(a[i]) if np.ndim(a) else a, context.task_params)
+    mean, cov, tau = predict_new(
+        model,
+        params,
+        *(jnp.asarray(a[i]) for a in (obs.x, obs.y, obs.observed)),
+        jnp.asarray(x_pred.x[i][rows]),
+        True,
+    )
+    return np.asarray(mean)[0], np.asarray(cov)[0], np.asarray(tau)
+
+
+@pytest.mark.parametrize("min_inputs", [20, 10_000])
+def test_grouped_predictions_of_many_tasks_equal_the_per_task_formulas(
+    fitted, monkeypatch, min_inputs
+):
+    # min_inputs=20: groups of at most 20 distinct inputs, the tasks on grid points in
+    # one (shared), the others a few at a time (not shared); 10_000: one group.
+    seen = []
+
+    def spy(parts, cap):
+        groups = group_by_inputs(parts, cap)
+        seen.append(groups)
+        return groups
+
+    monkeypatch.setattr(_fitted, "_MIN_GROUP_INPUTS", min_inputs)
+    monkeypatch.setattr(_fitted, "group_by_inputs", spy)
+    obs, x_pred = _many_new_tasks(seed=3)
+    context = fitted.condition(obs)
+    mean, cov, tau = fitted.predict_new_tasks(context, x_pred, full_cov=True)
+    groups = seen[-1]
+    if min_inputs == 20:
+        assert len(groups) >= 3 and {g.shared for g in groups} == {True, False}
+    else:
+        assert len(groups) == 1
+    reference = _per_task_reference(fitted, context, x_pred)
+    for i, (ref_mean, ref_cov, ref_tau) in enumerate(reference):
+        n = ref_mean.shape[0]
+        np.testing.assert_allclose(mean[i, :n, 0], ref_mean, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(cov[i, 0, :n, :n], ref_cov, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(tau[i], ref_tau, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(context.tau[i], ref_tau, rtol=1e-10, atol=1e-12)
+    # The tasks really differ (a mix-up of rows between tasks cannot go unseen).
+    assert np.ptp(mean[:, 0, 0]) > 1.0
+    # Training tasks: grouped equals one task at a time.
+    train = fitted.predict_training_tasks(np.arange(5), take(x_pred, np.arange(5)))
+    for i in range(5):
+        one = fitted.predict_training_tasks(np.array([i]), take(x_pred, np.array([i])))
+        for a, b in zip(train, one, strict=True):
+            np.testing.assert_allclose(a[i], b[0], rtol=1e-10, atol=1e-12)
+
+
+def test_own_task_hyperparameters_do_not_depend_on_the_groups(monkeypatch):
+    x, y, maps = _tasks(5, 6, seed=0)
+    config = _fit.FitConfig(n_clusters=2, max_iter=2, max_steps=5, shared_task_hps=False)
+    own = _fit.fit_magma(from_nan(x, y, maps), GRID, config)
+    obs, x_pred = _many_new_tasks(seed=4)
+    outs = []
+    for min_inputs in (20, 10_000):
+        monkeypatch.setattr(_fitted, "_MIN_GROUP_INPUTS", min_inputs)
+        context = own.condition(obs)
+        outs.append((context.tau, *jax.tree.leaves(context.task_params)))
+        outs[-1] += own.predict_new_tasks(context, x_pred)
+    leaves = jax.tree.leaves(outs[0][1:])
+    assert leaves and all(np.shape(leaf)[0] == 12 for leaf in leaves[:2])
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)

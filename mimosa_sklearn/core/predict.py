@@ -29,6 +29,8 @@ from .params import Params, eval_kernel, eval_mean, index_module
 __all__ = [
     "GridExtension",
     "grid_extension",
+    "grid_rows",
+    "moments_from_rows",
     "extend_hyperposterior",
     "task_params_of",
     "predict_training_task",
@@ -36,6 +38,7 @@ __all__ = [
     "predict_new_task",
     "fit_new_task_params",
     "mixture_moments",
+    "extension_of",
     "mean_processes",
     "predict_training_tasks",
     "new_task_memberships",
@@ -48,9 +51,9 @@ __all__ = [
 class GridExtension(eqx.Module):
     """Inverse factors that extend ``q(mu_k)`` from the grid to any inputs.
 
-    Computed once per prediction call (:func:`grid_extension`) and shared by all tasks:
-    each task then needs two matrix products instead of two triangular solves against
-    the ``G x G`` factors, the slowest kernel of a prediction.
+    They depend on the fitted model only: computed once (:func:`grid_extension`) and
+    shared by all tasks and all calls, so that a task then needs matrix products
+    instead of triangular solves against the ``G x G`` factors.
 
     Attributes
     ----------
@@ -74,6 +77,35 @@ def grid_extension(post: Hyperposterior) -> GridExtension:
     )
 
 
+def grid_rows(
+    model: Model, x: Float[Array, "M I"], extension: GridExtension
+) -> tuple[Float[Array, "K O M"], Float[Array, "K O M G"], Float[Array, "K O M G"]]:
+    """The grid side of :func:`extend_hyperposterior` at ``x``, one row per input: the
+    mean, ``Z^T = C(x, G) L^{-T}`` and ``(R^{-1} Z)^T``."""
+    params, grid, grid_mask = model.params, model.grid, model.grid_mask
+    k, o, g = extension.alpha.shape
+    m = x.shape[0]
+    cross = eval_kernel(params.mean_kernel, 2, x, grid)  # (Kc, Oc, M, G)
+    cross = jnp.broadcast_to(jnp.where(grid_mask, cross, 0.0), (k, o, m, g))
+    mx = jnp.broadcast_to(eval_mean(params.prior_mean, 2, x), (k, o, m))
+    z_t = cross @ jnp.swapaxes(extension.chol_inv, -1, -2)  # (K, O, M, G)
+    mean = mx + jnp.einsum("komg,kog->kom", z_t, extension.alpha)
+    return mean, z_t, cross @ jnp.swapaxes(extension.whitened_inv, -1, -2)
+
+
+def moments_from_rows(
+    model: Model,
+    rows: tuple[Float[Array, "K O M"], Float[Array, "K O M G"], Float[Array, "K O M G"]],
+    x: Float[Array, "M I"],
+) -> tuple[Float[Array, "K O M"], Float[Array, "K O M M"]]:
+    """Hyperposterior mean and covariance at ``x`` from its :func:`grid_rows`."""
+    mean, z_t, w_t = rows
+    k, o, m = mean.shape
+    kxx = jnp.broadcast_to(eval_kernel(model.params.mean_kernel, 2, x, x), (k, o, m, m))
+    cov = kxx - z_t @ jnp.swapaxes(z_t, -1, -2) + w_t @ jnp.swapaxes(w_t, -1, -2)
+    return mean, symmetrise(cov)
+
+
 def extend_hyperposterior(
     model: Model, x: Float[Array, "M I"], extension: GridExtension | None = None
 ) -> tuple[Float[Array, "K O M"], Float[Array, "K O M M"]]:
@@ -84,21 +116,9 @@ def extend_hyperposterior(
     the hyperposterior when extending to the inputs of many tasks: it is computed here
     otherwise.
     """
-    params, post, grid, grid_mask = model.params, model.post, model.grid, model.grid_mask
     if extension is None:
-        extension = grid_extension(post)
-    k, o, g = post.mean.shape
-    m = x.shape[0]
-    cross = eval_kernel(params.mean_kernel, 2, x, grid)  # (Kc, Oc, M, G)
-    cross = jnp.where(grid_mask, cross, 0.0)
-    cross_t = jnp.swapaxes(jnp.broadcast_to(cross, (k, o, m, g)), -1, -2)  # (K, O, G, M)
-    kxx = jnp.broadcast_to(eval_kernel(params.mean_kernel, 2, x, x), (k, o, m, m))
-    mx = jnp.broadcast_to(eval_mean(params.prior_mean, 2, x), (k, o, m))
-    z = extension.chol_inv @ cross_t  # (K, O, G, M)
-    mean = mx + jnp.einsum("kogm,kog->kom", z, extension.alpha)
-    u = extension.whitened_inv @ cross_t
-    cov = kxx - jnp.swapaxes(z, -1, -2) @ z + jnp.swapaxes(u, -1, -2) @ u
-    return mean, symmetrise(cov)
+        extension = grid_extension(model.post)
+    return moments_from_rows(model, grid_rows(model, x, extension), x)
 
 
 def task_params_of(params: Params, index) -> tuple[object, Float[Array, "Kt Ot"]]:
@@ -140,18 +160,20 @@ def predict_training_task(
     mask_obs: Bool[Array, "N O"],
     x_pred: Float[Array, "P I"],
     include_noise: bool,
-    extension: GridExtension | None = None,
+    moments: tuple[Array, Array] | None = None,
 ) -> tuple[Float[Array, "O P"], Float[Array, "O P P"]]:
     """Variational predictive of a training task (ALGORITHM.md §4.2).
 
     ``f_i | mu_k, y_i`` is GP conditioning on ``y_i - mu_k(t_i)``; averaging over
-    ``q(mu_k)`` does not count ``y_i`` twice (it is already inside ``q``).
+    ``q(mu_k)`` does not count ``y_i`` twice (it is already inside ``q``). ``moments``:
+    the hyperposterior at ``x_pred`` then ``x_obs`` (:func:`extend_hyperposterior`),
+    computed here when not given.
     """
     k, o, _ = model.post.mean.shape
     p, n = x_pred.shape[0], x_obs.shape[0]
     jitter = model.jitter
     x_all = jnp.concatenate([x_pred, x_obs], axis=0)
-    mu, cov = extend_hyperposterior(model, x_all, extension)
+    mu, cov = extend_hyperposterior(model, x_all) if moments is None else moments
     kernel, log_noise = task_params_of(model.params, task_index)
     s, noise = _task_blocks(kernel, log_noise, x_all, k, o)
     mask_t = mask_obs.T  # (O, N)
@@ -243,17 +265,18 @@ def predict_new_task(
     mask_obs: Bool[Array, "N O"],
     x_pred: Float[Array, "P I"],
     include_noise: bool,
-    extension: GridExtension | None = None,
+    moments: tuple[Array, Array] | None = None,
 ) -> tuple[Float[Array, "O P"], Float[Array, "O P P"], Float[Array, " K"]]:
     """Mixture predictive of a new task from its observed points (ALGORITHM.md §4.1).
 
     Memberships come from the marginal likelihood ``N(y*; m_hat_k, Psi* + C_hat_k)``;
     with no observation they equal the mixture weights and the prediction is the prior
-    mixture of the mean processes plus the task kernel.
+    mixture of the mean processes plus the task kernel. ``moments``: as for
+    :func:`predict_training_task`.
     """
     p = x_pred.shape[0]
     x_all = jnp.concatenate([x_pred, x_obs], axis=0)
-    mu, cov = extend_hyperposterior(model, x_all, extension)
+    mu, cov = extend_hyperposterior(model, x_all) if moments is None else moments
     means, covs, logml, noise = _new_task_terms(
         params_task, mu, cov, x_all, y_obs, mask_obs, p, model.jitter
     )
@@ -273,15 +296,16 @@ def fit_new_task_params(
     mask_obs: Bool[Array, "N O"],
     max_steps: int,
     tol: float,
-    extension: GridExtension | None = None,
+    moments: tuple[Array, Array] | None = None,
 ):
     """Hyperparameters of a new task maximising its mixture marginal likelihood.
 
     Direct L-BFGS on ``-log sum_k pi_k N(y*; m_hat_k(t*), Psi_theta + C_hat_k(t*))``
     (equivalent to the EM of the R reference, ALGORITHM.md §4.1b); the start is kept if
-    the optimiser does not improve on it.
+    the optimiser does not improve on it. ``moments``: the hyperposterior at ``x_obs``,
+    computed here when not given.
     """
-    mu, cov = extend_hyperposterior(model, x_obs, extension)
+    mu, cov = extend_hyperposterior(model, x_obs) if moments is None else moments
     dynamic, static = eqx.partition(params_task0, eqx.is_inexact_array)
 
     def fn(dyn, args):
@@ -296,19 +320,45 @@ def fit_new_task_params(
 
 
 # ---------------------------------------------------------------------- compiled programs
-# Tasks are mapped in chunks (``jax.lax.map``): the per-task work is a few small
-# factorisations, and a chunked map bounds the memory of many tasks.
+# The programs on tasks take the fitted model, its :class:`GridExtension` (computed once
+# by :func:`extension_of`) and the distinct inputs ``u`` of their tasks, task inputs as
+# indices into ``u``: the ``O(G^2)`` products per input are done once per distinct
+# input. With ``shared`` inputs the hyperposterior is extended to all of ``u`` jointly
+# (``O(G U^2)`` more) and every task gathers its block; otherwise each task multiplies
+# its own rows (``O(G M^2)``). Tasks are mapped in chunks (``jax.lax.map``): the
+# per-task work is a few small factorisations, and a chunked map bounds the memory of
+# many tasks.
 
 _CHUNK = 64
 # Tolerance of the L-BFGS fit of a new task's own hyperparameters.
 _NEW_TASK_TOL = 1e-5
 
 
-def _over_tasks(model: Model, per_task: Callable, *arrays):
-    """``per_task(extension, *task)`` for every task of ``arrays`` (leading axis), in
-    chunks; the grid extension of the hyperposterior is computed once for all tasks."""
-    ext = grid_extension(model.post)
-    return jax.lax.map(lambda task: per_task(ext, *task), arrays, batch_size=_CHUNK)
+def _over_tasks(
+    model: Model, extension: GridExtension, u, shared: bool, per_task: Callable, *arrays
+):
+    """``per_task(moments_at, *task)`` for every task of ``arrays`` (leading axis), in
+    chunks; ``moments_at(index)`` is the hyperposterior at ``u[index]``."""
+    if shared:
+        mean_u, cov_u = extend_hyperposterior(model, u, extension)
+
+        def moments_at(index):
+            return mean_u[..., index], cov_u[..., index, :][..., index]
+
+    else:
+        mean_u, z_u, w_u = grid_rows(model, u, extension)
+
+        def moments_at(index):
+            rows = (mean_u[..., index], z_u[..., index, :], w_u[..., index, :])
+            return moments_from_rows(model, rows, u[index])
+
+    return jax.lax.map(lambda task: per_task(moments_at, *task), arrays, batch_size=_CHUNK)
+
+
+@jit
+def extension_of(model: Model) -> GridExtension:
+    """The :class:`GridExtension` of the model's hyperposterior."""
+    return grid_extension(model.post)
 
 
 @jit
@@ -320,74 +370,94 @@ def mean_processes(model: Model, x: Float[Array, "M I"]):
 @jit
 def predict_training_tasks(
     model: Model,
+    extension: GridExtension,
+    u: Float[Array, "U I"],
+    shared: bool,
     index: Int[Array, " P"],
-    x_pred: Float[Array, "P M I"],
+    obs_index: Int[Array, "P N"],
+    pred_index: Int[Array, "P M"],
     include_noise: bool,
 ):
     """Predictive mean ``(P, O, M)`` and covariance ``(P, O, M, M)`` of the model's
-    training tasks ``index`` at ``x_pred``."""
+    training tasks ``index`` at ``u[pred_index]``; ``u[obs_index]`` are their inputs."""
     tasks = model.tasks
 
-    def one(ext, i, xp):
+    def one(moments_at, i, io, ip):
         x_obs, y_obs, mask_obs = tasks.x[i], tasks.y[i], tasks.mask[i]
-        tau = model.tau[i]
-        return predict_training_task(model, i, tau, x_obs, y_obs, mask_obs, xp, include_noise, ext)
+        moments = moments_at(jnp.concatenate([ip, io]))
+        return predict_training_task(
+            model, i, model.tau[i], x_obs, y_obs, mask_obs, u[ip], include_noise, moments
+        )
 
-    return _over_tasks(model, one, index, x_pred)
+    return _over_tasks(model, extension, u, shared, one, index, obs_index, pred_index)
 
 
 @jit
 def new_task_memberships(
     model: Model,
+    extension: GridExtension,
+    u: Float[Array, "U I"],
+    shared: bool,
     task_params,
-    x_obs: Float[Array, "P N I"],
+    obs_index: Int[Array, "P N"],
     y_obs: Float[Array, "P N O"],
     mask_obs: Bool[Array, "P N O"],
 ) -> Float[Array, "P K"]:
-    """Memberships of new tasks from their observations (``task_params``: one leading
-    row per task)."""
+    """Memberships of new tasks from their observations at ``u[obs_index]``
+    (``task_params``: one leading row per task)."""
 
-    def one(ext, pt, xo, yo, mo):
-        mu, cov = extend_hyperposterior(model, xo, ext)
-        return new_task_log_marginal(pt, model.weights, mu, cov, xo, yo, mo, model.jitter)[1]
+    def one(moments_at, pt, io, yo, mo):
+        mu, cov = moments_at(io)
+        return new_task_log_marginal(pt, model.weights, mu, cov, u[io], yo, mo, model.jitter)[1]
 
-    return _over_tasks(model, one, task_params, x_obs, y_obs, mask_obs)
+    return _over_tasks(model, extension, u, shared, one, task_params, obs_index, y_obs, mask_obs)
 
 
 @jit
 def fit_new_tasks_params(
     model: Model,
+    extension: GridExtension,
+    u: Float[Array, "U I"],
+    shared: bool,
     start,
-    x_obs: Float[Array, "P N I"],
+    obs_index: Int[Array, "P N"],
     y_obs: Float[Array, "P N O"],
     mask_obs: Bool[Array, "P N O"],
     max_steps: int,
 ):
     """Own hyperparameters of new tasks (task-specific hyperparameters), from ``start``."""
 
-    def one(ext, pt, xo, yo, mo):
-        return fit_new_task_params(model, pt, xo, yo, mo, max_steps, _NEW_TASK_TOL, ext)
+    def one(moments_at, pt, io, yo, mo):
+        moments = moments_at(io)
+        return fit_new_task_params(model, pt, u[io], yo, mo, max_steps, _NEW_TASK_TOL, moments)
 
-    return _over_tasks(model, one, start, x_obs, y_obs, mask_obs)
+    return _over_tasks(model, extension, u, shared, one, start, obs_index, y_obs, mask_obs)
 
 
 @jit
 def predict_new_tasks(
     model: Model,
+    extension: GridExtension,
+    u: Float[Array, "U I"],
+    shared: bool,
     task_params,
-    x_obs: Float[Array, "P N I"],
+    obs_index: Int[Array, "P N"],
     y_obs: Float[Array, "P N O"],
     mask_obs: Bool[Array, "P N O"],
-    x_pred: Float[Array, "P M I"],
+    pred_index: Int[Array, "P M"],
     include_noise: bool,
 ):
     """Predictive mean ``(P, O, M)``, covariance ``(P, O, M, M)`` and memberships
-    ``(P, K)`` of new tasks from their observations (none: all of ``mask_obs`` False)."""
+    ``(P, K)`` of new tasks at ``u[pred_index]`` from their observations at
+    ``u[obs_index]`` (none: all of ``mask_obs`` False)."""
 
-    def one(ext, pt, xo, yo, mo, xp):
-        return predict_new_task(model, pt, xo, yo, mo, xp, include_noise, ext)
+    def one(moments_at, pt, io, yo, mo, ip):
+        moments = moments_at(jnp.concatenate([ip, io]))
+        return predict_new_task(model, pt, u[io], yo, mo, u[ip], include_noise, moments)
 
-    return _over_tasks(model, one, task_params, x_obs, y_obs, mask_obs, x_pred)
+    return _over_tasks(
+        model, extension, u, shared, one, task_params, obs_index, y_obs, mask_obs, pred_index
+    )
 
 
 @jit

@@ -82,10 +82,16 @@ def test_new_task_program_does_not_depend_on_training_tasks(model):
     x_pred = jnp.asarray(rng.uniform(-1.0, 8.0, size=(p, 5, 1)))
     real = jnp.ones(model.params.log_noise.shape[0], bool)
     task_params = pr.typical_task_params(model.params, real, p)
-    args = (task_params, *map(jnp.asarray, (tasks.x, tasks.y, tasks.mask)), x_pred, True)
+    # Every row its own input (the programs take inputs as indices into ``u``).
+    u = jnp.concatenate([jnp.asarray(tasks.x).reshape(-1, 1), x_pred.reshape(-1, 1)])
+    obs_index = jnp.arange(tasks.x[..., 0].size).reshape(tasks.x.shape[:2])
+    pred_index = obs_index.size + jnp.arange(x_pred[..., 0].size).reshape(x_pred.shape[:2])
+    y_mask = map(jnp.asarray, (tasks.y, tasks.mask))
+    args = (u, False, task_params, obs_index, *y_mask, pred_index, True)
     light = dataclasses.replace(model, tasks=None, tau=None)
-    with_tasks = pr.predict_new_tasks(model, *args)
-    without = pr.predict_new_tasks(light, *args)
+    extension = pr.extension_of(light)
+    with_tasks = pr.predict_new_tasks(model, extension, *args)
+    without = pr.predict_new_tasks(light, extension, *args)
     for a, b in zip(with_tasks, without, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     mean, cov, tau = without
