@@ -118,8 +118,7 @@ def animate_forecast(
     lo, hi = float(np.nanmin(extent)), float(np.nanmax(extent))
     pad = 0.08 * (hi - lo) if hi > lo else 1.0
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel(base.input_label(estimator))
-    ax.set_ylabel(base.output_label(estimator, o))
+    base.label_axes(estimator, ax, o)
 
     def draw(j: int) -> tuple[Any, ...]:
         m, s, tau = frames[j]

@@ -29,6 +29,7 @@ __all__ = [
     "column",
     "fine_grid",
     "input_label",
+    "label_axes",
     "mean_processes_at",
     "output_index",
     "output_label",
@@ -182,6 +183,18 @@ def input_label(estimator: Any) -> str:
     if scale.kind == "datetime" and scale.tz is not None:
         return f"{label} ({scale.tz})"
     return label
+
+
+def label_axes(estimator: Any, ax: Any, o: int) -> None:
+    """Label both axes from the fitted names; short date ticks for a date input."""
+    ax.set_xlabel(input_label(estimator))
+    ax.set_ylabel(output_label(estimator, o))
+    if _scale(estimator).kind == "datetime":
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
 
 
 def to_display(estimator: Any, x: np.ndarray) -> np.ndarray:

@@ -108,8 +108,7 @@ def plot_mean_processes(
                     zorder=1,
                 )
 
-    ax.set_xlabel(base.input_label(estimator))
-    ax.set_ylabel(base.output_label(estimator, o))
+    base.label_axes(estimator, ax, o)
     ax.set_title(f"Mean processes (K={mean.shape[0]}, 95% credible bands)")
     ax.legend(loc="best", fontsize="small", framealpha=0.8)
     return ax

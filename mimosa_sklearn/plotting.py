@@ -184,8 +184,7 @@ def plot_forecast(
     else:
         kind = "new task" if x_obs.size else "unseen task, cluster mixture"
     ax.set_title(f"Task {task_id} ({kind}, most likely cluster {int(np.argmax(tau))})")
-    ax.set_xlabel(base.input_label(estimator))
-    ax.set_ylabel(base.output_label(estimator, o))
+    base.label_axes(estimator, ax, o)
     ax.legend(loc="best", fontsize="x-small", framealpha=0.8)
     return ax
 
@@ -284,8 +283,7 @@ def plot_forecast_fan(
         y_task = base.column(task.y_obs, o)
         ax.scatter(shown, y_task, s=22, color="black", zorder=3, label="observed")
     ax.set_title(f"Task {task_id}: forecast fan")
-    ax.set_xlabel(base.input_label(estimator))
-    ax.set_ylabel(base.output_label(estimator, o))
+    base.label_axes(estimator, ax, o)
     ax.legend(loc="best", fontsize="x-small", framealpha=0.8)
     return ax
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.collections import PathCollection, PolyCollection  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.dates import AutoDateFormatter, date2num  # noqa: E402
+from matplotlib.dates import ConciseDateFormatter, date2num  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mimosa_sklearn import MagmaClusterRegressor  # noqa: E402
@@ -220,7 +220,7 @@ def dated_model(data):
 def test_plots_of_dates_have_a_date_axis(dated_model, ax, tmp_path):
     model, X, y = dated_model
     plot_mean_processes(model, X, y, ax=ax, n_points=20)
-    assert isinstance(ax.xaxis.get_major_formatter(), AutoDateFormatter)
+    assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
     assert ax.get_xlabel() == "visit_date" and ax.get_ylabel() == "weight (kg)"
     # The curves span the first to the last visit, drawn as dates.
     x_line = ax.get_lines()[0].get_xdata()
@@ -238,7 +238,7 @@ def test_forecast_of_dates_takes_dates(dated_model, ax):
     task = X["ID"].iloc[0]
     target = pd.date_range(START, periods=5, freq="20D")
     plot_forecast_fan(model, task, X, y, target, ax=ax, n_points=5)
-    assert isinstance(ax.xaxis.get_major_formatter(), AutoDateFormatter)
+    assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
     line = ax.get_lines()[0]
     # The fan spans the task's visits and the target dates.
     first = min(X.loc[X["ID"] == task, "visit_date"].min(), target[0])
