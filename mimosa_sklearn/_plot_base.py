@@ -217,8 +217,7 @@ def to_model_inputs(estimator: Any, values: Any) -> np.ndarray:
     scale = _scale(estimator)
     if scale.kind == "numeric":
         return np.asarray(values, dtype=np.float64).ravel()
-    series = pd.Series(np.asarray(values).ravel() if not hasattr(values, "dtype") else values)
-    return to_model(series.reset_index(drop=True), scale, scale.name)
+    return to_model(pd.Series(np.asarray(values).ravel()), scale, scale.name)
 
 
 def mean_processes_at(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
