@@ -30,8 +30,8 @@ the one in the files.
 weight, swimmers: a deterministic task-level split. The task ids (in order of first
 appearance) are permuted with ``numpy.random.default_rng(--seed)``; the first 20% are test
 tasks, the rest training tasks. A test task is observed up to a cutoff input and forecast
-after it: weight ``Input <= 12`` months observed, ``Input > 12`` targets; swimmers ``Age <=
-15`` observed, ``Age > 15`` targets. Test tasks with fewer than 2 observed points or no
+after it: weight ``age_months <= 12`` observed, ``age_months > 12`` targets; swimmers
+``age_years <= 15`` observed, ``age_years > 15`` targets. Test tasks with fewer than 2 observed points or no
 target are dropped. ``--quick`` first keeps 300 swimmers (the first 300 ids of the same
 permutation, then split 80/20 as above); the weight data are small and always used in full.
 """
@@ -75,7 +75,7 @@ RMSE_SLACK = 1.02
 NLPD_SLACK = 0.02
 COVERAGE_RANGE = (0.90, 0.99)
 
-SPLITS = {"weight": ("Input", 12.0), "swimmers": ("Age", 15.0)}
+SPLITS = {"weight": ("age_months", 12.0), "swimmers": ("age_years", 15.0)}
 TEST_FRACTION = 0.2
 QUICK_SWIMMERS = 300
 

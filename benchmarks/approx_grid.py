@@ -116,7 +116,7 @@ def swimmers(n_tasks: int | None, m: int, k: int, max_iter: int) -> None:
         X, y = X[keep], y[keep]
     n_sw = X["ID"].nunique()
     print(
-        f"\n## Swimmers: {n_sw} swimmers, {len(X)} races, {X['Age'].nunique()} distinct ages, "
+        f"\n## Swimmers: {n_sw} swimmers, {len(X)} races, {X['age_years'].nunique()} distinct ages, "
         f"K={k}, grid={m}\n"
     )
     est, secs = _fit(X, y, m, k, max_iter=max_iter)

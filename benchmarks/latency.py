@@ -75,8 +75,8 @@ def _weight_split():
     ids = np.sort(X["ID"].unique())
     new = X["ID"].isin(ids[::5]).to_numpy()
     Xn, yn = X[new], y[new]
-    rank = Xn.groupby("ID")["Input"].rank(method="first")
-    size = Xn.groupby("ID")["Input"].transform("size")
+    rank = Xn.groupby("ID")["age_months"].rank(method="first")
+    size = Xn.groupby("ID")["age_months"].transform("size")
     first = (rank <= (size / 2).clip(lower=1)).to_numpy()
     return (X[~new], y[~new]), (Xn[first], yn[first]), (Xn[~first], yn[~first])
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     lengths = X.groupby("ID").size()
     print(
         f"swimmers: {lengths.size} tasks, {len(X)} points ({lengths.min()}-{lengths.max()} "
-        f"per task, median {int(lengths.median())}), {X['Age'].nunique()} distinct ages; "
+        f"per task, median {int(lengths.median())}), {X['age_years'].nunique()} distinct ages; "
         f"exact grid, K=3"
     )
     print(f"parts: {_layout(X)}\n")

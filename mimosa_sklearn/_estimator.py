@@ -208,6 +208,15 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
     model_ : FittedMagma
         The fitted model (numpy in, numpy out) around the JAX model pytree
         ``model_.model`` (:class:`mimosa_sklearn.core.model.Model`).
+    input_scales_ : tuple of InputScale
+        How each input column of ``X`` (in order) maps to the model's float input:
+        ``kind`` (``"numeric"``, ``"datetime"`` or ``"timedelta"``), ``unit``,
+        ``origin`` and ``tz``. Numbers are taken as they are. A ``datetime64`` column
+        (naive or timezone-aware) becomes days since ``origin``, its earliest date at
+        fit (in UTC for an aware column); a ``timedelta64`` column becomes days. Later
+        calls convert their columns with this scale, and refuse another kind of
+        values (dates for numbers, naive for aware dates) in a column. The
+        hyperparameters, ``grid`` and inducing inputs of date columns are in days.
     n_features_in_ : int
         Number of columns of ``X`` seen during fit (task column included).
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -368,7 +377,9 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         ----------
         X : DataFrame or array-like of shape (n_samples, n_features)
             One row per observation: the task-id column ``task_col`` and the inputs
-            (every other column, numeric and finite).
+            (every other column, numeric and finite). In a DataFrame, an input column
+            may hold dates (``datetime64``, naive or timezone-aware) or durations
+            (``timedelta64``): it is read in days (see :attr:`input_scales_`).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Outputs; NaN marks a missing output, but every task needs at least one
             observed value.
@@ -502,6 +513,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             "_y_1d": is_1d,
             "_output_names": output_names,
             "_input_names": rows.input_names,
+            "input_scales_": rows.scales,
             "_contexts": {},
             "_mean_processes": None,
             "_model_settings": {name: getattr(self, name) for name in _MODEL_SHAPING},
@@ -517,7 +529,10 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             for name in _MODEL_SHAPING
             if before[name] is not getattr(self, name) and before[name] != getattr(self, name)
         ]
-        if rows.input_names != self._input_names:
+        kinds = [scale.kind for scale in rows.scales]
+        if rows.input_names != self._input_names or kinds != [
+            scale.kind for scale in getattr(self, "input_scales_", rows.scales)
+        ]:
             changed.append("the input columns")
         if n_outputs != self._y_train_mean.shape[0]:
             changed.append("the number of outputs")
@@ -553,7 +568,10 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             mean = np.asarray(mean) * self._y_train_std[:, None] + self._y_train_mean[:, None]
             std = np.sqrt(np.clip(np.asarray(var), 0.0, None)) * self._y_train_std[:, None]
             k, o, g = np.meshgrid(*(np.arange(s) for s in mean.shape), indexing="ij")
-            table = {name: grid[g.ravel(), j] for j, name in enumerate(self._input_names)}
+            table = {
+                name: self.input_scales_[j].to_user(grid[g.ravel(), j])
+                for j, name in enumerate(self._input_names)
+            }
             table["cluster"] = k.ravel()
             table["output"] = np.asarray(self._output_names, dtype=object)[o.ravel()]
             table["mean"] = mean.ravel()

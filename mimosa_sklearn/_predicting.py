@@ -440,7 +440,8 @@ class ForecastMixin:
         Returns
         -------
         frame : DataFrame
-            The task column (unless ``task_col=None``), the input columns, then ``mean``,
+            The task column (unless ``task_col=None``), the input columns (as given in
+            ``X``, dates included), then ``mean``,
             ``std``, ``lower``, ``upper`` (one set per output, suffixed ``_<name>``, when
             ``y`` had several columns) and ``cluster``, the most likely cluster of the
             row's task. Indexed like ``X`` when it is a DataFrame.
@@ -462,8 +463,9 @@ class ForecastMixin:
         table: dict[str, Any] = {}
         if self.task_col is not None:
             table[self._task_col_label()] = rows.ids
-        for j, name in enumerate(rows.input_names):
-            table[name] = rows.inputs[:, j]
+        for j, (name, scale) in enumerate(zip(rows.input_names, rows.scales, strict=True)):
+            # Dates and durations as given, in the caller's dtype.
+            table[name] = rows.inputs[:, j] if scale.kind == "numeric" else rows.raw_inputs[j]
         for o, name in enumerate(self._output_names):
             suffix = "" if self._y_1d or len(self._output_names) == 1 else f"_{name}"
             table[f"mean{suffix}"] = y_mean[:, o]

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import check_array, validate_data
 
+from ._dates import InputScale, fit_scale, to_model
+
 __all__ = ["Rows", "check_observed", "validate_rows", "validate_y"]
 
 
@@ -29,6 +31,10 @@ class Rows:
     inputs: np.ndarray  # (n, I) float64, finite
     input_names: list[str]  # names of the input columns
     index: pd.Index | None  # row labels of a DataFrame X
+    # Scale of each input column (dates -> days): fitted when reset, else the fit's.
+    scales: tuple[InputScale, ...] = ()
+    # The caller's input columns (an ExtensionArray or ndarray each), to give them back.
+    raw_inputs: tuple[Any, ...] = ()
 
 
 def validate_rows(est: Any, X: Any, y: Any = "no_validation", *, reset: bool) -> Rows:
@@ -68,9 +74,14 @@ def _rows_from_frame(est: Any, X: pd.DataFrame, y: Any, *, reset: bool) -> Rows:
                 f"{est.task_col!r}; at least one input column is required."
             )
     inputs = np.empty((n_rows, len(input_cols)), dtype=np.float64)
+    scales = _scales(est, input_cols, reset=reset, frame=X, positions=input_pos)
     for j, (pos, col) in enumerate(zip(input_pos, input_cols, strict=True)):
         # Loop over input columns (not rows); positions survive duplicated names.
         column = X.iloc[:, pos]
+        dated = to_model(column, scales[j], col)
+        if dated is not None:
+            inputs[:, j] = dated
+            continue
         if not (pd.api.types.is_numeric_dtype(column.dtype) or column.dtype == object):
             raise TypeError(_non_numeric_message(est, col, f"dtype {column.dtype}"))
         try:
@@ -78,7 +89,21 @@ def _rows_from_frame(est: Any, X: pd.DataFrame, y: Any, *, reset: bool) -> Rows:
         except (TypeError, ValueError) as exc:
             raise TypeError(_non_numeric_message(est, col, str(exc))) from exc
     _check_finite_inputs(inputs, [repr(c) for c in input_cols], X.index)
-    return Rows(_check_ids(ids, X.index), inputs, [str(c) for c in input_cols], X.index)
+    raw = tuple(X.iloc[:, pos].array for pos in input_pos)
+    names = [str(c) for c in input_cols]
+    return Rows(_check_ids(ids, X.index), inputs, names, X.index, scales, raw)
+
+
+def _scales(
+    est: Any, cols: list[Hashable], *, reset: bool, frame: pd.DataFrame, positions: list[int]
+) -> tuple[InputScale, ...]:
+    """The input scales: fitted on ``frame`` when ``reset``, else those of the fit."""
+    if reset:
+        return tuple(fit_scale(frame.iloc[:, p], c) for p, c in zip(positions, cols, strict=True))
+    fitted = getattr(est, "input_scales_", None)
+    if fitted is None or len(fitted) != len(cols):  # an estimator saved before dates
+        return tuple(InputScale(str(c)) for c in cols)
+    return tuple(fitted)
 
 
 def _rows_from_array(est: Any, X: Any, y: Any, *, reset: bool) -> Rows:
@@ -91,6 +116,7 @@ def _rows_from_array(est: Any, X: Any, y: Any, *, reset: bool) -> Rows:
         estimator=est,
     )
     validate_data(est, arr, y, reset=reset, skip_check_array=True)
+    _check_numeric_scales(est, reset=reset)
     n_rows, n_cols = arr.shape
     if est.task_col is None:
         ids = np.zeros(n_rows, dtype=np.int64)
@@ -124,7 +150,21 @@ def _rows_from_array(est: Any, X: Any, y: Any, *, reset: bool) -> Rows:
             except (TypeError, ValueError) as exc:
                 raise TypeError(_non_numeric_message(est, int(input_pos[j]), str(exc))) from exc
     _check_finite_inputs(inputs, [str(j) for j in input_pos], None)
-    return Rows(_check_ids(ids, None), inputs, [f"x{j}" for j in input_pos], None)
+    names = [f"x{j}" for j in input_pos]
+    scales = tuple(InputScale(name) for name in names)
+    return Rows(_check_ids(ids, None), inputs, names, None, scales, tuple(inputs.T))
+
+
+def _check_numeric_scales(est: Any, *, reset: bool) -> None:
+    """An array X holds numbers: refuse it where the fit read dates from a DataFrame."""
+    if reset:
+        return
+    for scale in getattr(est, "input_scales_", None) or ():
+        if scale.kind != "numeric":
+            raise TypeError(
+                f"Input column {scale.name!r} held {scale.kind} values at fit, but X is "
+                "an array of numbers: pass X as a DataFrame with the same columns."
+            )
 
 
 def _non_numeric_message(est: Any, col: Hashable, detail: str) -> str:

@@ -62,11 +62,12 @@ def test_synth_dev_reference():
 
 def test_weight():
     X, y = load_weight()
-    assert list(X.columns) == ["ID", "Input"]
+    assert list(X.columns) == ["ID", "age_months"]
     assert X.shape == (3629, 2) and y.shape == (3629,)
-    assert y.name == "Output"
+    assert y.name == "weight_kg"
     assert X["ID"].nunique() == 342
-    assert set(X["Input"]) <= {0, 3, 6, 9, 12, 18, 24, 36, 48, 60, 72}
+    assert y.between(1.0, 50.0).all()  # kilograms, from birth to 6 years
+    assert set(X["age_months"]) <= {0, 3, 6, 9, 12, 18, 24, 36, 48, 60, 72}
     sizes = X.groupby("ID").size()
     assert sizes.min() >= 6 and sizes.max() <= 11
     X2, y2, sex = load_weight(return_sex=True)
@@ -78,12 +79,13 @@ def test_weight():
 
 def test_swimmers():
     X, y = load_swimmers()
-    assert list(X.columns) == ["ID", "Age"]
+    assert list(X.columns) == ["ID", "age_years"]
     assert X.shape == (76832, 2) and y.shape == (76832,)
-    assert y.name == "Performance"
+    assert y.name == "time_s"
+    assert y.between(40.0, 120.0).all()  # seconds for 100 m freestyle
     assert X["ID"].nunique() == 3456
     assert isinstance(X["ID"].iloc[0], str)
-    assert X["Age"].between(10, 21).all()
+    assert X["age_years"].between(10, 21).all()
     X1, y1 = load_swimmers(gender=1)
     X2, _ = load_swimmers(gender=2)
     assert len(X1) + len(X2) == len(X)

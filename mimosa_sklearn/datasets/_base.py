@@ -125,16 +125,17 @@ def load_weight(
     Returns
     -------
     X : DataFrame
-        Columns ``"ID"`` (child id, str) and ``"Input"`` (age in months, float).
+        Columns ``"ID"`` (child id, str) and ``"age_months"`` (age in months, float).
     y : Series
-        ``"Output"``: weight in kg.
+        ``"weight_kg"``: weight in kilograms.
     sex : Series
         Only when ``return_sex``: ``"Female"`` or ``"Male"``, named ``"sex"``,
         indexed by child ID in first-seen order.
     """
     df = _read_csv("real", "weight.csv", dtype={"ID": str, "sex": str})
-    X = pd.DataFrame({"ID": df["ID"], "Input": df["Input"].astype(np.float64)})
-    y = df["Output"].astype(np.float64).rename("Output")
+    # The file keeps MagmaClustR's generic column names; the loader names the units.
+    X = pd.DataFrame({"ID": df["ID"], "age_months": df["Input"].astype(np.float64)})
+    y = df["Output"].astype(np.float64).rename("weight_kg")
     if not return_sex:
         return X, y
     first = ~X["ID"].duplicated()
@@ -161,15 +162,15 @@ def load_swimmers(gender: Literal[1, 2] | None = None) -> tuple[pd.DataFrame, pd
     Returns
     -------
     X : DataFrame
-        Columns ``"ID"`` (swimmer id, str) and ``"Age"`` (years, float).
+        Columns ``"ID"`` (swimmer id, str) and ``"age_years"`` (age in years, float).
     y : Series
-        ``"Performance"``: race time in seconds.
+        ``"time_s"``: 100 m race time in seconds.
     """
     if gender not in (None, 1, 2):
         raise ValueError(f"gender must be None, 1 or 2, got {gender!r}")
     df = _read_csv("real", "swimmers.csv.gz", dtype={"ID": str})
     if gender is not None:
         df = df.loc[df["Gender"] == gender].reset_index(drop=True)
-    X = pd.DataFrame({"ID": df["ID"], "Age": df["Age"].astype(np.float64)})
-    y = df["Performance"].astype(np.float64).rename("Performance")
+    X = pd.DataFrame({"ID": df["ID"], "age_years": df["Age"].astype(np.float64)})
+    y = df["Performance"].astype(np.float64).rename("time_s")
     return X, y
