@@ -80,11 +80,11 @@ class InputScale:
         return dates if self.tz is None else dates.tz_localize("UTC").tz_convert(self.tz)
 
 
-def column_kind(column: pd.Series, name: Hashable) -> str:
+def column_kind(column: pd.Series) -> str:
     """Kind of an input column: ``"datetime"``, ``"timedelta"`` or ``"numeric"``.
 
-    Object columns of dates are read as dates; one that mixes timezones, or naive and
-    aware dates, raises a ValueError naming the column.
+    Object columns of dates (Python ``datetime`` or ``date`` objects, Timestamps) are
+    dates too.
     """
     if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(
         column.dtype
@@ -128,7 +128,7 @@ def _tz_name(column: pd.Series) -> str | None:
 
 def fit_scale(column: pd.Series, name: Hashable) -> InputScale:
     """The scale of an input column at fit (the origin is its earliest date)."""
-    kind = column_kind(column, name)
+    kind = column_kind(column)
     if kind == "numeric":
         return InputScale(str(name))
     if kind == "timedelta":
@@ -151,7 +151,7 @@ def to_model(column: pd.Series, scale: InputScale, name: Hashable) -> np.ndarray
     ValueError
         If an object column mixes timezones.
     """
-    kind = column_kind(column, name)
+    kind = column_kind(column)
     if kind != scale.kind:
         raise TypeError(
             f"Input column {name!r} of X holds {_describe(kind, column)}, but it held "

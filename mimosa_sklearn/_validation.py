@@ -4,7 +4,8 @@ Used alike by the estimator, the forecast scorer (:mod:`.metrics`) and the plots
 (:mod:`.plotting`), so that every entry point reads ``X`` the same way and names the bad
 column, row or value in its errors. ``est`` is the estimator: its ``task_col`` says how
 to split ``X``, and scikit-learn's ``validate_data`` records or checks the number and
-names of the columns on it.
+names of the columns on it. Date and duration columns become numbers on the scale of
+:mod:`._dates`, fitted when ``reset`` and read from ``est.input_scales_`` otherwise.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def _scales(
     if reset:
         return tuple(fit_scale(frame.iloc[:, p], c) for p, c in zip(positions, cols, strict=True))
     fitted = getattr(est, "input_scales_", None)
-    if fitted is None or len(fitted) != len(cols):  # an estimator saved before dates
+    if fitted is None:  # a state saved before dates were read: numbers only
         return tuple(InputScale(str(c)) for c in cols)
     return tuple(fitted)
 

@@ -5,7 +5,8 @@ Run ``python -m mimosa_sklearn.demo`` (or ``bash scripts/quickstart.sh``). It fi
 conditions every held-out task on its first points, forecasts the rest, and prints a
 table comparing it with scikit-learn's :class:`~sklearn.gaussian_process.GaussianProcessRegressor`
 fitted on each held-out task's own points. A figure of the fitted mean processes and
-a few forecasts is saved to ``<out>/forecast.png``.
+a few forecasts is saved to ``outputs/forecast_<dataset>.png`` (``--output PATH`` to
+choose the file), so that the data sets do not overwrite each other's figure.
 
 Data sets:
 
@@ -14,9 +15,9 @@ Data sets:
     ``Input <= 6`` and forecast for ``Input > 6``. The table adds the adjusted Rand
     index (ARI) of the training clusters against the true ones.
 ``weight``
-    Children's weight (kg) against age (months). Children are split by id into 80%
-    training and 20% held out (deterministically); each held-out child is observed up
-    to 12 months and forecast from 18 months to 6 years.
+    Children's weight (``weight_kg``) against age (``age_months``). Children are split
+    by id into 80% training and 20% held out (deterministically); each held-out child is
+    observed up to 12 months and forecast from 18 months to 6 years.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.datasets import load_synth_dev, load_weight
 from mimosa_sklearn.metrics import coverage, nlpd
 
-__all__ = ["main", "run_demo"]
+__all__ = ["default_output", "main", "run_demo"]
 
 DATASETS = ("synth_dev", "weight")
 N_CLUSTERS = 3
@@ -59,7 +60,6 @@ def _load_synth_dev() -> dict[str, Any]:
         "observed": (X_obs, y_obs),
         "target": (X_new, y_new),
         "true_clusters": clusters,
-        "labels": ("Input", "Output"),
     }
 
 
@@ -70,7 +70,7 @@ def _load_weight() -> dict[str, Any]:
     n_test = int(round(WEIGHT_TEST_FRACTION * ids.size))
     test_ids = set(rng.permutation(ids)[:n_test].tolist())
     is_test = X["ID"].isin(test_ids).to_numpy()
-    early = (X["Input"] <= WEIGHT_OBSERVED_UNTIL).to_numpy()
+    early = (X["age_months"] <= WEIGHT_OBSERVED_UNTIL).to_numpy()
     obs, tgt = is_test & early, is_test & ~early
     # Keep held-out children with something to condition on and something to forecast.
     both = np.intersect1d(X.loc[obs, "ID"].unique(), X.loc[tgt, "ID"].unique())
@@ -86,7 +86,6 @@ def _load_weight() -> dict[str, Any]:
         "observed": (X[obs].reset_index(drop=True), y[obs].reset_index(drop=True)),
         "target": (X[tgt].reset_index(drop=True), y[tgt].reset_index(drop=True)),
         "true_clusters": None,
-        "labels": ("age (months)", "weight (kg)"),
     }
 
 
@@ -166,11 +165,9 @@ def _figure(model: MagmaClusterRegressor, data: dict[str, Any], path: Path) -> P
     axes = fig.subplots(2, 2)
     plot_mean_processes(model, *data["train"], ax=axes[0, 0])
     tasks = pd.unique(X_obs["ID"])[:N_PANELS]
+    # The plots label their axes from the data's columns (age_months -> "age (months)").
     for ax, task in zip(axes.flat[1:], tasks, strict=False):
         plot_forecast(model, task, X_obs, y_obs, X_new, y_true=y_new, ax=ax)
-    for ax in axes.flat:
-        ax.set_xlabel(data["labels"][0])
-        ax.set_ylabel(data["labels"][1])
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -179,7 +176,27 @@ def _figure(model: MagmaClusterRegressor, data: dict[str, Any], path: Path) -> P
 # ---------------------------------------------------------------------- entry points
 
 
-def run_demo(dataset: str = "synth_dev", out: str | Path = "outputs") -> dict[str, Any]:
+def default_output(dataset: str, out: str | Path = "outputs") -> Path:
+    """Where the figure of ``dataset`` goes by default: ``<out>/forecast_<dataset>.png``.
+
+    Parameters
+    ----------
+    dataset : str
+        Name of the data set.
+    out : str or Path, default="outputs"
+        Folder of the figure.
+
+    Returns
+    -------
+    path : Path
+        The figure's path.
+    """
+    return Path(out) / f"forecast_{dataset}.png"
+
+
+def run_demo(
+    dataset: str = "synth_dev", out: str | Path = "outputs", output: str | Path | None = None
+) -> dict[str, Any]:
     """Run the demo and return its results (also what :func:`main` prints).
 
     Parameters
@@ -187,7 +204,10 @@ def run_demo(dataset: str = "synth_dev", out: str | Path = "outputs") -> dict[st
     dataset : {"synth_dev", "weight"}, default="synth_dev"
         Bundled data set to use.
     out : str or Path, default="outputs"
-        Folder for ``forecast.png`` (created if needed).
+        Folder of the figure ``forecast_<dataset>.png`` (created if needed).
+    output : str or Path or None, default=None
+        Path of the figure, instead of the file in ``out`` (its folder is created
+        if needed).
 
     Returns
     -------
@@ -233,7 +253,8 @@ def run_demo(dataset: str = "synth_dev", out: str | Path = "outputs") -> dict[st
             ),
         ]
     ).set_index("method")
-    figure = _figure(model, data, Path(out) / "forecast.png")
+    path = default_output(dataset, out) if output is None else Path(output)
+    figure = _figure(model, data, path)
     return {"title": data["title"], "table": table, "figure": figure, "model": model}
 
 
@@ -250,21 +271,37 @@ def _format(table: pd.DataFrame) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: ``python -m mimosa_sklearn.demo [--dataset] [--out]``."""
+    """Command-line entry point: ``python -m mimosa_sklearn.demo [--dataset] [--out] [--output]``.
+
+    Parameters
+    ----------
+    argv : sequence of str, default=None
+        Arguments (default: the command line's).
+
+    Returns
+    -------
+    status : int
+        0 on success.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m mimosa_sklearn.demo",
         description="Fit MagmaClust on bundled data, compare its forecasts of held-out "
         "tasks with one GP per task, and save a figure.",
     )
     parser.add_argument("--dataset", choices=DATASETS, default="synth_dev")
-    parser.add_argument("--out", default="outputs", help="folder for forecast.png")
+    parser.add_argument(
+        "--out", default="outputs", help="folder of the figure forecast_<dataset>.png"
+    )
+    parser.add_argument(
+        "--output", default=None, metavar="PATH", help="path of the figure (overrides --out)"
+    )
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])
 
     print(f"==> {args.dataset}: fitting (the first fit compiles JAX code) ...", flush=True)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        results = run_demo(args.dataset, args.out)
+        results = run_demo(args.dataset, args.out, args.output)
     print()
     print(results["title"])
     print(_format(results["table"]))

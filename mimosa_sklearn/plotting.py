@@ -1,255 +1,53 @@
 """Matplotlib figures for a fitted :class:`~mimosa_sklearn.MagmaClusterRegressor`.
 
-Three views cover the usual questions:
+The figures answer the usual questions (those of MagmaClustR's ``plot_magmaclust`` and
+``plot_gif`` included):
 
 * :func:`plot_mean_processes`: what do the clusters look like? (the ``K`` mean
-  processes with their 95% credible bands, optionally over the data);
+  processes with their 95% credible bands, optionally over the data points);
+* :func:`plot_clusters`: which curves went where? (every task as a curve coloured by
+  its most likely cluster, under the mean processes and their bands);
+* :func:`plot_memberships`: how sure is the clustering? (a heatmap of the memberships,
+  tasks by clusters);
 * :func:`plot_forecast`: what does the model predict for one task? (its points, the
   mixture forecast with a 95% band, and the cluster means weighted by membership);
+* :func:`plot_forecast_fan`: how uncertain is that forecast? (nested quantile bands);
+* :func:`animate_forecast`: how does the forecast sharpen as the task's points arrive?
+  (a matplotlib animation, saved as a GIF or shown as HTML);
 * :func:`plot_elbo`: did the variational EM converge?
 
+Axis labels come from the fitted column names: a name ``<quantity>_<unit>`` with a
+known unit reads "quantity (unit)" (``age_months``: "age (months)", ``weight_kg``:
+"weight (kg)"); other names are shown as they are. A date input column gives a date
+axis.
+
 matplotlib is an optional dependency: ``pip install 'mimosa-sklearn[plot]'``. It is
-imported when a function is called, never when this module is imported. The plots
+imported when a function is called, never when this module is imported. The curves
 need one-dimensional inputs (one input column besides the task column).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from sklearn.utils.validation import check_is_fitted
 
-from ._validation import validate_rows
+from . import _plot_base as base
+from ._plot_animation import animate_forecast
+from ._plot_clusters import plot_clusters, plot_mean_processes, plot_memberships
 
-__all__ = ["plot_elbo", "plot_forecast", "plot_mean_processes"]
-
-# Two-sided 95% normal quantile, written out to avoid importing scipy for a constant.
-_Z95 = 1.959963984540054
-# Clusters with at least this membership are "plausible" for a task in plot_forecast.
-_LIKELY = 0.05
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _pyplot() -> Any:
-    """Import ``matplotlib.pyplot`` or explain how to install it."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "mimosa_sklearn.plotting needs matplotlib, an optional dependency: "
-            "pip install 'mimosa-sklearn[plot]'"
-        ) from exc
-    return plt
-
-
-def _axes(ax: Any) -> Any:
-    """The given Axes, or the current Axes of pyplot (checks that matplotlib exists)."""
-    plt = _pyplot()
-    return plt.gca() if ax is None else ax
-
-
-def _cluster_colors(n_clusters: int) -> list[Any]:
-    """One distinct colour per cluster (tab10, then tab20 beyond ten clusters)."""
-    import matplotlib as mpl
-
-    cmap = mpl.colormaps["tab10" if n_clusters <= 10 else "tab20"]
-    return [cmap(k % cmap.N) for k in range(n_clusters)]
-
-
-def _check_fitted(estimator: Any) -> None:
-    check_is_fitted(estimator, "model_")
-
-
-def _check_1d_inputs(estimator: Any) -> None:
-    n_inputs = int(np.asarray(estimator.model_.grid).shape[1])
-    if n_inputs != 1:
-        raise ValueError(
-            f"plots need one input column besides the task column, but the model was fitted "
-            f"with {n_inputs} inputs; plot a 1-D slice of your data with your own code."
-        )
-
-
-def _output_names(estimator: Any) -> list[str]:
-    n_out = int(np.size(estimator._y_train_mean))
-    names = getattr(estimator, "_output_names", None)
-    return list(names) if names is not None else [f"y{o}" for o in range(n_out)]
-
-
-def _output_index(estimator: Any, output: int | str) -> int:
-    """Position of ``output`` (an index or an output name) among the fitted outputs."""
-    names = _output_names(estimator)
-    if isinstance(output, str):
-        if output not in names:
-            raise ValueError(f"output {output!r} is not one of the fitted outputs {names}")
-        return names.index(output)
-    if not -len(names) <= int(output) < len(names):
-        raise ValueError(f"output={output} is out of range for {len(names)} output(s)")
-    return int(output) % len(names)
-
-
-def _input_name(estimator: Any) -> str:
-    names = getattr(estimator, "_input_names", None)
-    if names:
-        return str(names[0])
-    return "input"
-
-
-def _mean_processes_at(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hyperposterior mean and std of the mean processes at ``x`` (M,), original units.
-
-    Returns arrays of shape (K, O, M).
-    """
-    mean, var = estimator.model_.mean_processes(np.asarray(x, dtype=np.float64)[:, None])
-    loc = np.asarray(estimator._y_train_mean, dtype=np.float64)[:, None]
-    scale = np.asarray(estimator._y_train_std, dtype=np.float64)[:, None]
-    std = np.sqrt(np.clip(np.asarray(var, dtype=np.float64), 0.0, None))
-    return np.asarray(mean, dtype=np.float64) * scale + loc, std * scale
-
-
-def _split_rows(estimator: Any, X: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Task ids (n,) and 1-D inputs (n,) of rows laid out like the training ``X``."""
-    rows = validate_rows(estimator, X, reset=False)
-    return rows.ids, rows.inputs[:, 0]
-
-
-def _task_frame(estimator: Any, task_id: Hashable, x: np.ndarray) -> Any:
-    """Rows ``(task_id, x)`` laid out like the training ``X`` (DataFrame or array)."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    names = getattr(estimator, "feature_names_in_", None)
-    task_col = estimator.task_col
-    if names is not None:
-        # A list lets pandas infer the id dtype (str -> object, int -> int64) as it did
-        # for the training frame.
-        data = {name: ([task_id] * x.size if name == task_col else x) for name in names}
-        return pd.DataFrame(data, columns=list(names))
-    n_features = int(estimator.n_features_in_)
-    if task_col is None:
-        return x[:, None]
-    arr = np.empty((x.size, n_features), dtype=object)
-    pos = int(task_col) % n_features
-    arr[:, pos] = task_id
-    arr[:, [j for j in range(n_features) if j != pos]] = x[:, None]
-    return arr
-
-
-def _column(y: Any, o: int) -> np.ndarray:
-    """Output ``o`` of ``y`` (1-D or 2-D) as a float vector."""
-    arr = np.asarray(y, dtype=np.float64)
-    return arr if arr.ndim == 1 else arr[:, o]
-
-
-def _fine_grid(lo: float, hi: float, n_points: int) -> np.ndarray:
-    if hi <= lo:  # a single distinct input: widen a little so that a curve shows
-        lo, hi = lo - 0.5, hi + 0.5
-    return np.linspace(lo, hi, int(n_points))
-
+__all__ = [
+    "animate_forecast",
+    "plot_clusters",
+    "plot_elbo",
+    "plot_forecast",
+    "plot_forecast_fan",
+    "plot_mean_processes",
+    "plot_memberships",
+]
 
 # ---------------------------------------------------------------------- public functions
-
-
-def plot_mean_processes(
-    estimator: Any,
-    X: Any = None,
-    y: Any = None,
-    *,
-    output: int | str = 0,
-    ax: Any = None,
-    n_points: int = 200,
-) -> Any:
-    """Plot the ``K`` mean processes with their 95% credible bands.
-
-    Each mean process is drawn as its hyperposterior mean over a fine grid spanning the
-    training inputs, with a band of ±1.96 hyperposterior standard deviations (the
-    uncertainty about the cluster mean itself, not the spread of the tasks around it).
-    When ``X`` and ``y`` are given, the data points are added, coloured by the most
-    likely cluster of their task.
-
-    Parameters
-    ----------
-    estimator : MagmaClusterRegressor
-        A fitted estimator with one input column.
-    X : DataFrame or array-like of shape (n_samples, n_features), default=None
-        Rows to scatter, laid out like the training ``X``. Training tasks are coloured
-        by ``labels_``; other tasks by :meth:`~MagmaClusterRegressor.predict_proba`,
-        which knows tasks added with :meth:`~MagmaClusterRegressor.condition` (tasks
-        never seen get the largest mixture weight).
-    y : array-like of shape (n_samples,) or (n_samples, n_outputs), default=None
-        Outputs of ``X``; required with ``X``.
-    output : int or str, default=0
-        Output to plot (position or name) when the model has several.
-    ax : matplotlib Axes, default=None
-        Axes to draw on; the current Axes when None.
-    n_points : int, default=200
-        Number of grid points of each curve.
-
-    Returns
-    -------
-    ax : matplotlib Axes
-        The Axes, with one line and one band per cluster (plus one scatter of points
-        per cluster when data are given) and a legend.
-
-    Raises
-    ------
-    ValueError
-        If the model has more than one input, or ``X`` is given without ``y``.
-
-    Examples
-    --------
-    >>> import matplotlib.pyplot as plt  # doctest: +SKIP
-    >>> from mimosa_sklearn.plotting import plot_mean_processes  # doctest: +SKIP
-    >>> ax = plot_mean_processes(model, X, y)  # doctest: +SKIP
-    >>> plt.show()  # doctest: +SKIP
-    """
-    _check_fitted(estimator)
-    _check_1d_inputs(estimator)
-    if (X is None) != (y is None):
-        raise ValueError("give both X and y to draw the data points, or neither")
-    if int(n_points) < 2:
-        raise ValueError(f"n_points must be at least 2, got {n_points}")
-    ax = _axes(ax)
-    o = _output_index(estimator, output)
-    grid = np.asarray(estimator.model_.grid, dtype=np.float64)[:, 0]
-    x = _fine_grid(float(grid.min()), float(grid.max()), n_points)
-    mean, std = _mean_processes_at(estimator, x)
-    weights = np.asarray(estimator.weights_, dtype=np.float64)
-    colors = _cluster_colors(mean.shape[0])
-
-    for k in range(mean.shape[0]):
-        m, s = mean[k, o], std[k, o]
-        ax.fill_between(x, m - _Z95 * s, m + _Z95 * s, color=colors[k], alpha=0.2, lw=0)
-        ax.plot(x, m, color=colors[k], lw=2.2, label=f"cluster {k} (weight {weights[k]:.2f})")
-
-    if X is not None:
-        _, inputs = _split_rows(estimator, X)
-        values = _column(y, o)
-        if values.shape[0] != inputs.shape[0]:
-            raise ValueError(f"X has {inputs.shape[0]} rows but y has {values.shape[0]}")
-        clusters = np.asarray(estimator.predict_proba(X)).argmax(axis=1)
-        keep = ~np.isnan(values)
-        for k in range(mean.shape[0]):
-            sel = keep & (clusters == k)
-            if sel.any():
-                ax.scatter(
-                    inputs[sel],
-                    values[sel],
-                    s=10,
-                    color=colors[k],
-                    alpha=0.55,
-                    edgecolors="none",
-                    zorder=1,
-                )
-
-    names = _output_names(estimator)
-    ax.set_xlabel(_input_name(estimator))
-    ax.set_ylabel(names[o])
-    ax.set_title(f"Mean processes (K={mean.shape[0]}, 95% credible bands)")
-    ax.legend(loc="best", fontsize="small", framealpha=0.8)
-    return ax
 
 
 def plot_forecast(
@@ -313,58 +111,36 @@ def plot_forecast(
     >>> X_obs, y_obs = load_synth_dev("test_observed")  # doctest: +SKIP
     >>> ax = plot_forecast(model, "ID_61", X_obs, y_obs)  # doctest: +SKIP
     """
-    _check_fitted(estimator)
-    _check_1d_inputs(estimator)
-    ax = _axes(ax)
-    o = _output_index(estimator, output)
+    base.check_1d_fitted(estimator)
+    ax = base.axes(ax)
+    o = base.output_index(estimator, output)
 
-    ids, x_all = _split_rows(estimator, X_obs)
-    is_task = ids == task_id
-    x_obs = x_all[is_task]
-    y_arr = np.asarray(y_obs, dtype=np.float64)
-    if y_arr.shape[0] != ids.shape[0]:
-        raise ValueError(f"X_obs has {ids.shape[0]} rows but y_obs has {y_arr.shape[0]}")
-    y_task = y_arr[is_task]
-
-    x_target = np.empty(0)
-    target_rows = None
-    if X_pred is not None:
-        arr = X_pred if isinstance(X_pred, pd.DataFrame) else np.asarray(X_pred)
-        if isinstance(arr, np.ndarray) and (arr.ndim == 1 or arr.shape[1] == 1):
-            x_target = arr.astype(np.float64).ravel()
-            target_rows = np.ones(x_target.shape, dtype=bool)
-        else:
-            pred_ids, pred_x = _split_rows(estimator, arr)
-            target_rows = pred_ids == task_id
-            x_target = pred_x[target_rows]
-
-    is_training = bool(pd.Index(estimator.task_ids_).get_indexer([task_id])[0] >= 0)
+    task = base.task_points(estimator, task_id, X_obs, y_obs, X_pred)
+    x_obs, y_task, x_target, target_rows = task.x_obs, task.y_obs, task.x_target, task.target_rows
+    is_training = task.is_training
     if not is_training and x_obs.size:
-        estimator.condition(_task_frame(estimator, task_id, x_obs), y_task)
+        estimator.condition(base.task_frame(estimator, task_id, x_obs), y_task)
 
-    span = [x_obs, x_target]
-    if X_pred is None:
-        span.append(np.asarray(estimator.model_.grid, dtype=np.float64)[:, 0])
-    span = np.concatenate([s for s in span if s.size])
-    x = _fine_grid(float(span.min()), float(span.max()), n_points)
-    rows = _task_frame(estimator, task_id, x)
+    x = task.span(estimator, n_points)
+    rows = base.task_frame(estimator, task_id, x)
     mean, std = estimator.predict(rows, return_std=True)
-    mean, std = _column(mean, o), _column(std, o)
+    mean, std = base.column(mean, o), base.column(std, o)
     tau = np.asarray(estimator.predict_proba(rows[:1]))[0]
 
     # Vertical extent: the task and the clusters it plausibly belongs to; the means of
     # unlikely clusters may lie far away and would flatten the forecast otherwise.
-    y_plot = _column(y_task, o) if y_task.size else np.empty(0)
-    extent = [mean - _Z95 * std, mean + _Z95 * std, y_plot]
+    y_plot = base.column(y_task, o) if y_task.size else np.empty(0)
+    xd = base.to_display(estimator, x)
+    extent = [mean - base.Z95 * std, mean + base.Z95 * std, y_plot]
     if show_clusters:
-        cluster_mean, _ = _mean_processes_at(estimator, x)
-        colors = _cluster_colors(cluster_mean.shape[0])
+        cluster_mean, _ = base.mean_processes_at(estimator, x)
+        colors = base.cluster_colors(cluster_mean.shape[0])
         for k in range(cluster_mean.shape[0]):
-            likely = tau[k] >= _LIKELY
+            likely = tau[k] >= base.LIKELY
             if likely:
                 extent.append(cluster_mean[k, o])
             ax.plot(
-                x,
+                xd,
                 cluster_mean[k, o],
                 color=colors[k],
                 lw=1.6,
@@ -374,18 +150,18 @@ def plot_forecast(
                 label=f"cluster {k} mean (membership {tau[k]:.2f})" if likely else "_unlikely",
             )
 
-    ax.fill_between(
-        x, mean - _Z95 * std, mean + _Z95 * std, color="0.55", alpha=0.3, lw=0, label="95% band"
-    )
-    ax.plot(x, mean, color="black", lw=2, label="forecast mean")
+    low, high = mean - base.Z95 * std, mean + base.Z95 * std
+    ax.fill_between(xd, low, high, color="0.55", alpha=0.3, lw=0, label="95% band")
+    ax.plot(xd, mean, color="black", lw=2, label="forecast mean")
     if x_obs.size:
-        ax.scatter(x_obs, y_plot, s=22, color="black", zorder=3, label="observed")
+        shown = base.to_display(estimator, x_obs)
+        ax.scatter(shown, y_plot, s=22, color="black", zorder=3, label="observed")
     if y_true is not None and x_target.size:
-        truth = _column(np.asarray(y_true, dtype=np.float64), o)
+        truth = base.column(np.asarray(y_true, dtype=np.float64), o)
         if target_rows is not None and truth.shape[0] == target_rows.shape[0]:
             truth = truth[target_rows]
         ax.scatter(
-            x_target,
+            base.to_display(estimator, x_target),
             truth,
             s=26,
             facecolors="none",
@@ -408,8 +184,106 @@ def plot_forecast(
     else:
         kind = "new task" if x_obs.size else "unseen task, cluster mixture"
     ax.set_title(f"Task {task_id} ({kind}, most likely cluster {int(np.argmax(tau))})")
-    ax.set_xlabel(_input_name(estimator))
-    ax.set_ylabel(_output_names(estimator)[o])
+    base.label_axes(estimator, ax, o)
+    ax.legend(loc="best", fontsize="x-small", framealpha=0.8)
+    return ax
+
+
+def plot_forecast_fan(
+    estimator: Any,
+    task_id: Hashable,
+    X_obs: Any,
+    y_obs: Any,
+    X_pred: Any = None,
+    *,
+    levels: Sequence[float] = (0.5, 0.8, 0.95),
+    ax: Any = None,
+    output: int | str = 0,
+    n_points: int = 200,
+) -> Any:
+    """Plot a fan chart of one task's forecast: nested central intervals.
+
+    The forecast is that of :meth:`~MagmaClusterRegressor.predict` for a training task
+    (or a task already added with :meth:`~MagmaClusterRegressor.condition` when
+    ``X_obs`` holds none of its rows), and that of
+    :meth:`~MagmaClusterRegressor.forecast` from its rows of ``X_obs`` otherwise: the
+    estimator is left unchanged. Each band is the central interval of probability
+    ``level`` of a normal law with the predictive mean and standard deviation (the
+    predictive of a new task is a mixture over clusters: its first two moments are
+    kept). Darker bands are the narrower ones.
+
+    Parameters
+    ----------
+    estimator : MagmaClusterRegressor
+        A fitted estimator with one input column.
+    task_id : hashable
+        Id of the task.
+    X_obs : DataFrame or array-like of shape (n_samples, n_features)
+        Observed rows, laid out like the training ``X`` (rows of other tasks are
+        ignored).
+    y_obs : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Outputs of ``X_obs``.
+    X_pred : DataFrame or array-like, default=None
+        Where the forecast is wanted: rows laid out like ``X`` or a 1-D sequence of
+        input values (dates for a date column); the fan spans them and the observed
+        inputs. None: the observed and training inputs.
+    levels : sequence of float, default=(0.5, 0.8, 0.95)
+        Probabilities of the central intervals, each in (0, 1).
+    ax : matplotlib Axes, default=None
+        Axes to draw on; the current Axes when None.
+    output : int or str, default=0
+        Output to plot (position or name) when the model has several.
+    n_points : int, default=200
+        Number of grid points of the fan.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        The Axes, with one band per level (widest first), the mean line and the
+        observed points.
+
+    Examples
+    --------
+    >>> ax = plot_forecast_fan(model, "ID_61", X_obs, y_obs)  # doctest: +SKIP
+    """
+    from scipy.stats import norm
+
+    base.check_1d_fitted(estimator)
+    levels = sorted(float(p) for p in levels)
+    if not levels or not all(0.0 < p < 1.0 for p in levels):
+        raise ValueError(f"levels must be probabilities in (0, 1), got {levels}")
+    ax = base.axes(ax)
+    o = base.output_index(estimator, output)
+    task = base.task_points(estimator, task_id, X_obs, y_obs, X_pred)
+    x = task.span(estimator, n_points)
+    rows = base.task_frame(estimator, task_id, x)
+    if task.is_training or not task.x_obs.size:
+        mean, std = estimator.predict(rows, return_std=True)
+    else:
+        observed = base.task_frame(estimator, task_id, task.x_obs)
+        mean, std = estimator.forecast(observed, task.y_obs, rows)
+    mean, std = base.column(mean, o), base.column(std, o)
+
+    xd = base.to_display(estimator, x)
+    for rank, level in enumerate(reversed(levels)):
+        z = float(norm.ppf(0.5 + level / 2))
+        shade = 0.25 + 0.45 * rank / max(len(levels) - 1, 1)
+        ax.fill_between(
+            xd,
+            mean - z * std,
+            mean + z * std,
+            color="tab:blue",
+            alpha=shade,
+            lw=0,
+            label=f"{level:.0%} interval",
+        )
+    ax.plot(xd, mean, color="navy", lw=1.8, label="forecast mean")
+    if task.x_obs.size:
+        shown = base.to_display(estimator, task.x_obs)
+        y_task = base.column(task.y_obs, o)
+        ax.scatter(shown, y_task, s=22, color="black", zorder=3, label="observed")
+    ax.set_title(f"Task {task_id}: forecast fan")
+    base.label_axes(estimator, ax, o)
     ax.legend(loc="best", fontsize="x-small", framealpha=0.8)
     return ax
 
@@ -436,8 +310,8 @@ def plot_elbo(estimator: Any, ax: Any = None) -> Any:
     --------
     >>> ax = plot_elbo(model)  # doctest: +SKIP
     """
-    _check_fitted(estimator)
-    ax = _axes(ax)
+    base.check_fitted(estimator)
+    ax = base.axes(ax)
     from matplotlib.ticker import MaxNLocator
 
     elbo = np.asarray(estimator.elbo_, dtype=np.float64)

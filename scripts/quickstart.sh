@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the environment (first run only) and run the MagmaClust demo:
-# fits on bundled data, prints a metrics table, saves a forecast plot to outputs/.
+# fits on bundled data, prints a metrics table, saves a forecast plot to
+# outputs/forecast_<dataset>.png (or to --output PATH).
 # Extra arguments are passed to `python -m mimosa_sklearn.demo`.
 set -euo pipefail
 

@@ -7,6 +7,7 @@ another kind of values in the column.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -204,3 +205,11 @@ def test_skops_round_trip_keeps_the_date_scale(pair, data, tmp_path):
     np.testing.assert_array_equal(loaded.predict(X_new), dated.predict(X_new))
     with pytest.raises(TypeError, match="'Input'"):
         loaded.predict(_days(data["X_new"], data["first"]))
+
+
+def test_warm_start_from_dates_to_numbers_starts_over(pair, data):
+    dated, _ = pair
+    again = copy.deepcopy(dated).set_params(warm_start=True, max_iter=2)
+    with pytest.warns(UserWarning, match="the input columns changed"):
+        again.fit(_days(data["X"], data["first"]), data["y"])
+    assert again.input_scales_ == (InputScale("Input"),)
