@@ -500,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{n_train} training tasks ({len(split.y_train)} points); {n_test} test tasks with "
         f"{len(split.y_obs)} observed and {len(split.y_target)} target points.",
         "",
+        # snippet section: README (scripts/sync_readme.py) and docs/benchmarks.md copy it
+        "<!-- --8<-- [start:table] -->",
         table,
+        "<!-- --8<-- [end:table] -->",
         "",
         "RMSE, NLPD (mean Gaussian negative log predictive density, noise included) and "
         "cov95 (fraction of targets inside the 95% interval) over all target points. ARI: "

@@ -9,6 +9,7 @@ is loaded by the others.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -30,6 +31,18 @@ def pytest_configure(config):
         folder = tempfile.mkdtemp(prefix="mimosa-sklearn-test-cache-")
         config.stash[_CACHE_FOLDER] = folder
         os.environ["MIMOSA_SKLEARN_CACHE_DIR"] = folder
+
+
+def pytest_sessionfinish(session):
+    # An xdist worker's controller waits only 5 s for the worker to finish once this
+    # hook returns; execnet then sends the worker SIGINT, which lands in JAX's gc
+    # callback and prints a KeyboardInterrupt traceback although every test passed.
+    # What ran past 5 s were pytest's collections at unconfigure, each traversing a heap
+    # grown by hundreds of compilations. Collect now, while the controller still waits,
+    # and freeze the survivors so that those collections skip them.
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        gc.collect()
+        gc.freeze()
 
 
 def pytest_unconfigure(config):

@@ -23,8 +23,9 @@ ESTIMATORS = [
 
 _PROBA = (
     "MagmaClust is a regressor that also reports cluster memberships: predict_proba "
-    "returns them by design (DESIGN.md), so the regressor-has-no-predict_proba rule "
-    "does not apply."
+    "returns each row's task memberships by design (docs/guide.md, "
+    "'Workflow: fit, condition, predict'), so the regressor-has-no-predict_proba "
+    "rule does not apply."
 )
 EXPECTED_FAILED: dict[object, dict[str, str]] = {
     None: {
