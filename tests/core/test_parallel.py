@@ -129,7 +129,8 @@ def test_sum_over_chunks_hands_fn_chunks_of_the_chosen_size():
 
     x = jnp.arange(24.0).reshape(12, 2)
     assert float(par.sum_over_chunks(fn, x, 5)) == float(jnp.sum(x))
-    assert seen == [(4, 2)]  # chunk_for(12, 5) = 4, traced once inside lax.map
+    # chunk_for(12, 5) = 4; traced for the running sum's shape, then inside lax.scan.
+    assert set(seen) == {(4, 2)}
     seen.clear()
     par.sum_over_chunks(fn, x, 0)
     assert seen == [(12, 2)]
