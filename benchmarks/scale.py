@@ -10,7 +10,8 @@ of every program the timed fit runs: they depend on the shapes, not on ``max_ite
 then times a fit with ``max_iter=--iters`` and ``tol=0`` (every iteration runs) on the
 same data. It reports the time to draw the data, the timed fit (ingest of the rows
 into padded arrays, the EM iterations and the final E-steps), the fit time per task,
-the peak RSS of the whole process (data frames included) and the RSS once the data
+its CPU time (all threads; on a machine shared with other work, CPU time per task is
+steadier than wall time), the peak RSS of the whole process (data frames included) and the RSS once the data
 is drawn, as a Markdown table.
 
 ``--timeout`` bounds each size's process (seconds); a size that runs out of time or
@@ -58,9 +59,9 @@ def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
     data_rss = _rss_gib()
     MagmaClusterRegressor(n_clusters=3, max_iter=1, tol=0.0, random_state=0).fit(X, y)
     est = MagmaClusterRegressor(n_clusters=3, max_iter=iters, tol=0.0, random_state=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     est.fit(X, y)
-    fit = time.perf_counter() - t0
+    fit, cpu = time.perf_counter() - t0, time.process_time() - c0
     import jax
 
     return {
@@ -69,6 +70,8 @@ def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
         "draw_s": draw,
         "fit_s": fit,
         "ms_per_task": 1e3 * fit / n_tasks,
+        "cpu_s": cpu,
+        "cpu_ms_per_task": 1e3 * cpu / n_tasks,
         "peak_rss_gib": _peak_rss_gib(),
         "data_rss_gib": data_rss,
         "n_iter": int(est.n_iter_),
@@ -88,29 +91,34 @@ def _child(n_tasks: int, iters: int, timeout: float) -> dict:
     if out.returncode != 0 or not lines:
         why = "killed (out of memory?)" if out.returncode < 0 else f"exit {out.returncode}"
         tail = out.stderr.strip().splitlines()[-1:] or [""]
-        return {"tasks": n_tasks, "error": f"{why} after {time.perf_counter() - t0:.0f} s {tail[0]}"}
+        return {
+            "tasks": n_tasks,
+            "error": f"{why} after {time.perf_counter() - t0:.0f} s {tail[0]}",
+        }
     return json.loads(lines[-1])
 
 
 def table(rows: list[dict], iters: int) -> str:
     """The Markdown table of the measurements (a row per size, then the placeholder)."""
     head = (
-        "| tasks | rows | draw data (s) | fit, warm (s) | ms per task | peak RSS (GiB) "
-        "| RSS after drawing (GiB) | ELBO |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| tasks | rows | draw data (s) | fit, warm (s) | ms per task | CPU (s) "
+        "| CPU ms per task | peak RSS (GiB) | RSS after drawing (GiB) | ELBO |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['tasks']} | | | {r['error']} | | | | |")
+            lines.append(f"| {r['tasks']} | | | {r['error']} | | | | | | |")
             continue
         lines.append(
             f"| {r['tasks']} | {r['rows']} | {r['draw_s']:.1f} | {r['fit_s']:.1f} "
-            f"| {r['ms_per_task']:.2f} | {r['peak_rss_gib']:.2f} | {r['data_rss_gib']:.2f} "
+            f"| {r['ms_per_task']:.2f} | {r['cpu_s']:.1f} | {r['cpu_ms_per_task']:.2f} "
+            f"| {r['peak_rss_gib']:.2f} | {r['data_rss_gib']:.2f} "
             f"| {r['elbo']:.6g} |"
         )
     lines.append(
         "| 100000, 2 processes vs 1 | | | not run: needs multi-process fits "
-        "(issue 23 item 1) | | | | |"
+        "(issue 23 item 1) | | | | | | |"
     )
     lines.append(
         f"\n{iters} EM iterations (`tol=0`) after a warm-up fit, K = 3, 30 points per task, "
