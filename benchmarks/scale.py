@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 GIB = 1024.0**3
 
 
@@ -75,7 +77,7 @@ def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
         "peak_rss_gib": _peak_rss_gib(),
         "data_rss_gib": data_rss,
         "n_iter": int(est.n_iter_),
-        "elbo": float(est.elbo_),
+        "elbo": float(np.ravel(est.elbo_)[-1]),
         "platform": f"JAX {jax.__version__} on {jax.devices()[0].platform}",
     }
 
