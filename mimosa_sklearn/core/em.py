@@ -24,7 +24,13 @@ from jaxtyping import Array, Float
 from .accelerate import squarem_point
 from .approx import prior_offsets
 from .compile import jit, to_device
-from .hyperposterior import Hyperposterior, cluster_index, hyperposterior, prior_kl
+from .hyperposterior import (
+    Hyperposterior,
+    cluster_index,
+    posterior_from_sums,
+    precision_sums,
+    prior_kl,
+)
 from .likelihood import (
     LOG_2PI,
     cluster_nlls,
@@ -35,7 +41,7 @@ from .likelihood import (
 from .linalg import is_projection, logdet_from_chol, masked_inverse
 from .memberships import entropy_term, responsibilities
 from .mstep import m_step, mixture_weights
-from .parallel import map_tasks
+from .parallel import map_chunks, map_tasks, sum_over_chunks
 from .params import (
     Params,
     TaskBatch,
@@ -50,6 +56,7 @@ from .parts import Batch, as_parts, first, part_params, split_tasks, task_weight
 __all__ = [
     "EMResult",
     "task_precisions",
+    "precision_sums_of",
     "e_step",
     "elbo",
     "elbo_from_nll",
@@ -72,19 +79,10 @@ _SQUAREM_MAX_STEP = 4.0
 _SQUAREM_GROWTH = 4.0
 
 
-def task_precisions(
-    params: Params, batch: TaskBatch, jitter: float
-) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "T Kt O N"], Float[Array, "Ts Kt O"]]:
-    """Masked task precisions ``Psi_i^{-1}``, ``Psi_i^{-1} y_i`` (zero on padding) and
-    the log-determinants ``log|Psi_i|`` of the real blocks.
-
-    On the shared-input fast path (:func:`.params.shared_fast_path`) the precision is
-    computed once and returned with a leading axis of size ``Ts = 1``; otherwise
-    ``Ts = T`` and the factorisations run ``batch.task_chunk`` tasks at a time.
-    """
+def _precision_fn(params: Params, batch: TaskBatch, jitter: float):
+    """``(xs, one)``: the per-task hyperparameters to map over and ``one(x_i, m_i, p_i)``,
+    the masked precision ``(Kt, O, N, N)`` and log-determinants ``(Kt, O)`` of one task."""
     o = batch.mask.shape[-1]
-    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
-    y_t = jnp.swapaxes(batch.y, 1, 2)  # (T, O, N)
     xs_params, get_params = per_task_params(params)
 
     def one(x_i, m_i, p_i):
@@ -94,14 +92,55 @@ def task_precisions(
         cov = jnp.broadcast_to(cov, (kt, o, n, n))
         m = jnp.broadcast_to(m_i, (kt, o, n))
         chol = masked_factor(cov, m, jitter)
-        return masked_inverse(chol, m), logdet_from_chol(chol)  # (Kt, O, N, N), (Kt, O)
+        return masked_inverse(chol, m), logdet_from_chol(chol)
 
+    return xs_params, one
+
+
+def task_precisions(
+    params: Params, batch: TaskBatch, jitter: float
+) -> tuple[Float[Array, "Ts Kt O N N"], Float[Array, "T Kt O N"], Float[Array, "Ts Kt O"]]:
+    """Masked task precisions ``Psi_i^{-1}``, ``Psi_i^{-1} y_i`` (zero on padding) and
+    the log-determinants ``log|Psi_i|`` of the real blocks.
+
+    On the shared-input fast path (:func:`.params.shared_fast_path`) the precision is
+    computed once and returned with a leading axis of size ``Ts = 1``; otherwise
+    ``Ts = T`` and the factorisations run ``batch.task_chunk`` tasks at a time (the
+    result holds ``T N^2`` values per cluster: the VE-step itself never forms it, see
+    :func:`precision_sums_of`).
+    """
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    y_t = jnp.swapaxes(batch.y, 1, 2)  # (T, O, N)
+    xs_params, one = _precision_fn(params, batch, jitter)
     if shared_fast_path(params, batch):
         prec, logdet = one(batch.x[0], mask_t[0], None)
         # Padded tasks hold y = 0, so their weighted outputs vanish as on the general path.
         return prec[None], jnp.einsum("konm,tom->tkon", prec, y_t), logdet[None]
     prec, logdet = map_tasks(lambda a: one(*a), (batch.x, mask_t, xs_params), batch.task_chunk)
     return prec, jnp.einsum("tkonm,tom->tkon", prec, y_t), logdet
+
+
+def precision_sums_of(
+    params: Params, tau: Float[Array, "T K"], batch: TaskBatch, n_grid: int, jitter: float
+) -> tuple[Float[Array, "K O G G"], Float[Array, "K O G"]]:
+    """:func:`.hyperposterior.precision_sums` of all tasks of ``batch``, ``batch.task_chunk``
+    tasks at a time: each chunk's precisions are formed, scattered onto the grid and
+    dropped, so memory holds one chunk's ``N x N`` blocks whatever ``T`` is."""
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    y_t = jnp.swapaxes(batch.y, 1, 2)  # (T, O, N)
+    xs_params, one = _precision_fn(params, batch, jitter)
+    offsets = prior_offsets(params, batch)
+    kidx = cluster_index(tau.shape[1], params.log_noise.shape[1])
+
+    def chunk_sums(args):
+        x, m, p, y, tau_c, maps, off = args
+        prec, _ = jax.vmap(one)(x, m, p)
+        wy = jnp.einsum("tkonm,tom->tkon", prec, y)
+        off_wy = None if off is None else (prec[:, kidx] @ off[..., None])[..., 0]
+        return precision_sums(tau_c, prec, wy, maps, n_grid, offset_wy=off_wy)
+
+    xs = (batch.x, mask_t, xs_params, y_t, tau, batch.mappings, offsets)
+    return sum_over_chunks(chunk_sums, xs, batch.task_chunk)
 
 
 def cluster_task_nll(
@@ -138,20 +177,31 @@ def cluster_task_nll(
             offsets=prior_offsets(params, batch),
         )
         return jnp.sum(nll, axis=-1)
-    covs = task_covariances(params, batch.x[:1] if shared else batch.x)
-    nll = task_nlls(
-        batch.y,
-        batch.mask,
-        batch.mappings,
-        post.mean,
-        post.cov,
-        covs,
-        jitter,
-        chunk=batch.task_chunk,
-        shared_weight=batch.task_weight if shared else None,
-        offsets=prior_offsets(params, batch),
-    )
-    return jnp.sum(nll, axis=-1)
+    offsets = prior_offsets(params, batch)
+    if shared:
+        covs = task_covariances(params, batch.x[:1])
+        nll = task_nlls(
+            batch.y,
+            batch.mask,
+            batch.mappings,
+            post.mean,
+            post.cov,
+            covs,
+            jitter,
+            shared_weight=batch.task_weight,
+            offsets=offsets,
+        )
+        return jnp.sum(nll, axis=-1)
+    xs_params, get_params = per_task_params(params)
+
+    def chunk_nll(args):
+        # The chunk's task covariances only: all T of them would hold T N^2 values.
+        x, y, mask, maps, p, off = args
+        covs = jax.vmap(lambda x_i, p_i: task_covariance_one(*get_params(p_i), x_i))(x, p)
+        return task_nlls(y, mask, maps, post.mean, post.cov, covs, jitter, offsets=off)
+
+    xs = (batch.x, batch.y, batch.mask, batch.mappings, xs_params, offsets)
+    return jnp.sum(map_chunks(chunk_nll, xs, batch.task_chunk), axis=-1)
 
 
 def e_step(
@@ -171,31 +221,30 @@ def e_step(
     """
     parts, params_p = as_parts(batch), part_params(params, batch)
     g0 = parts[0]
+    g = g0.grid.shape[0]
     _, prior_mean, prior_chol = prior_on_grid(params, g0.grid, g0.grid_mask, jitter)
-    precs, weighted, logdets, offset_wy = [], [], [], []
-    for p, b in zip(params_p, parts, strict=True):
-        prec, wy, logdet = task_precisions(p, b, jitter)
-        offsets = prior_offsets(p, b)
-        if offsets is not None:
-            kidx = cluster_index(tau.shape[1], prec.shape[1])
-            offset_wy.append((prec[:, kidx] @ offsets[..., None])[..., 0])  # Psi_i^{-1} d_ik
-        precs.append(prec)
-        weighted.append(wy)
-        logdets.append(logdet)
-    post = hyperposterior(
-        split_tasks(tau, batch),
-        tuple(precs),
-        tuple(weighted),
-        tuple(b.mappings for b in parts),
-        prior_chol,
-        prior_mean,
-        tuple(b.task_weight for b in parts),
-        offset_wy=tuple(offset_wy) if offset_wy else None,
-    )
+    w, b, pairs = 0.0, 0.0, []
+    for p, part, tau_p in zip(params_p, parts, split_tasks(tau, batch), strict=True):
+        if shared_fast_path(p, part):
+            # One precision serves every task: keep it for the NLLs below.
+            prec, wy, logdet = task_precisions(p, part, jitter)
+            offsets = prior_offsets(p, part)
+            off_wy = None
+            if offsets is not None:
+                kidx = cluster_index(tau.shape[1], prec.shape[1])
+                off_wy = (prec[:, kidx] @ offsets[..., None])[..., 0]  # Psi_i^{-1} d_ik
+            sums = precision_sums(tau_p, prec, wy, part.mappings, g, part.task_weight, off_wy)
+            pairs.append((prec, logdet))
+        else:
+            # Per-task precisions exist a chunk at a time only; the NLLs factorise
+            # again (one more Cholesky per task and E-step, instead of T N^2 memory).
+            sums = precision_sums_of(p, tau_p, part, g, jitter)
+            pairs.append(None)
+        w, b = w + sums[0], b + sums[1]
+    post = posterior_from_sums(w, b, prior_chol, prior_mean)
     if update_tau is False:
         return post, tau, None
-    pairs = tuple(zip(precs, logdets, strict=True))
-    nll = cluster_task_nll(params, post, parts, jitter, precisions=pairs)
+    nll = cluster_task_nll(params, post, parts, jitter, precisions=tuple(pairs))
     new_tau = responsibilities(weights, nll)
     return post, jnp.where(update_tau, new_tau, tau), nll
 

@@ -29,6 +29,8 @@ from .parallel import chunk_under_budget, sum_over_chunks
 __all__ = [
     "Hyperposterior",
     "hyperposterior",
+    "precision_sums",
+    "posterior_from_sums",
     "cluster_index",
     "prior_kl",
     "projected_precision",
@@ -97,6 +99,83 @@ def projected_precision(
     return sum_over_chunks(blocks, (tau, precisions, projection), chunk)
 
 
+def precision_sums(
+    tau: Float[Array, "T K"],
+    precisions: Float[Array, "Ts Kt O N N"],
+    weighted_y: Float[Array, "T Kt O N"],
+    mappings: Int[Array, "T N"],
+    n_grid: int,
+    task_weight: Float[Array, " T"] | None = None,
+    offset_wy: Float[Array, "T K O N"] | None = None,
+) -> tuple[Float[Array, "K O G G"], Float[Array, "K O G"]]:
+    """The data terms of the hyperposteriors contributed by some tasks.
+
+    ``W_ko = sum_i tau_ik P_i^T Psi_i^{-1} P_i`` and ``b_ko = sum_i tau_ik P_i^T
+    Psi_i^{-1} (y_i - d_ik)``, both sums over tasks: the VE-step adds them up a chunk
+    of tasks at a time, so the task precisions of all tasks are never held at once.
+    Arguments as in :func:`hyperposterior` (for one part of a batch); ``n_grid`` is
+    ``G``.
+    """
+    k = tau.shape[1]
+    kt = weighted_y.shape[1]
+    kidx = cluster_index(k, kt)
+    if precisions.shape[0] == 1 and weighted_y.shape[0] > 1:
+        # sum_i tau_ik P^T Psi^{-1} P = (sum_i w_i tau_ik) P^T Psi^{-1} P: one scatter.
+        tw = jnp.ones(tau.shape[:1], tau.dtype) if task_weight is None else task_weight
+        tau_prec = jnp.sum(tw[:, None] * tau, axis=0, keepdims=True)  # (1, K)
+        map_prec = mappings[:1]
+    else:
+        tau_prec, map_prec = tau, mappings
+    wy = weighted_y[:, kidx]
+    if offset_wy is not None:
+        wy = wy - offset_wy
+
+    def scatter_b(tau_k, wy_k):
+        return scatter_vector(tau_k[:, None] * wy_k, mappings, n_grid)
+
+    b = jax.vmap(jax.vmap(scatter_b, in_axes=(None, 1)), in_axes=(1, 1))(tau, wy)
+    if is_projection(mappings):
+        return projected_precision(tau_prec, precisions, map_prec), b
+
+    def scatter_w(tau_k, prec_k):
+        return scatter_matrix(tau_k[:, None, None] * prec_k, map_prec, n_grid)
+
+    over_outputs = jax.vmap(scatter_w, in_axes=(None, 1))
+    return jax.vmap(over_outputs, in_axes=(1, 1))(tau_prec, precisions[:, kidx]), b
+
+
+def posterior_from_sums(
+    w: Float[Array, "K O G G"],
+    b: Float[Array, "K O G"],
+    prior_chol: Float[Array, "Kp Op G G"],
+    prior_mean: Float[Array, "K Op G"],
+) -> Hyperposterior:
+    """Hyperposterior of every mean process from the data terms of
+    :func:`precision_sums` (added up over all tasks) and the jittered prior factors."""
+    k, o, g = b.shape
+    prior_chol = jnp.broadcast_to(prior_chol, (k, o, g, g))
+    prior_mean = jnp.broadcast_to(prior_mean, (k, o, g))
+    eye = jnp.eye(g, dtype=prior_chol.dtype)
+
+    def one(w, b, chol, m):
+        r = cholesky(eye + lower_congruence(w, chol))
+        v = solve_lower(r, chol.T)
+        cov = gram(v)
+        mean = m + cov @ (b - w @ m)
+        logdet = logdet_from_chol(chol) - logdet_from_chol(r)
+        return mean, cov, r, logdet
+
+    mean, cov, r, logdet = jax.vmap(jax.vmap(one))(w, b, prior_chol, prior_mean)
+    return Hyperposterior(
+        mean=mean,
+        cov=cov,
+        prior_mean=prior_mean,
+        prior_chol=prior_chol,
+        whitened_chol=r,
+        logdet=logdet,
+    )
+
+
 def hyperposterior(
     tau: Float[Array, "T K"],
     precisions: Float[Array, "Ts Kt O N N"],
@@ -128,6 +207,8 @@ def hyperposterior(
     A batch in parts (:mod:`.parts`) passes ``tau``, ``precisions``, ``weighted_y``,
     ``mappings``, ``task_weight`` and ``offset_wy`` as tuples with one entry per part
     (``N`` and ``T`` may differ between parts): the data precisions of all parts add up.
+    The VE-step itself adds up :func:`precision_sums` chunk by chunk and calls
+    :func:`posterior_from_sums`; this is the same for precisions already at hand.
     """
     many = isinstance(precisions, tuple)
     n_parts = len(precisions) if many else 1
@@ -135,74 +216,16 @@ def hyperposterior(
     def parts(a):
         return a if many else (a,)
 
-    taus, precs, wys, maps = parts(tau), parts(precisions), parts(weighted_y), parts(mappings)
     tws = parts(task_weight) if task_weight is not None else (None,) * n_parts
     offs = parts(offset_wy) if offset_wy is not None else (None,) * n_parts
-    k = taus[0].shape[1]
-    kt, o = wys[0].shape[1], wys[0].shape[2]
     g = prior_chol.shape[-1]
-    prior_chol = jnp.broadcast_to(prior_chol, (k, o, g, g))
-    prior_mean = jnp.broadcast_to(prior_mean, (k, o, g))
-    kidx = cluster_index(k, kt)
-    eye = jnp.eye(g, dtype=prior_chol.dtype)
-    # Per part: (tau of the precision scatter, its mappings, tau, precisions, weighted y).
-    tau_prec, map_prec, wy_parts = [], [], []
-    for tau_p, prec_p, wy_p, map_p, tw_p, off_p in zip(
-        taus, precs, wys, maps, tws, offs, strict=True
-    ):
-        t = wy_p.shape[0]
-        if prec_p.shape[0] == 1 and t > 1:
-            # sum_i tau_ik P^T Psi^{-1} P = (sum_i w_i tau_ik) P^T Psi^{-1} P: one scatter.
-            tw = jnp.ones((t,), tau_p.dtype) if tw_p is None else tw_p
-            tau_prec.append(jnp.sum(tw[:, None] * tau_p, axis=0, keepdims=True))  # (1, K)
-            map_prec.append(map_p[:1])
-        else:
-            tau_prec.append(tau_p)
-            map_prec.append(map_p)
-        wy = wy_p[:, kidx]
-        wy_parts.append(wy if off_p is None else wy - off_p)
-    if is_projection(maps[0]):
-        # Approximate grid: all data precisions at once, before the per-cluster vmap.
-        w_all = sum(
-            projected_precision(tp, pk, mp)
-            for tp, pk, mp in zip(tau_prec, precs, map_prec, strict=True)
-        )
-        prec_parts = (None,) * n_parts
-    else:
-        w_all = None
-        prec_parts = tuple(p[:, kidx] for p in precs)
-
-    def one(tau_k, tau_prec_k, prec_k, wy_k, chol, m, w):
-        # Per part: prec_k (Ts, N, N), wy_k (T, N); one cluster, one output.
-        if w is None:
-            w = sum(
-                scatter_matrix(tp[:, None, None] * pk, mp, g)
-                for tp, pk, mp in zip(tau_prec_k, prec_k, map_prec, strict=True)
-            )
-        b = sum(
-            scatter_vector(tk[:, None] * wk, mk, g)
-            for tk, wk, mk in zip(tau_k, wy_k, maps, strict=True)
-        )
-        r = cholesky(eye + lower_congruence(w, chol))
-        v = solve_lower(r, chol.T)
-        cov = gram(v)
-        mean = m + cov @ (b - w @ m)
-        logdet = logdet_from_chol(chol) - logdet_from_chol(r)
-        return mean, cov, r, logdet
-
-    over_outputs = jax.vmap(one, in_axes=(None, None, 1, 1, 0, 0, 0))
-    over_clusters = jax.vmap(over_outputs, in_axes=(1, 1, 1, 1, 0, 0, 0))
-    mean, cov, r, logdet = over_clusters(
-        taus, tuple(tau_prec), prec_parts, tuple(wy_parts), prior_chol, prior_mean, w_all
+    terms = zip(
+        parts(tau), parts(precisions), parts(weighted_y), parts(mappings), tws, offs, strict=True
     )
-    return Hyperposterior(
-        mean=mean,
-        cov=cov,
-        prior_mean=prior_mean,
-        prior_chol=prior_chol,
-        whitened_chol=r,
-        logdet=logdet,
-    )
+    sums = [precision_sums(t, p, wy, m, g, tw, off) for t, p, wy, m, tw, off in terms]
+    w = sum(s[0] for s in sums)
+    b = sum(s[1] for s in sums)
+    return posterior_from_sums(w, b, prior_chol, prior_mean)
 
 
 def prior_kl(post: Hyperposterior) -> Float[Array, "K O"]:

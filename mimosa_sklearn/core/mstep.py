@@ -21,11 +21,12 @@ from .hyperposterior import Hyperposterior
 from .likelihood import LOG_2PI, factorable_cov, logdet_and_factored_trace, moment_nll
 from .linalg import cholesky, gather_matrix, gather_vector, solve_lower
 from .optimise import minimise
-from .parallel import map_tasks
+from .parallel import map_tasks, sum_with_gradient
 from .params import (
     Params,
     TaskBatch,
     batch_shape,
+    index_module,
     per_task_params,
     prior_means_on_grid,
     prior_on_grid,
@@ -40,6 +41,7 @@ __all__ = [
     "cluster_objective",
     "task_moments",
     "task_objective",
+    "streamed_task_objective",
     "minimise",
     "total_objective",
     "part_moments",
@@ -157,20 +159,25 @@ def task_moments(
         return mom[None], jnp.sum(tw, axis=0)[None]
 
     def per_task(args):
-        y_i, m_i, map_i, tau_i, off_i = args
-        mu = gather_vector(post.mean, map_i)  # (K, O, N)
-        if off_i is not None:
-            mu = mu + off_i
-        cov_hat = gather_matrix(post.cov, map_i)  # (K, O, N, N)
-        resid = jnp.where(m_i[None], y_i.T[None] - mu, 0.0)
-        both = m_i[:, :, None] & m_i[:, None, :]
-        mom = jnp.where(both[None], cov_hat + resid[..., :, None] * resid[..., None, :], 0.0)
-        weighted = tau_i[:, None, None, None] * mom
-        if n_task_clusters == 1:
-            return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,))
-        return weighted, tau_i
+        return _moment_one(*args, post.mean, post.cov, n_task_clusters)
 
     return map_tasks(per_task, (batch.y, mask_t, batch.mappings, tau, offsets), batch.task_chunk)
+
+
+def _moment_one(y_i, m_i, map_i, tau_i, off_i, post_mean, post_cov, n_task_clusters: int):
+    """Second moment ``(Kt, O, N, N)`` and its weights ``(Kt,)`` of ONE task
+    (:func:`task_moments`); ``m_i`` is the ``(O, N)`` mask, ``y_i`` the ``(N, O)`` values."""
+    mu = gather_vector(post_mean, map_i)  # (K, O, N)
+    if off_i is not None:
+        mu = mu + off_i
+    cov_hat = gather_matrix(post_cov, map_i)  # (K, O, N, N)
+    resid = jnp.where(m_i[None], y_i.T[None] - mu, 0.0)
+    both = m_i[:, :, None] & m_i[:, None, :]
+    mom = jnp.where(both[None], cov_hat + resid[..., :, None] * resid[..., None, :], 0.0)
+    weighted = tau_i[:, None, None, None] * mom
+    if n_task_clusters == 1:
+        return jnp.sum(weighted, axis=0, keepdims=True), jnp.ones((1,), weighted.dtype)
+    return weighted, tau_i
 
 
 def task_objective(
@@ -204,6 +211,54 @@ def task_objective(
         lambda a: one(*a), (batch.x, mask_t, xs_params, moments, weights), batch.task_chunk
     )
     return jnp.sum(per_task)
+
+
+def streamed_task_objective(
+    params: Params,
+    batch: TaskBatch,
+    tau: Float[Array, "T K"],
+    post: Hyperposterior,
+    jitter: float,
+    offsets: Float[Array, "T K O N"] | None = None,
+) -> Float[Array, ""]:
+    """:func:`task_objective` of the :func:`task_moments` of ``(tau, post)``, in memory
+    bounded by ``batch.task_chunk`` tasks.
+
+    Each chunk forms its tasks' second moments (a gather from the ``G x G``
+    hyperposterior covariances: cheap next to the factorisations) instead of reading
+    ``T N^2`` stored ones, and its gradient in the task hyperparameters is taken with
+    its value (:func:`.parallel.sum_with_gradient`), so the L-BFGS runs of the VM-step
+    keep no per-task residuals of all chunks. Not for the shared-input fast path, whose
+    moments sum over tasks into one block.
+    """
+    o = batch.mask.shape[-1]
+    kt = params.log_noise.shape[1]
+    per_task_hp = params.log_noise.shape[0] > 1
+    kernel = params.task_kernel if per_task_hp else index_module(params.task_kernel, 0)
+    dynamic, static = eqx.partition(kernel, eqx.is_inexact_array)
+    if per_task_hp:
+        shared, per_task = None, (dynamic, params.log_noise)
+    else:
+        shared, per_task = (dynamic, params.log_noise[0]), None
+
+    def chunk_value(shared, per_task, consts, xs):
+        post_mean, post_cov, jitter = consts
+
+        def one(x_i, y_i, m_i, map_i, tau_i, off_i, p_i):
+            dyn, log_noise = shared if p_i is None else p_i
+            cov = task_covariance_one(eqx.combine(dyn, static), log_noise, x_i)
+            n = cov.shape[-1]
+            cov = factorable_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
+            mom, w = _moment_one(y_i, m_i, map_i, tau_i, off_i, post_mean, post_cov, kt)
+            n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
+            return jnp.sum(moment_nll(cov, mom, w[..., None], n_real))
+
+        return jnp.sum(jax.vmap(one)(*xs, per_task))
+
+    mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
+    xs = (batch.x, batch.y, mask_t, batch.mappings, tau, offsets)
+    consts = (post.mean, post.cov, jnp.asarray(jitter, post.mean.dtype))
+    return sum_with_gradient(chunk_value, shared, per_task, consts, xs, batch.task_chunk)
 
 
 def total_objective(
@@ -341,8 +396,18 @@ def m_step(
     weights = mixture_weights(tau, task_weights(batch))
     # Approximate grid: the prior-mean offsets are held at their current value here
     # (a generalised EM step); the prior mean is fitted through the cluster objective.
-    moments, mweights = part_moments(params, tau, post, batch)
     parts = as_parts(batch)
+    kt = params.log_noise.shape[1]
+    # Per part, what its task objective needs besides the parameters: the summed
+    # moments on the shared-input fast path, else tau and the offsets (the moments of
+    # all tasks would hold T N^2 values; streamed_task_objective forms them per chunk).
+    terms = []
+    for p, b, tau_p in zip(part_params(params, batch), parts, split_tasks(tau, batch), strict=True):
+        offsets = prior_offsets(p, b)
+        if shared_fast_path(p, b):
+            terms.append(task_moments(b, tau_p, post, kt, True, offsets))
+        else:
+            terms.append((tau_p, offsets))
     g0 = parts[0]
     params = prior_mean_step(params, post, g0.grid, g0.grid_mask, jitter)
     dynamic, static = eqx.partition(params, eqx.is_inexact_array)
@@ -365,7 +430,14 @@ def m_step(
         return cluster_objective(p, post, g0.grid, g0.grid_mask, jitter, factor)
 
     def task_fn(task):
-        return _parts_task_objective(rebuild(cluster_dyn, task), parts, moments, mweights, jitter)
+        value = 0.0
+        new_params = part_params(rebuild(cluster_dyn, task), parts)
+        for p, b, term in zip(new_params, parts, terms, strict=True):
+            if shared_fast_path(p, b):
+                value = value + task_objective(p, b, *term, jitter)
+            else:
+                value = value + streamed_task_objective(p, b, term[0], post, jitter, term[1])
+        return value
 
     cluster, cluster_value, cluster_steps = _minimise_scaled(
         cluster_fn, cluster_dyn, n_mean, max_steps, tol

@@ -25,7 +25,9 @@ __all__ = [
     "auto_task_chunk",
     "chunk_under_budget",
     "map_tasks",
+    "map_chunks",
     "sum_over_chunks",
+    "sum_with_gradient",
     "task_mesh",
     "shard_tasks",
 ]
@@ -84,17 +86,24 @@ def map_tasks(fn: Callable, xs, chunk: int):
         Outputs stacked along a leading ``T`` axis, in task order (equal to the plain
         ``vmap`` result).
     """
+    return map_chunks(jax.vmap(fn), xs, chunk)
+
+
+def map_chunks(fn: Callable, xs, chunk: int):
+    """:func:`map_tasks` for a ``fn`` of a whole chunk: ``fn`` takes every leaf of ``xs``
+    with a leading axis of at most ``chunk`` tasks and returns outputs with the same
+    leading axis; they are stacked in task order."""
     t = jax.tree.leaves(xs)[0].shape[0]
     c = chunk_for(t, chunk)
     if c == t:
-        return jax.vmap(fn)(xs)
+        return fn(xs)
     n_chunks = t // c
 
     def merge(a):
         return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
 
     chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-    out = jax.lax.map(jax.vmap(fn), chunks)
+    out = jax.lax.map(fn, chunks)
     return jax.tree.map(merge, out)
 
 
@@ -103,7 +112,8 @@ def sum_over_chunks(fn: Callable, xs, chunk: int):
 
     ``fn`` takes a chunk (every leaf of ``xs`` with a leading axis of at most ``chunk``
     tasks) and returns its contribution; the contributions of the (strided, as in
-    :func:`map_tasks`) chunks are added. Memory holds one chunk's intermediates.
+    :func:`map_tasks`) chunks are added into a running sum (a ``lax.scan`` carry), so
+    memory holds one chunk's intermediates and one contribution, whatever ``T`` is.
     """
     t = jax.tree.leaves(xs)[0].shape[0]
     c = chunk_for(t, chunk)
@@ -111,8 +121,79 @@ def sum_over_chunks(fn: Callable, xs, chunk: int):
         return fn(xs)
     n_chunks = t // c
     chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-    out = jax.lax.map(fn, chunks)
-    return jax.tree.map(lambda a: jnp.sum(a, axis=0), out)
+    shape = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], chunks))
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+
+    def add(total, chunk_xs):
+        return jax.tree.map(jnp.add, total, fn(chunk_xs)), None
+
+    total, _ = jax.lax.scan(add, zero, chunks)
+    return total
+
+
+def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int):
+    """``sum_c fn(shared, per_task_c, consts, xs_c)`` whose gradient is formed chunk by chunk.
+
+    Reverse-mode autodiff through a loop over chunks keeps every chunk's residuals
+    until the backward pass, ``O(T N^2)`` memory for per-task factorisations. Here the
+    forward pass takes the value and the gradient of each chunk at once and keeps only
+    the gradient (a custom VJP), so memory holds one chunk's intermediates.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(shared, per_task_chunk, consts, xs_chunk) -> scalar``, a chunk's sum. It must
+        close over no traced value: everything traced goes through the arguments.
+    shared : pytree
+        Differentiable values common to all tasks; their gradients add up over chunks.
+    per_task : pytree or None
+        Differentiable values with a leading ``T`` axis, chunked with ``xs``; their
+        gradients are per task.
+    consts : pytree
+        Values common to all tasks that are not differentiated (zero cotangent).
+    xs : pytree
+        Data with a leading ``T`` axis, not differentiated.
+    chunk : int
+        Tasks per chunk (:func:`chunk_for`).
+    """
+    grad_fn = jax.value_and_grad(fn, argnums=(0, 1))
+
+    def value_and_grads(shared, per_task, consts, xs):
+        t = jax.tree.leaves(xs)[0].shape[0]
+        c = chunk_for(t, chunk)
+        if c == t:
+            return grad_fn(shared, per_task, consts, xs)
+        n_chunks = t // c
+        chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), (per_task, xs))
+
+        def step(carry, chunk_args):
+            value, g_shared = carry
+            v, (gs, gp) = grad_fn(shared, chunk_args[0], consts, chunk_args[1])
+            return (value + v, jax.tree.map(jnp.add, g_shared, gs)), gp
+
+        zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(xs), float))
+        init = (zero, jax.tree.map(jnp.zeros_like, shared))
+        (value, g_shared), g_per_task = jax.lax.scan(step, init, chunks)
+
+        def merge(a):
+            return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
+
+        return value, (g_shared, jax.tree.map(merge, g_per_task))
+
+    @jax.custom_vjp
+    def total(shared, per_task, consts, xs):
+        return sum_over_chunks(lambda a: fn(shared, a[0], consts, a[1]), (per_task, xs), chunk)
+
+    def fwd(shared, per_task, consts, xs):
+        value, grads = value_and_grads(shared, per_task, consts, xs)
+        return value, grads
+
+    def bwd(grads, g):
+        g_shared, g_per_task = jax.tree.map(lambda a: g * a, grads)
+        return g_shared, g_per_task, None, None
+
+    total.defvjp(fwd, bwd)
+    return total(shared, per_task, consts, xs)
 
 
 def task_mesh(devices=None):

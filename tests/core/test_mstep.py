@@ -209,6 +209,51 @@ def test_task_objective_is_minus_the_expected_log_likelihood(
     np.testing.assert_allclose(got, _minus_expected_loglik(vals, tasks, mean, cov, tau), rtol=1e-10)
 
 
+@pytest.mark.parametrize(
+    ("shared_task", "cluster_specific", "chunk", "offsets"),
+    [
+        (True, False, 2, True),
+        (False, True, 2, False),
+        (False, False, 1, True),
+    ],
+)
+def test_streamed_task_objective_equals_the_objective_of_stored_moments(
+    problem, shared_task, cluster_specific, chunk, offsets
+):
+    # Same value and same gradient in every hyperparameter (task-specific ones included,
+    # whose gradients come back per task from the chunks), with or without offsets.
+    tasks, mean, cov, tau = problem
+    layout = SharingLayout.from_flags(
+        T,
+        K,
+        NOUT,
+        shared_task_hps=shared_task,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
+    )
+    params, _ = ref.random_params(np.random.default_rng(4), layout)
+    batch = dataclasses.replace(ref.to_batch(tasks), task_chunk=chunk)
+    post, kt = _post(mean, cov), layout.task[1]
+    off = None
+    if offsets:
+        off = jnp.asarray(np.random.default_rng(5).normal(size=(T, K, NOUT, N)))
+    tau_j = jnp.asarray(tau)
+
+    def stored(p):
+        mom, w = mstep.task_moments(batch, tau_j, post, kt, offsets=off)
+        return mstep.task_objective(p, batch, mom, w, 1e-3)
+
+    def streamed(p):
+        return mstep.streamed_task_objective(p, batch, tau_j, post, 1e-3, off)
+
+    want, want_grad = eqx.filter_jit(eqx.filter_value_and_grad(stored))(params)
+    got, got_grad = eqx.filter_jit(eqx.filter_value_and_grad(streamed))(params)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    assert any(np.any(np.asarray(a) != 0.0) for a in jax.tree.leaves(got_grad))
+
+
 @pytest.mark.parametrize("kt", [1, K])
 def test_shared_input_moments_are_sums_over_real_tasks(kt):
     rng = np.random.default_rng(3)
