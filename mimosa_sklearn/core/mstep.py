@@ -366,6 +366,18 @@ def _minimise_scaled(fn, dynamic, scale, max_steps: int, tol: float):
     return new, value * scale, steps
 
 
+#: Most values of the per-task second moments a VM-step keeps whole (2^25 float64 =
+#: 256 MiB): below it they are formed once per VM-step and read by every L-BFGS
+#: evaluation; above it :func:`streamed_task_objective` forms them chunk by chunk in
+#: every evaluation, so that memory does not grow with ``T N^2``.
+STORED_MOMENTS_MAX = 1 << 25
+
+
+def _moments_fit_in_memory(batch: TaskBatch, kt: int) -> bool:
+    t, n, o = batch.mask.shape
+    return t * kt * o * n * n <= STORED_MOMENTS_MAX
+
+
 def m_step(
     params: Params,
     tau: Float[Array, "T K"],
@@ -401,11 +413,13 @@ def m_step(
     # Per part, what its task objective needs besides the parameters: the summed
     # moments on the shared-input fast path, else tau and the offsets (the moments of
     # all tasks would hold T N^2 values; streamed_task_objective forms them per chunk).
-    terms = []
+    terms, stored = [], []
     for p, b, tau_p in zip(part_params(params, batch), parts, split_tasks(tau, batch), strict=True):
         offsets = prior_offsets(p, b)
-        if shared_fast_path(p, b):
-            terms.append(task_moments(b, tau_p, post, kt, True, offsets))
+        shared = shared_fast_path(p, b)
+        stored.append(shared or _moments_fit_in_memory(b, kt))
+        if stored[-1]:
+            terms.append(task_moments(b, tau_p, post, kt, shared, offsets))
         else:
             terms.append((tau_p, offsets))
     g0 = parts[0]
@@ -432,8 +446,8 @@ def m_step(
     def task_fn(task):
         value = 0.0
         new_params = part_params(rebuild(cluster_dyn, task), parts)
-        for p, b, term in zip(new_params, parts, terms, strict=True):
-            if shared_fast_path(p, b):
+        for p, b, term, keep in zip(new_params, parts, terms, stored, strict=True):
+            if keep:
                 value = value + task_objective(p, b, *term, jitter)
             else:
                 value = value + streamed_task_objective(p, b, term[0], post, jitter, term[1])

@@ -455,3 +455,33 @@ def test_prior_mean_step_keeps_only_a_step_that_lowers_the_objective(start, acce
     new = prior_mean_step(params, _post(mean, cov), jnp.asarray(GRID), jnp.ones(G, bool), 0.0)
     want = start + 1.0 / 3.0 if accepted else start
     np.testing.assert_allclose(float(new.prior_mean.log_c[0, 0]), want, rtol=1e-12, atol=1e-14)
+
+
+def test_m_step_streams_the_moments_only_past_the_memory_bound(problem, monkeypatch):
+    # Below STORED_MOMENTS_MAX the moments are formed once per VM-step (faster); past
+    # it every evaluation forms them chunk by chunk. Both give the same VM-step.
+    tasks, mean, cov, tau = problem
+    layout = SharingLayout.from_flags(T, K, NOUT, shared_output_hps=False)
+    params, _ = ref.random_params(np.random.default_rng(7), layout)
+    batch = dataclasses.replace(ref.to_batch(tasks), task_chunk=2)
+    post, tau_j = _post(mean, cov), jnp.asarray(tau)
+    assert mstep._moments_fit_in_memory(batch, 1)
+
+    def run():
+        # A new function each time: the bound is read when the VM-step is traced.
+        step = eqx.filter_jit(lambda p: mstep.m_step(p, tau_j, post, batch, 1e-3, 10, 1e-3))
+        return step(params)
+
+    want = run()
+    calls = []
+    real = mstep.streamed_task_objective
+    monkeypatch.setattr(mstep, "STORED_MOMENTS_MAX", 0)
+    monkeypatch.setattr(
+        mstep, "streamed_task_objective", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    assert not mstep._moments_fit_in_memory(batch, 1)
+    got = run()
+    assert calls  # the streamed objective was traced
+    np.testing.assert_allclose(float(got[3]), float(want[3]), rtol=1e-9)
+    for a, b in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
