@@ -14,7 +14,13 @@ import numpy as np
 from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.datasets import load_weight
 from mimosa_sklearn.metrics import coverage
-from mimosa_sklearn.plotting import plot_forecast, plot_mean_processes
+from mimosa_sklearn.plotting import (
+    plot_clusters,
+    plot_forecast,
+    plot_forecast_fan,
+    plot_mean_processes,
+    plot_memberships,
+)
 
 X, y = load_weight()
 children = X["ID"].unique()
@@ -37,6 +43,16 @@ plot_mean_processes(model, X[~test], y[~test], ax=ax)
 ax.set_title("The three mean growth curves, with 95% bands")
 
 # %% [markdown]
+# Which children went where: every child's curve in the colour of its most likely
+# cluster, and how sure the clustering is (one row per child, one column per cluster).
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+plot_clusters(model, X[~test], y[~test], ax=ax)
+fig, ax = plt.subplots(figsize=(4, 6))
+plot_memberships(model, ax=ax)
+
+# %% [markdown]
 # ## Forecast new children from their first year
 #
 # `condition` computes the cluster memberships of the held-out children from their
@@ -54,3 +70,11 @@ child = held_out[0]
 fig, ax = plt.subplots(figsize=(7, 4))
 plot_forecast(model, child, X[first_year], y[first_year], X[later], y_true=y[later], ax=ax)
 ax.set_title(f"Child {child}: observed to 12 months, forecast to 72")
+
+# %% [markdown]
+# The same forecast as a fan: nested 50%, 80% and 95% bands.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+plot_forecast_fan(model, child, X[first_year], y[first_year], X[later], ax=ax)
+ax.set_title(f"Child {child}: forecast fan")
