@@ -28,7 +28,6 @@ from .parallel import chunk_under_budget, sum_over_chunks
 
 __all__ = [
     "Hyperposterior",
-    "hyperposterior",
     "precision_sums",
     "posterior_from_sums",
     "cluster_index",
@@ -112,9 +111,24 @@ def precision_sums(
 
     ``W_ko = sum_i tau_ik P_i^T Psi_i^{-1} P_i`` and ``b_ko = sum_i tau_ik P_i^T
     Psi_i^{-1} (y_i - d_ik)``, both sums over tasks: the VE-step adds them up a chunk
-    of tasks at a time, so the task precisions of all tasks are never held at once.
-    Arguments as in :func:`hyperposterior` (for one part of a batch); ``n_grid`` is
-    ``G``.
+    of tasks (and a part of a batch, :mod:`.parts`) at a time, so the task precisions
+    of all tasks are never held at once; :func:`posterior_from_sums` turns the totals
+    into the hyperposteriors.
+
+    Parameters
+    ----------
+    tau : (T, K) responsibilities.
+    precisions : (T, Kt, O, N, N) masked task precisions ``Psi_i^{-1}`` (zero on padding),
+        or ``(1, Kt, O, N, N)`` on the shared-input fast path: the precision shared by
+        every real task (inputs and mappings of task 0).
+    weighted_y : (T, Kt, O, N) ``Psi_i^{-1} y_i`` (zero on padding).
+    mappings : (T, N) grid index of every task point (``G`` on padding).
+    n_grid : the grid size ``G``.
+    task_weight : (T,) 1 on real tasks, 0 on padded ones; only used on the fast path,
+        where padded tasks must not add the shared precision.
+    offset_wy : (T, K, O, N) ``Psi_i^{-1} d_ik``, the prior-mean offsets of the
+        approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
+        exact grid.
     """
     k = tau.shape[1]
     kt = weighted_y.shape[1]
@@ -174,58 +188,6 @@ def posterior_from_sums(
         whitened_chol=r,
         logdet=logdet,
     )
-
-
-def hyperposterior(
-    tau: Float[Array, "T K"],
-    precisions: Float[Array, "Ts Kt O N N"],
-    weighted_y: Float[Array, "T Kt O N"],
-    mappings: Int[Array, "T N"],
-    prior_chol: Float[Array, "Kp Op G G"],
-    prior_mean: Float[Array, "K Op G"],
-    task_weight: Float[Array, " T"] | None = None,
-    offset_wy: Float[Array, "T K O N"] | None = None,
-) -> Hyperposterior:
-    """Hyperposterior of every mean process given responsibilities and task precisions.
-
-    Parameters
-    ----------
-    tau : (T, K) responsibilities.
-    precisions : (T, Kt, O, N, N) masked task precisions ``Psi_i^{-1}`` (zero on padding),
-        or ``(1, Kt, O, N, N)`` on the shared-input fast path: the precision shared by
-        every real task (inputs and mappings of task 0).
-    weighted_y : (T, Kt, O, N) ``Psi_i^{-1} y_i`` (zero on padding).
-    mappings : (T, N) grid index of every task point (``G`` on padding).
-    prior_chol : (K*, O*, G, G) factor of the jittered prior covariances.
-    prior_mean : (K, O*, G) prior means on the grid.
-    task_weight : (T,) 1 on real tasks, 0 on padded ones; only used on the fast path,
-        where padded tasks must not add the shared precision.
-    offset_wy : (T, K, O, N) ``Psi_i^{-1} d_ik``, the prior-mean offsets of the
-        approximate grid (:mod:`.approx`), subtracted from ``weighted_y``; None on the
-        exact grid.
-
-    A batch in parts (:mod:`.parts`) passes ``tau``, ``precisions``, ``weighted_y``,
-    ``mappings``, ``task_weight`` and ``offset_wy`` as tuples with one entry per part
-    (``N`` and ``T`` may differ between parts): the data precisions of all parts add up.
-    The VE-step itself adds up :func:`precision_sums` chunk by chunk and calls
-    :func:`posterior_from_sums`; this is the same for precisions already at hand.
-    """
-    many = isinstance(precisions, tuple)
-    n_parts = len(precisions) if many else 1
-
-    def parts(a):
-        return a if many else (a,)
-
-    tws = parts(task_weight) if task_weight is not None else (None,) * n_parts
-    offs = parts(offset_wy) if offset_wy is not None else (None,) * n_parts
-    g = prior_chol.shape[-1]
-    terms = zip(
-        parts(tau), parts(precisions), parts(weighted_y), parts(mappings), tws, offs, strict=True
-    )
-    sums = [precision_sums(t, p, wy, m, g, tw, off) for t, p, wy, m, tw, off in terms]
-    w = sum(s[0] for s in sums)
-    b = sum(s[1] for s in sums)
-    return posterior_from_sums(w, b, prior_chol, prior_mean)
 
 
 def prior_kl(post: Hyperposterior) -> Float[Array, "K O"]:

@@ -68,6 +68,11 @@ def _strided_chunks(a, c: int, n_chunks: int):
     return jnp.swapaxes(a.reshape((c, n_chunks) + a.shape[1:]), 0, 1)
 
 
+def _task_order(a):
+    # (n_chunks, c, ...) outputs of strided chunks -> (T, ...) in task order.
+    return jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
+
+
 def map_tasks(fn: Callable, xs, chunk: int):
     """``jax.vmap(fn)(xs)`` computed ``chunk`` tasks at a time.
 
@@ -98,13 +103,8 @@ def map_chunks(fn: Callable, xs, chunk: int):
     if c == t:
         return fn(xs)
     n_chunks = t // c
-
-    def merge(a):
-        return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
-
     chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-    out = jax.lax.map(fn, chunks)
-    return jax.tree.map(merge, out)
+    return jax.tree.map(_task_order, jax.lax.map(fn, chunks))
 
 
 def sum_over_chunks(fn: Callable, xs, chunk: int):
@@ -174,11 +174,7 @@ def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int):
         zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(xs), float))
         init = (zero, jax.tree.map(jnp.zeros_like, shared))
         (value, g_shared), g_per_task = jax.lax.scan(step, init, chunks)
-
-        def merge(a):
-            return jnp.swapaxes(a, 0, 1).reshape((t,) + a.shape[2:])
-
-        return value, (g_shared, jax.tree.map(merge, g_per_task))
+        return value, (g_shared, jax.tree.map(_task_order, g_per_task))
 
     @jax.custom_vjp
     def total(shared, per_task, consts, xs):

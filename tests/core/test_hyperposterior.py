@@ -12,7 +12,14 @@ from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em
 from mimosa_sklearn.core import hyperposterior as hp
 
-hyperposterior = eqx.filter_jit(hp.hyperposterior)
+
+@eqx.filter_jit
+def hyperposterior(tau, precisions, weighted_y, mappings, prior_chol, prior_mean):
+    """The VE-step's hyperposterior of all tasks at once: sums, then posterior."""
+    w, b = hp.precision_sums(tau, precisions, weighted_y, mappings, prior_chol.shape[-1])
+    return hp.posterior_from_sums(w, b, prior_chol, prior_mean)
+
+
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
 elbo = eqx.filter_jit(em.elbo)
 
