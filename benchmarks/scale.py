@@ -15,8 +15,10 @@ steadier than wall time), the peak RSS of the whole process (data frames include
 is drawn, as a Markdown table.
 
 ``--timeout`` bounds each size's process (seconds); a size that runs out of time or
-memory is reported as such. The last row is a placeholder for the 2-process fit of
-100k tasks against 1 process: it needs multi-process fits (issue 23 item 1).
+memory is reported as such. ``--processes 1 2`` also fits every size across two
+processes joined by ``jax.distributed`` (each draws the same data and fits every
+second task); their row reports the slowest process's fit time and the sums of their
+CPU times and peak RSS.
 
 Run it alone on an otherwise idle machine: other processes slow the fits down.
 """
@@ -48,8 +50,13 @@ def _peak_rss_gib() -> float:
     return peak / (GIB if sys.platform == "darwin" else 1024.0**2)  # bytes on macOS, KiB else
 
 
-def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
-    """Draw, warm up and time one size in this process; returns the measurements."""
+def run_one(n_tasks: int, iters: int, seed: int = 0, rank: int = 0, processes: int = 1) -> dict:
+    """Draw, warm up and time one size in this process; returns the measurements.
+
+    With ``processes > 1`` this process is process ``rank`` of a multi-process fit
+    (``jax.distributed`` already initialised): it draws the same data as the others
+    and fits its share, every ``processes``-th task.
+    """
     from mimosa_sklearn import MagmaClusterRegressor
     from mimosa_sklearn.datasets import make_magma_data
 
@@ -57,6 +64,10 @@ def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
     X, y, _ = make_magma_data(
         n_tasks=n_tasks, n_points=30, n_clusters=3, grid_size=201, random_state=seed
     )
+    if processes > 1:
+        ids = X["ID"].unique()
+        mine = X["ID"].isin(ids[rank::processes]).to_numpy()
+        X, y = X[mine], y[mine]
     draw = time.perf_counter() - t0
     data_rss = _rss_gib()
     MagmaClusterRegressor(n_clusters=3, max_iter=1, tol=0.0, random_state=0).fit(X, y)
@@ -82,22 +93,66 @@ def run_one(n_tasks: int, iters: int, seed: int = 0) -> dict:
     }
 
 
-def _child(n_tasks: int, iters: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--one", str(n_tasks), "--iters", str(iters)]
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(n_tasks: int, iters: int, timeout: float, processes: int = 1) -> dict:
+    """One size in new processes: one, or ``processes`` joined by ``jax.distributed``
+    (then the fit time is the slowest process's, CPU and peak RSS their sums)."""
+    port = str(_free_port())
+    cmds = [
+        [sys.executable, __file__, "--one", str(n_tasks), "--iters", str(iters)]
+        + (
+            ["--processes", str(processes), "--rank", str(r), "--port", port]
+            if processes > 1
+            else []
+        )
+        for r in range(processes)
+    ]
     t0 = time.perf_counter()
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"tasks": n_tasks, "error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
-        why = "killed (out of memory?)" if out.returncode < 0 else f"exit {out.returncode}"
-        tail = out.stderr.strip().splitlines()[-1:] or [""]
-        return {
-            "tasks": n_tasks,
-            "error": f"{why} after {time.perf_counter() - t0:.0f} s {tail[0]}",
-        }
-    return json.loads(lines[-1])
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in cmds
+    ]
+    outs = []
+    for proc in procs:
+        try:
+            stdout, stderr = proc.communicate(
+                timeout=max(1.0, timeout - (time.perf_counter() - t0))
+            )
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            return {
+                "tasks": n_tasks,
+                "processes": processes,
+                "error": f"timed out after {timeout:.0f} s",
+            }
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            why = "killed (out of memory?)" if proc.returncode < 0 else f"exit {proc.returncode}"
+            tail = stderr.strip().splitlines()[-1:] or [""]
+            return {
+                "tasks": n_tasks,
+                "processes": processes,
+                "error": f"{why} after {time.perf_counter() - t0:.0f} s {tail[0]}",
+            }
+        outs.append(json.loads(lines[-1]))
+    if processes == 1:
+        return outs[0]
+    total = dict(outs[0], tasks=n_tasks, processes=processes, rows=sum(o["rows"] for o in outs))
+    total["fit_s"] = max(o["fit_s"] for o in outs)
+    total["cpu_s"] = sum(o["cpu_s"] for o in outs)
+    total["peak_rss_gib"] = sum(o["peak_rss_gib"] for o in outs)
+    total["data_rss_gib"] = sum(o["data_rss_gib"] for o in outs)
+    total["ms_per_task"] = 1e3 * total["fit_s"] / n_tasks
+    total["cpu_ms_per_task"] = 1e3 * total["cpu_s"] / n_tasks
+    return total
 
 
 def table(rows: list[dict], iters: int) -> str:
@@ -109,19 +164,18 @@ def table(rows: list[dict], iters: int) -> str:
     )
     lines = [head]
     for r in rows:
+        label = f"{r['tasks']}" + (
+            f", {r['processes']} processes" if r.get("processes", 1) > 1 else ""
+        )
         if "error" in r:
-            lines.append(f"| {r['tasks']} | | | {r['error']} | | | | | | |")
+            lines.append(f"| {label} | | | {r['error']} | | | | | | |")
             continue
         lines.append(
-            f"| {r['tasks']} | {r['rows']} | {r['draw_s']:.1f} | {r['fit_s']:.1f} "
+            f"| {label} | {r['rows']} | {r['draw_s']:.1f} | {r['fit_s']:.1f} "
             f"| {r['ms_per_task']:.2f} | {r['cpu_s']:.1f} | {r['cpu_ms_per_task']:.2f} "
             f"| {r['peak_rss_gib']:.2f} | {r['data_rss_gib']:.2f} "
             f"| {r['elbo']:.6g} |"
         )
-    lines.append(
-        "| 100000, 2 processes vs 1 | | | not run: needs multi-process fits "
-        "(issue 23 item 1) | | | | | | |"
-    )
     lines.append(
         f"\n{iters} EM iterations (`tol=0`) after a warm-up fit, K = 3, 30 points per task, "
         f"201-point grid; {platform.node()}, {os.cpu_count()} CPUs."
@@ -135,15 +189,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="per size (s)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="fit each size in each of these numbers of processes (jax.distributed)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.iters)), flush=True)
+        processes = args.processes[0]
+        if processes > 1:
+            import jax
+
+            jax.distributed.initialize(
+                f"127.0.0.1:{args.port}", num_processes=processes, process_id=args.rank
+            )
+        print(
+            json.dumps(run_one(args.one, args.iters, rank=args.rank, processes=processes)),
+            flush=True,
+        )
         return 0
     rows = []
     for t in args.tasks:
-        rows.append(_child(t, args.iters, args.timeout))
-        print(json.dumps(rows[-1]), flush=True)
+        for p in args.processes:
+            rows.append(_child(t, args.iters, args.timeout, p))
+            print(json.dumps(rows[-1]), flush=True)
     print()
     print(table(rows, args.iters))
     return 0

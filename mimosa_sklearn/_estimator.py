@@ -420,24 +420,58 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
 
     def _fitted_state(self, X: Any, y: Any) -> dict[str, Any]:
         """Every fitted attribute of a fit on ``(X, y)``, by name (nothing assigned)."""
-        rows = validate_rows(self, X, y, reset=True)
-        y2, is_1d, output_names = validate_y(self, y, rows.ids.shape[0])
-        codes, task_ids = encode_task_ids(rows.ids)
-        n_tasks = task_ids.shape[0]
-        check_observed(y2, codes, task_ids, output_names)
-        if self.n_clusters > n_tasks:
+        from ._processes import process_group
+
+        group = process_group()
+        error = None
+        try:
+            rows = validate_rows(self, X, y, reset=True)
+            y2, is_1d, output_names = validate_y(self, y, rows.ids.shape[0])
+            codes, task_ids = encode_task_ids(rows.ids)
+            check_observed(y2, codes, task_ids, output_names)
+            if group is not None and any(s.kind == "datetime" for s in rows.scales):
+                raise NotImplementedError(
+                    "Date input columns are read as days since their earliest date, "
+                    "which differs between processes: convert them to numbers on a "
+                    "common origin for a multi-process fit."
+                )
+        except Exception as exc:
+            if group is None:
+                raise
+            error = exc
+        n_tasks = task_ids.shape[0] if error is None else 0
+        inputs, y_all, all_codes, n_all, offset = None, None, None, n_tasks, 0
+        if group is not None:
+            # Every process fails together: the others would wait at the next collective.
+            group.agree(error)
+            group.check_same_columns(rows.inputs.shape[1], y2.shape[1])
+            group.check_disjoint(task_ids)
+            all_codes, n_all, inputs, y_all, offset = group.union(codes, n_tasks, rows.inputs, y2)
+        if self.n_clusters > n_all:
             raise ValueError(
                 f"n_clusters={self.n_clusters} is larger than the number of training tasks "
-                f"({n_tasks}); set n_clusters to at most {n_tasks}."
+                f"({n_all}); set n_clusters to at most {n_all}."
             )
 
         # Tasks and rows in an order that depends only on the data, so that the fit
         # ignores the caller's row order and task ids (k-means, in particular, would
         # otherwise split look-alike tasks by their order). model_ rows follow that
-        # order; td.task_index maps the first-seen task codes to them.
-        td = build_task_data(codes, n_tasks, rows.inputs, y2, canonical=True)
+        # order; td.task_index maps the first-seen task codes to them. A multi-process
+        # fit lays out the union of the processes' rows: the same layout as one process
+        # fitting them all.
+        if group is None:
+            all_codes, inputs, y_all = codes, rows.inputs, y2
+        td = build_task_data(all_codes, n_all, inputs, y_all, canonical=True)
+        model_rows = td.task_index[offset : offset + n_tasks]
         tasks = td.tasks
         previous = self._warm_model(rows, y2.shape[1])
+        if previous is not None and group is not None:
+            warnings.warn(
+                "warm_start=True is not available in a multi-process fit: fitting from scratch.",
+                UserWarning,
+                stacklevel=4,
+            )
+            previous = None
         if previous is not None:  # the scale the previous hyperparameters live in
             mean, std = self._y_train_mean, self._y_train_std
         elif self.normalize_y:
@@ -452,6 +486,8 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
 
         fit_module = _fit_module()
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        if group is not None:
+            seed = group.broadcast_seed(seed)
         config = fit_module.FitConfig.from_params(self.get_params(deep=False), seed=seed)
         start = None
         if previous is not None:
@@ -459,7 +495,7 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             rows_before = np.where(known >= 0, self._model_rows[np.maximum(known, 0)], -1)
             start = fit_module.warm_start(previous, tasks, rows_before)
         choice, inducing = resolve_grid(
-            self.grid, rows.inputs, td, joint=self.correlated_outputs and y2.shape[1] > 1, seed=seed
+            self.grid, inputs, td, joint=self.correlated_outputs and y2.shape[1] > 1, seed=seed
         )
         if self.verbose:
             print(f"MagmaClust grid: {choice.reason}", flush=True)
@@ -469,8 +505,8 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             n_clusters=config.n_clusters,
             n_outputs=1 if stacked else y2.shape[1],
             grid_size=choice.size * (y2.shape[1] if stacked else 1),
-            n_tasks=n_tasks,
-            n_rows=n_tasks * tasks.n_rows,
+            n_tasks=n_all,
+            n_rows=n_all * tasks.n_rows,
             approximate=inducing is not None,
         )
         with Progress(self.verbose, self.max_iter) as callback:
@@ -493,21 +529,21 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
                 )
                 raise
 
-        tau = np.asarray(model.tau, dtype=np.float64)[td.task_index]
+        tau = np.asarray(model.tau, dtype=np.float64)[model_rows]
         return {
             "model_": model,
             "grid_choice_": choice,
             "task_ids_": task_ids,
             "n_tasks_": n_tasks,
             # model_ row of each training task (task_ids_ order).
-            "_model_rows": td.task_index,
+            "_model_rows": model_rows,
             "weights_": np.asarray(model.weights, dtype=np.float64).copy(),
             "memberships_": _memberships_table(tau, task_ids, self._task_col_label()),
             "labels_": tau.argmax(axis=1),
             "elbo_": np.asarray(model.elbo_history, dtype=np.float64).copy(),
             "n_iter_": int(model.n_iter),
             "converged_": bool(model.converged),
-            "hyperparameters_": model.hyperparameters(task_order=td.task_index),
+            "hyperparameters_": model.hyperparameters(task_order=model_rows),
             "_y_train_mean": mean,
             "_y_train_std": std,
             "_y_1d": is_1d,

@@ -31,7 +31,7 @@ from .core import runtime
 from .core.compile import jit, to_device
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.init import init_responsibilities
-from .core.parallel import auto_task_chunk, shard_tasks, task_mesh
+from .core.parallel import auto_task_chunk, shard_tasks, task_mesh, to_host
 from .core.params import Params, TaskBatch
 
 __all__ = ["FitConfig", "NumericalFailure", "Start", "fit_magma", "make_parts", "warm_start"]
@@ -105,7 +105,15 @@ def _device_mesh(shard: bool | str):
     devices = jax.devices()
     if not shard or len(devices) < 2:
         return None
-    if shard != "force" and devices[0].platform == "cpu" and runtime.jaxlib_is_exposed():
+    # Each process of a multi-process fit has its own pool: only several CPU devices in
+    # one process share one.
+    shared_pool = len(jax.local_devices()) > 1
+    if (
+        shard != "force"
+        and shared_pool
+        and devices[0].platform == "cpu"
+        and runtime.jaxlib_is_exposed()
+    ):
         import jaxlib
 
         warnings.warn(
@@ -130,6 +138,27 @@ def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
         batch,
         tasks + grid,
     )
+
+
+def _spans_processes(mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (a multi-process fit)."""
+    return mesh is not None and mesh.devices.size > len(jax.local_devices())
+
+
+def _on_this_process(result: EMResult) -> EMResult:
+    """``result`` of a multi-process EM with every array whole on this process's device.
+
+    The fitted model is the same on every process, and predictions run on each
+    process alone, with no collective: arrays split across processes are gathered,
+    replicated ones copied to the local device.
+    """
+
+    def local(tree):
+        return jax.tree.map(
+            lambda a: to_device(to_host(a)) if isinstance(a, jax.Array) else a, tree
+        )
+
+    return dataclasses.replace(result, params=local(result.params), post=local(result.post))
 
 
 # ---------------------------------------------------------------------- parts
@@ -430,7 +459,7 @@ def fit_magma(
                     config.n_clusters,
                     rng,
                     config.init,
-                    np.asarray(batch.task_weight),
+                    np.asarray(problem.batch.task_weight),
                 )
                 params = problem.start_params(tau0)
             else:
@@ -463,9 +492,11 @@ def fit_magma(
             if problem.src is not None:
                 # Predictions use the one-part batch, in the caller's task order.
                 result = _unstack_result(result, problem.src, tb)
+            if _spans_processes(problem.mesh):
+                result = _on_this_process(result)
             fitted = FittedMagma(
                 result,
-                batch,
+                problem.batch if _spans_processes(problem.mesh) else batch,
                 t,
                 problem.n_grid,
                 problem.layout,

@@ -236,4 +236,6 @@ def to_device(value, dtype=None) -> jax.Array:
     """
     if dtype is None and isinstance(value, bool | int | float):
         return jax.device_put(value)
+    if dtype is None and isinstance(value, jax.Array):
+        return value  # already placed (maybe split across processes: not fetchable)
     return jax.device_put(np.asarray(value, dtype))

@@ -41,7 +41,7 @@ from .likelihood import (
 from .linalg import is_projection, logdet_from_chol, masked_inverse
 from .memberships import entropy_term, responsibilities
 from .mstep import m_step, mixture_weights
-from .parallel import map_chunks, map_tasks, sum_over_chunks
+from .parallel import map_chunks, map_tasks, sum_over_chunks, to_host
 from .params import (
     Params,
     TaskBatch,
@@ -420,8 +420,8 @@ def run_em(
     call per two kept ones.
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
-    host_weight = np.concatenate([np.asarray(b.task_weight) for b in as_parts(batch)])
-    weights = to_device(mixture_weights(np.asarray(tau), host_weight))
+    host_weight = np.concatenate([to_host(b.task_weight) for b in as_parts(batch)])
+    weights = to_device(mixture_weights(to_host(tau), host_weight))
     history: list[float] = []
     converged = False
     n_iter = 0
@@ -494,7 +494,7 @@ def run_em(
     return EMResult(
         params=params,
         weights=np.asarray(weights),
-        tau=np.asarray(tau),
+        tau=to_host(tau),
         post=post,
         elbo=float(value),
         elbo_history=np.asarray(history),

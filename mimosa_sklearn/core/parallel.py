@@ -30,6 +30,7 @@ __all__ = [
     "sum_with_gradient",
     "task_mesh",
     "shard_tasks",
+    "to_host",
 ]
 
 # Elements of one chunked (chunk, K, O, N, N) intermediate: 2**22 float64 = 32 MiB.
@@ -220,3 +221,14 @@ def shard_tasks(tree, mesh, n_tasks: int):
         return jax.device_put(a, spec)
 
     return jax.tree.map(put, tree)
+
+
+def to_host(a) -> np.ndarray:
+    """``a`` as a numpy array, gathered from every process when its task axis is split
+    across processes' devices (a multi-process fit, :func:`shard_tasks` on a mesh of
+    several processes): every process then gets the whole array."""
+    if not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))

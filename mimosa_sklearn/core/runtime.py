@@ -15,7 +15,10 @@ CPU thread-pool deadlock (jaxlib 0.10.x)
     ``lapack_dtrsm_ffi``). ``--xla_cpu_multi_thread_eigen=false`` does not help.
     A one-thread pool runs the chunks inline, so :func:`ensure_safe_cpu_backend` creates
     the CPU backend while the process is pinned to one CPU and restores the affinity
-    right after (XLA's pool is sized once, at creation, from the affinity). Later
+    right after (XLA's pool is sized once, at creation, from the affinity). The
+    processes of a multi-process fit are pinned to different CPUs for that moment, and
+    run on all of them afterwards: each computes on one thread, so two processes use
+    two cores. Later
     jaxlib releases compile that parallel path out, and the guard is then skipped.
 
 Memory maps of compiled code
@@ -115,7 +118,7 @@ def ensure_safe_cpu_backend() -> None:
         )
         return
     try:
-        os.sched_setaffinity(0, {min(cpus)})
+        os.sched_setaffinity(0, {_creation_cpu(cpus)})
         jax.devices("cpu")
     finally:
         # Threads started meanwhile inherited the pin: release them all (the pool's
@@ -123,6 +126,20 @@ def ensure_safe_cpu_backend() -> None:
         for tid in _thread_ids():
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(tid, cpus)
+
+
+def _creation_cpu(cpus: set[int]) -> int:
+    """The CPU the backend is created on: the processes of a multi-process fit
+    (``jax.distributed``, initialised before any computation) take different ones, so
+    that threads XLA pins at creation, if any, do not share one core."""
+    try:
+        from jax._src import distributed  # no public query before a backend exists
+
+        index = distributed.global_state.process_id or 0
+    except Exception:  # pragma: no cover - private API moved
+        index = 0
+    ordered = sorted(cpus)
+    return ordered[index % len(ordered)]
 
 
 def _thread_ids() -> list[int]:

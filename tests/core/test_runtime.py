@@ -75,6 +75,14 @@ def test_guard_builds_one_thread_pool_and_restores_affinity():
     assert process_affinity == n_cpus
 
 
+def test_processes_of_a_distributed_fit_create_their_backends_on_different_cpus(monkeypatch):
+    from jax._src import distributed
+
+    for index, expected in [(None, 2), (0, 2), (1, 5), (2, 7), (3, 2)]:
+        monkeypatch.setattr(distributed.global_state, "process_id", index)
+        assert runtime._creation_cpu({7, 2, 5}) == expected
+
+
 def test_fits_finish_under_cpu_load():
     """Two EM fits (same shapes: one compile) in a fresh process while every core is
     busy never hang (the unguarded engine hung in its second iteration, 4 runs of 4)."""
