@@ -75,6 +75,22 @@ def test_guard_builds_one_thread_pool_and_restores_affinity():
     assert process_affinity == n_cpus
 
 
+def test_importing_the_package_starts_no_jax_backend():
+    """``jax.distributed.initialize`` must come before any JAX computation: importing
+    the package (and loading data) may come first."""
+    code = (
+        "import mimosa_sklearn, mimosa_sklearn.plotting, mimosa_sklearn.selection\n"
+        "from mimosa_sklearn import MagmaClusterRegressor\n"
+        "from mimosa_sklearn.datasets import load_synth_dev\n"
+        "load_synth_dev(); MagmaClusterRegressor(n_clusters=2).get_params()\n"
+        "from jax._src import xla_bridge\n"
+        "print(len(xla_bridge._backends))\n"
+    )
+    out = _run(code, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "0"
+
+
 def test_processes_of_a_distributed_fit_create_their_backends_on_different_cpus(monkeypatch):
     from jax._src import distributed
 
