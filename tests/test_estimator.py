@@ -6,6 +6,7 @@ through module-scoped fixtures and the tests reuse a handful of shapes.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -173,12 +174,27 @@ def _converged(X, y, **params) -> MagmaClusterRegressor:
     return fit(X, y, max_iter=100, **params)
 
 
+@pytest.fixture(scope="module")
+def converged(data) -> MagmaClusterRegressor:
+    """A cold fit to convergence, shared: ``warm_start`` plays no part in a first fit
+    (there is no previous model), so a copy with it switched on is a warm-startable fit."""
+    X, y = data
+    return _converged(X, y)
+
+
+def _warm_copy(est: MagmaClusterRegressor) -> MagmaClusterRegressor:
+    return copy.deepcopy(est).set_params(warm_start=True)
+
+
 @pytest.mark.parametrize(
     "shared", [True, pytest.param(False, marks=pytest.mark.slow, id="task-specific")]
 )
-def test_warm_start_refit_starts_at_the_previous_elbo(data, shared):
+def test_warm_start_refit_starts_at_the_previous_elbo(data, converged, shared):
     X, y = data
-    est = _converged(X, y, warm_start=True, shared_task_hps=shared)
+    if shared:  # the default
+        est = _warm_copy(converged)
+    else:
+        est = _converged(X, y, warm_start=True, shared_task_hps=shared)
     final = est.elbo_[-1]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "fitting from scratch"
@@ -187,12 +203,12 @@ def test_warm_start_refit_starts_at_the_previous_elbo(data, shared):
     assert est.n_iter_ <= 3 and est.converged_
 
 
-def test_warm_start_with_new_tasks_converges_faster_than_a_cold_fit(data):
+def test_warm_start_with_new_tasks_converges_faster_than_a_cold_fit(data, converged):
     X, y = data
     first = X["ID"].isin(X["ID"].unique()[:8])
     warm = _converged(X[first], y[first], warm_start=True)
     warm.fit(X, y)  # four tasks more
-    cold = _converged(X, y)
+    cold = converged
     assert warm.converged_ and cold.converged_
     assert warm.n_iter_ < cold.n_iter_
     # The known tasks kept their clusters, the new ones got theirs.
@@ -200,15 +216,15 @@ def test_warm_start_with_new_tasks_converges_faster_than_a_cold_fit(data):
     np.testing.assert_array_equal(warm.task_ids_, cold.task_ids_)
 
 
-def test_warm_start_with_other_settings_fits_from_scratch(data):
+def test_warm_start_with_other_settings_fits_from_scratch(data, converged):
     X, y = data
-    est = _converged(X, y, warm_start=True)
+    est = _warm_copy(converged)
     est.set_params(n_clusters=3)
     with pytest.warns(UserWarning, match="n_clusters changed since the previous fit"):
         est.fit(X, y)
     cold = _converged(X, y, n_clusters=3)
     np.testing.assert_array_equal(est.elbo_, cold.elbo_)
-    # Without warm_start a second fit ignores the first.
-    again = _converged(X, y)
+    # Without warm_start a second fit ignores the first: it repeats the cold fit.
+    again = copy.deepcopy(converged)
     again.fit(X.assign(Input=X["Input"] * 1.0), y)
-    np.testing.assert_array_equal(again.elbo_, _converged(X, y).elbo_)
+    np.testing.assert_array_equal(again.elbo_, converged.elbo_)
