@@ -4,9 +4,11 @@ Each ``docs/gallery/*.py`` is a script in jupytext's percent format: ``# %% [mar
 cells hold the prose (every line a ``#`` comment), ``# %%`` cells hold code. At every
 build, the hook runs the code cells in order, in one namespace per script, in a fresh
 temporary folder, and writes the page ``gallery/<name>.md``: the prose, each code cell,
-what it printed, and the figures it left open (saved as ``gallery/<name>_<n>.png``). A
-failing cell fails the build. Results are kept per script content while ``mkdocs
-serve`` runs, so editing another page does not run the examples again.
+what it printed, and the figures it left open (saved as ``gallery/<name>_<n>.png``).
+A matplotlib animation that a cell binds to a name is saved as ``gallery/<name>_<n>.gif``
+instead of its figure (pillow, which comes with matplotlib, writes it). A failing cell
+fails the build. Results are kept per script content while ``mkdocs serve`` runs, so
+editing another page does not run the examples again.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ _log = logging.getLogger("mkdocs.hooks.gallery")
 
 @dataclass
 class Rendered:
-    """A gallery script run: its page and its figures (png bytes), in order."""
+    """A gallery script run: its page and its figures, in order, as ``(file name,
+    bytes)`` (png for a figure, gif for an animation)."""
 
     markdown: str
-    figures: list[bytes] = field(default_factory=list)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def cells(source: str) -> list[tuple[str, str]]:
@@ -62,7 +65,8 @@ def render(source: str, name: str) -> Rendered:
     plt.close("all")
     namespace: dict[str, object] = {"__name__": "__main__"}
     parts: list[str] = []
-    figures: list[bytes] = []
+    figures: list[tuple[str, bytes]] = []
+    seen: list[object] = []  # animations already saved, shown once
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="mimosa-gallery-") as folder:
         os.chdir(folder)
@@ -77,16 +81,40 @@ def render(source: str, name: str) -> Rendered:
                     exec(compile(text, f"{name}.py, cell {i}", "exec"), namespace)
                 if printed.getvalue().strip():
                     parts.append(f'```text title="output"\n{printed.getvalue().rstrip()}\n```')
+                animations = _new_animations(namespace, seen)
+                # An animation draws on its own figure (kept in _fig, no public accessor).
+                animated = {id(anim._fig) for anim in animations}
                 for number in plt.get_fignums():
+                    if id(plt.figure(number)) in animated:
+                        continue
                     png = io.BytesIO()
                     plt.figure(number).savefig(png, format="png", dpi=90, bbox_inches="tight")
-                    figures.append(png.getvalue())
-                    parts.append(f"![figure {len(figures)}]({name}_{len(figures)}.png)")
+                    figures.append((f"{name}_{len(figures) + 1}.png", png.getvalue()))
+                    parts.append(f"![figure {len(figures)}]({figures[-1][0]})")
+                for anim in animations:
+                    gif = Path(f"{name}_{len(figures) + 1}.gif")
+                    anim.save(gif, writer="pillow", dpi=80)
+                    figures.append((gif.name, gif.read_bytes()))
+                    parts.append(f"![animation {len(figures)}]({gif.name})")
                 plt.close("all")
         finally:
             os.chdir(cwd)
     download = f"[Download the script]({name}.py) and run it with `python {name}.py`."
     return Rendered("\n\n".join([*parts, download]) + "\n", figures)
+
+
+def _new_animations(namespace: dict[str, object], seen: list[object]) -> list:
+    """The matplotlib animations bound to a name of ``namespace`` that are not in
+    ``seen`` (which they join), in the order of the names' definition."""
+    from matplotlib.animation import Animation
+
+    new = [
+        value
+        for value in namespace.values()
+        if isinstance(value, Animation) and not any(value is old for old in seen)
+    ]
+    seen.extend(new)
+    return new
 
 
 def on_files(files, config):
@@ -103,6 +131,6 @@ def on_files(files, config):
         rendered = _cache[key]
         stem = f"{GALLERY}/{script.stem}"
         files.append(File.generated(config, f"{stem}.md", content=rendered.markdown))
-        for n, png in enumerate(rendered.figures, start=1):
-            files.append(File.generated(config, f"{stem}_{n}.png", content=png))
+        for file_name, content in rendered.figures:
+            files.append(File.generated(config, f"{GALLERY}/{file_name}", content=content))
     return files

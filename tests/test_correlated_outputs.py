@@ -9,9 +9,7 @@ compilation on a small CPU; the building blocks are tested without fitting.
 from __future__ import annotations
 
 import pickle
-import re
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +26,6 @@ from mimosa_sklearn.core import runtime
 from mimosa_sklearn.core.multioutput import PerOutputMean, StackedOutputKernel
 from mimosa_sklearn.datasets import make_magma_data
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"n_clusters": 2, "max_iter": 10, "random_state": 0}
 SPLIT = 5.0  # output "b" of the new tasks is hidden beyond this input
 
@@ -279,15 +276,3 @@ def test_two_inputs_with_ard_recover_clusters():
     scales = model.hyperparameters_["mean_kernel.right.length_scales"]
     assert scales.shape[-1] == 2
     assert model.predict(X).shape == (len(X),)
-
-
-# ---------------------------------------------------------------------- docs
-
-
-def test_docs_page_shows_the_example_script():
-    """docs/correlated_outputs.md shows the cells of its script, in order."""
-    script = (ROOT / "docs" / "examples" / "correlated_outputs_example.py").read_text("utf-8")
-    cells = [c.strip() for c in re.split(r"^# %%.*$", script, flags=re.MULTILINE)[1:]]
-    page = (ROOT / "docs" / "correlated_outputs.md").read_text("utf-8")
-    blocks = [b.strip() for b in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S)]
-    assert len(cells) == 6 and blocks == cells

@@ -15,6 +15,7 @@ from mimosa_sklearn import MagmaClusterRegressor
 from mimosa_sklearn.datasets import load_weight
 from mimosa_sklearn.metrics import coverage
 from mimosa_sklearn.plotting import (
+    animate_forecast,
     plot_clusters,
     plot_forecast,
     plot_forecast_fan,
@@ -78,3 +79,16 @@ ax.set_title(f"Child {child}: observed to 12 months, forecast to 72")
 fig, ax = plt.subplots(figsize=(7, 4))
 plot_forecast_fan(model, child, X[first_year], y[first_year], X[later], ax=ax)
 ax.set_title(f"Child {child}: forecast fan")
+
+# %% [markdown]
+# ## Watch the forecast sharpen
+#
+# `animate_forecast` shows the same child's forecast as its weighings arrive, one at a
+# time: the first frame knows no weighing (the mixture of the three mean curves,
+# weighted by the clusters' shares), the last one knows them all. The title gives the
+# child's cluster memberships in each frame: they move as the weighings come in.
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 4))
+rows = test & (X["ID"] == child).to_numpy()
+anim = animate_forecast(model, child, X[rows], y[rows], X[later], ax=ax, interval=900)
