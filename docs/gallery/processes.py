@@ -13,7 +13,17 @@
 # fitted estimator so that this page can look at it.
 
 # %%
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import joblib
+import matplotlib.pyplot as plt
+
+from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn.datasets import load_synth_dev
+from mimosa_sklearn.plotting import plot_clusters
 
 WORKER = """
 import sys
@@ -46,10 +56,6 @@ Path("fit_share.py").write_text(WORKER)
 # `python fit_share.py 2 0 12355 & python fit_share.py 2 1 12355 & wait`.
 
 # %%
-import socket
-import subprocess
-import sys
-
 with socket.socket() as s:  # a free port for the coordinator
     s.bind(("127.0.0.1", 0))
     port = str(s.getsockname()[1])
@@ -74,9 +80,6 @@ for worker in workers:
 # 60 curves:
 
 # %%
-from mimosa_sklearn import MagmaClusterRegressor
-from mimosa_sklearn.datasets import load_synth_dev
-
 X, y = load_synth_dev()
 one = MagmaClusterRegressor(n_clusters=3, random_state=0).fit(X, y)
 print(f"one process: {one.n_tasks_} tasks, ELBO {one.elbo_[-1]:.9f}")
@@ -87,11 +90,6 @@ print(f"one process: {one.n_tasks_} tasks, ELBO {one.elbo_[-1]:.9f}")
 # other process.
 
 # %%
-import joblib
-import matplotlib.pyplot as plt
-
-from mimosa_sklearn.plotting import plot_clusters
-
 model, X0, y0 = joblib.load("process0.joblib")
 print(model.memberships_.head())
 fig, ax = plt.subplots(figsize=(7, 4))
