@@ -439,13 +439,15 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
             if group is None:
                 raise
             error = exc
-        n_tasks = task_ids.shape[0] if error is None else 0
-        inputs, y_all, all_codes, n_all, offset = None, None, None, n_tasks, 0
-        if group is not None:
+        if group is None:
+            n_tasks = task_ids.shape[0]
+            all_codes, n_all, inputs, y_all, offset = codes, n_tasks, rows.inputs, y2, 0
+        else:
             # Every process fails together: the others would wait at the next collective.
             group.agree(error)
             group.check_same_columns(rows.inputs.shape[1], y2.shape[1])
             group.check_disjoint(task_ids)
+            n_tasks = task_ids.shape[0]
             all_codes, n_all, inputs, y_all, offset = group.union(codes, n_tasks, rows.inputs, y2)
         if self.n_clusters > n_all:
             raise ValueError(
@@ -459,8 +461,6 @@ class MagmaClusterRegressor(ForecastMixin, MultiOutputMixin, RegressorMixin, Bas
         # order; td.task_index maps the first-seen task codes to them. A multi-process
         # fit lays out the union of the processes' rows: the same layout as one process
         # fitting them all.
-        if group is None:
-            all_codes, inputs, y_all = codes, rows.inputs, y2
         td = build_task_data(all_codes, n_all, inputs, y_all, canonical=True)
         model_rows = td.task_index[offset : offset + n_tasks]
         tasks = td.tasks

@@ -437,6 +437,8 @@ def fit_magma(
         # stacked channel would pool them), one row per task slot of the batch.
         init = tasks if tasks.n_slots == tb else take(tasks, np.arange(t), n_slots=tb)
         em_light = problem.em_batch
+        # The fitted model keeps the unsharded batch: it predicts without collectives.
+        across_processes = _spans_processes(problem.mesh)
         if problem.mesh is not None:
             # Tasks split across devices, hyperparameters replicated.
             batch = em_light = _shard_batch(batch, problem.mesh)
@@ -492,11 +494,11 @@ def fit_magma(
             if problem.src is not None:
                 # Predictions use the one-part batch, in the caller's task order.
                 result = _unstack_result(result, problem.src, tb)
-            if _spans_processes(problem.mesh):
+            if across_processes:
                 result = _on_this_process(result)
             fitted = FittedMagma(
                 result,
-                problem.batch if _spans_processes(problem.mesh) else batch,
+                problem.batch if across_processes else batch,
                 t,
                 problem.n_grid,
                 problem.layout,

@@ -90,13 +90,13 @@ class ProcessGroup:
         ids of any type cross the wire as integers; the message names this process's
         shared ids and the processes that also hold them.
         """
-        mine = pd.util.hash_array(np.asarray(task_ids, dtype=object))
-        hashes = self.gather(mine.view(np.int64))
+        mine = pd.util.hash_array(np.asarray(task_ids, dtype=object)).view(np.int64)
+        hashes = self.gather(mine)
         clash = np.zeros(self.count, dtype=bool)
         shared = np.zeros(mine.size, dtype=bool)
         for p, theirs in enumerate(hashes):
             if p != self.index:
-                hit = np.isin(mine.view(np.int64), theirs)
+                hit = np.isin(mine, theirs)
                 clash[p] = hit.any()
                 shared |= hit
         any_clash = self._allgather(np.array([clash.any()], dtype=np.int64))[:, 0]

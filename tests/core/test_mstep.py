@@ -180,6 +180,18 @@ def test_task_moments_equal_per_task_loops(problem, kt, chunk):
     np.testing.assert_array_equal(np.asarray(weights), tau if kt == K else np.ones((T, 1)))
 
 
+def _task_layout(shared_task: bool, cluster_specific: bool) -> SharingLayout:
+    """``T`` tasks, ``K`` clusters, ``NOUT`` outputs with output-specific hyperparameters."""
+    return SharingLayout.from_flags(
+        T,
+        K,
+        NOUT,
+        shared_task_hps=shared_task,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("shared_task", "cluster_specific", "chunk", "jitter"),
     [(True, False, 0, 0.0), (False, True, 2, 0.0), (False, False, 0, 1e-2)],
@@ -189,14 +201,7 @@ def test_task_objective_is_minus_the_expected_log_likelihood(
 ):
     # J^f = -sum_ik tau_ik E_q[log N(y_i; mu_k(t_i), Psi_ik)] for any q(mu) and tau.
     tasks, mean, cov, tau = problem
-    layout = SharingLayout.from_flags(
-        T,
-        K,
-        NOUT,
-        shared_task_hps=shared_task,
-        cluster_specific_task_hps=cluster_specific,
-        shared_output_hps=False,
-    )
+    layout = _task_layout(shared_task, cluster_specific)
     params, vals = ref.random_params(np.random.default_rng(2), layout)
     batch = dataclasses.replace(ref.to_batch(tasks), task_chunk=chunk)
     kt = layout.task[1]
@@ -223,14 +228,7 @@ def test_streamed_task_objective_equals_the_objective_of_stored_moments(
     # Same value and same gradient in every hyperparameter (task-specific ones included,
     # whose gradients come back per task from the chunks), with or without offsets.
     tasks, mean, cov, tau = problem
-    layout = SharingLayout.from_flags(
-        T,
-        K,
-        NOUT,
-        shared_task_hps=shared_task,
-        cluster_specific_task_hps=cluster_specific,
-        shared_output_hps=False,
-    )
+    layout = _task_layout(shared_task, cluster_specific)
     params, _ = ref.random_params(np.random.default_rng(4), layout)
     batch = dataclasses.replace(ref.to_batch(tasks), task_chunk=chunk)
     post, kt = _post(mean, cov), layout.task[1]
