@@ -14,6 +14,11 @@ import os
 import shutil
 import tempfile
 
+# The two xdist workers share two cores: OpenBLAS's spinning worker threads in each
+# would take the other's core (default tier 6:21 with them, 5:26 without, same machine).
+# Set before anything loads OpenBLAS; the workers and the processes tests start inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import pandas as pd
 import pytest

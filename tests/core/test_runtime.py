@@ -99,6 +99,29 @@ def test_processes_of_a_distributed_fit_create_their_backends_on_different_cpus(
         assert runtime._creation_cpu({7, 2, 5}) == expected
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_process_of_a_multi_process_cpu_run_computes_with_one_blas_thread(monkeypatch):
+    """Spinning OpenBLAS threads of each process took the cores of the others: two
+    processes on two cores fitted 7-14 times slower than one process."""
+    import jax
+    import scipy.linalg.cython_lapack  # noqa: F401 - the OpenBLAS XLA's LAPACK calls
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with runtime.jax_scope():
+            single = blas_threads()
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        with runtime.jax_scope():
+            multi = blas_threads()
+        after = blas_threads()
+    assert single and set(single) == {2}
+    assert set(multi) == {1}
+    assert set(after) == {2}
+
+
 def test_fits_finish_under_cpu_load():
     """Two EM fits (same shapes: one compile) in a fresh process while every core is
     busy never hang (the unguarded engine hung in its second iteration, 4 runs of 4)."""
