@@ -133,6 +133,7 @@ def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
     split = ("x", "y", "mask", "mappings", "task_weight")
     tasks = shard_tasks(tuple(getattr(batch, f) for f in split), mesh, tb)
     grid = shard_tasks((batch.grid, batch.grid_mask), mesh, -1)
+    batch = dataclasses.replace(batch, task_shards=mesh.size)
     return eqx.tree_at(
         lambda b: tuple(getattr(b, f) for f in split) + (b.grid, b.grid_mask),
         batch,

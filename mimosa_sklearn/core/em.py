@@ -140,7 +140,7 @@ def precision_sums_of(
         return precision_sums(tau_c, prec, wy, maps, n_grid, offset_wy=off_wy)
 
     xs = (batch.x, mask_t, xs_params, y_t, tau, batch.mappings, offsets)
-    return sum_over_chunks(chunk_sums, xs, batch.task_chunk)
+    return sum_over_chunks(chunk_sums, xs, batch.task_chunk, batch.task_shards)
 
 
 def cluster_task_nll(

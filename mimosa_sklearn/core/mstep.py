@@ -199,18 +199,61 @@ def task_objective(
 
     def one(x_i, m_i, p_i, mom_i, w_i):
         kernel, log_noise = get_params(p_i)
-        cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
-        kt, _, n, _ = cov.shape
-        cov = factorable_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
-        n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
-        return jnp.sum(moment_nll(cov, mom_i, w_i[..., None], n_real))
+        return _task_nll_one(kernel, log_noise, o, x_i, m_i, mom_i, w_i, jitter)
 
     if moments.shape[0] == 1 and batch.x.shape[0] > 1:
         return one(batch.x[0], mask_t[0], None, moments[0], weights[0])
+    if batch.task_shards > 1:
+        return _sharded_task_objective(params, batch, mask_t, moments, weights, jitter)
     per_task = map_tasks(
         lambda a: one(*a), (batch.x, mask_t, xs_params, moments, weights), batch.task_chunk
     )
     return jnp.sum(per_task)
+
+
+def _split_task_hps(params: Params):
+    """Task hyperparameters as :func:`.parallel.sum_with_gradient` takes them:
+    ``(shared, per_task, static)``, one of the first two None (shared across tasks
+    or one row per task), ``static`` the kernel's non-array part."""
+    per_task_hp = params.log_noise.shape[0] > 1
+    kernel = params.task_kernel if per_task_hp else index_module(params.task_kernel, 0)
+    dynamic, static = eqx.partition(kernel, eqx.is_inexact_array)
+    if per_task_hp:
+        return None, (dynamic, params.log_noise), static
+    return (dynamic, params.log_noise[0]), None, static
+
+
+def _task_nll_one(kernel, log_noise, n_outputs: int, x_i, m_i, mom_i, w_i, jitter):
+    """``J^f_i`` of ONE task from its second moments (kernel leaves and ``log_noise``
+    ``(K*, O*)``, ``m_i`` the ``(O, N)`` mask)."""
+    cov = task_covariance_one(kernel, log_noise, x_i)  # (Kt, Ot, N, N)
+    kt, _, n, _ = cov.shape
+    cov = factorable_cov(jnp.broadcast_to(cov, (kt, n_outputs, n, n)), m_i[None], jitter)
+    n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
+    return jnp.sum(moment_nll(cov, mom_i, w_i[..., None], n_real))
+
+
+def _sharded_task_objective(params, batch, mask_t, moments, weights, jitter):
+    """:func:`task_objective` of a task axis split across devices: value and gradient
+    chunk by chunk (:func:`.parallel.sum_with_gradient`), so that each device adds its
+    own chunks and the devices' sums meet once per evaluation. Autodiff through the
+    chunk loop added the devices' gradients in every step of its backward loop."""
+    o = batch.mask.shape[-1]
+    shared, per_task, static = _split_task_hps(params)
+
+    def chunk_value(shared, per_task, jitter, xs):
+        def one(x_i, m_i, mom_i, w_i, p_i):
+            dyn, log_noise = shared if p_i is None else p_i
+            kernel = eqx.combine(dyn, static)
+            return _task_nll_one(kernel, log_noise, o, x_i, m_i, mom_i, w_i, jitter)
+
+        return jnp.sum(jax.vmap(one)(*xs, per_task))
+
+    xs = (batch.x, mask_t, moments, weights)
+    jitter = jnp.asarray(jitter, moments.dtype)
+    return sum_with_gradient(
+        chunk_value, shared, per_task, jitter, xs, batch.task_chunk, batch.task_shards
+    )
 
 
 def streamed_task_objective(
@@ -233,32 +276,24 @@ def streamed_task_objective(
     """
     o = batch.mask.shape[-1]
     kt = params.log_noise.shape[1]
-    per_task_hp = params.log_noise.shape[0] > 1
-    kernel = params.task_kernel if per_task_hp else index_module(params.task_kernel, 0)
-    dynamic, static = eqx.partition(kernel, eqx.is_inexact_array)
-    if per_task_hp:
-        shared, per_task = None, (dynamic, params.log_noise)
-    else:
-        shared, per_task = (dynamic, params.log_noise[0]), None
+    shared, per_task, static = _split_task_hps(params)
 
     def chunk_value(shared, per_task, consts, xs):
         post_mean, post_cov, jitter = consts
 
         def one(x_i, y_i, m_i, map_i, tau_i, off_i, p_i):
-            dyn, log_noise = shared if p_i is None else p_i
-            cov = task_covariance_one(eqx.combine(dyn, static), log_noise, x_i)
-            n = cov.shape[-1]
-            cov = factorable_cov(jnp.broadcast_to(cov, (kt, o, n, n)), m_i[None], jitter)
             mom, w = _moment_one(y_i, m_i, map_i, tau_i, off_i, post_mean, post_cov, kt)
-            n_real = jnp.sum(m_i, axis=-1).astype(cov.dtype)[None]  # (1, O)
-            return jnp.sum(moment_nll(cov, mom, w[..., None], n_real))
+            dyn, log_noise = shared if p_i is None else p_i
+            return _task_nll_one(eqx.combine(dyn, static), log_noise, o, x_i, m_i, mom, w, jitter)
 
         return jnp.sum(jax.vmap(one)(*xs, per_task))
 
     mask_t = jnp.swapaxes(batch.mask, 1, 2)  # (T, O, N)
     xs = (batch.x, batch.y, mask_t, batch.mappings, tau, offsets)
     consts = (post.mean, post.cov, jnp.asarray(jitter, post.mean.dtype))
-    return sum_with_gradient(chunk_value, shared, per_task, consts, xs, batch.task_chunk)
+    return sum_with_gradient(
+        chunk_value, shared, per_task, consts, xs, batch.task_chunk, batch.task_shards
+    )
 
 
 def total_objective(

@@ -10,6 +10,12 @@ Chunks are *strided* (chunk ``c`` holds tasks ``c, c + n_chunks, c + 2 n_chunks,
 ...``) rather than contiguous: when the task axis is sharded in contiguous blocks
 across devices (:func:`shard_tasks`), every chunk then holds the same number of
 tasks from every device, so all devices work on every step of the loop.
+
+Sums over tasks split across ``shards`` devices run one loop per device (a ``vmap``
+over a leading shard axis): each device adds its own chunks into its own partial sum,
+and the partial sums are added once, after the loop. Summing each chunk across devices
+inside the loop instead made XLA put a collective in every step: two processes on two
+CPU cores spent most of their time waiting in thousands of all-reduces per EM iteration.
 """
 
 from __future__ import annotations
@@ -108,31 +114,59 @@ def map_chunks(fn: Callable, xs, chunk: int):
     return jax.tree.map(_task_order, jax.lax.map(fn, chunks))
 
 
-def sum_over_chunks(fn: Callable, xs, chunk: int):
+def _shard_chunks(a, shards: int, c: int, n_chunks: int):
+    # (T, ...) -> (shards, c, n_chunks, ...) -> (n_chunks, shards, c, ...): the tasks of
+    # shard s are the contiguous block s of the task axis (the devices' blocks, see
+    # :func:`shard_tasks`), strided into chunks inside it.
+    return jnp.moveaxis(a.reshape((shards, c, n_chunks) + a.shape[1:]), 2, 0)
+
+
+def _unshard_order(a):
+    # (n_chunks, shards, c, ...) outputs of _shard_chunks -> (T, ...) in task order.
+    return jnp.moveaxis(a, 0, 2).reshape((-1,) + a.shape[3:])
+
+
+def _chunk_layout(t: int, chunk: int, shards: int) -> tuple[int, int, int]:
+    """``(shards, c, n_chunks)``: tasks per shard split into ``n_chunks`` chunks of ``c``;
+    one shard when ``shards`` does not divide ``t``."""
+    shards = shards if shards > 1 and t % shards == 0 else 1
+    per_shard = t // shards
+    c = chunk_for(per_shard, chunk // shards if shards > 1 and chunk > 0 else chunk)
+    return shards, c, per_shard // c
+
+
+def sum_over_chunks(fn: Callable, xs, chunk: int, shards: int = 1):
     """``sum_c fn(chunk_c of xs)``: a reduction over tasks, ``chunk`` tasks at a time.
 
     ``fn`` takes a chunk (every leaf of ``xs`` with a leading axis of at most ``chunk``
     tasks) and returns its contribution; the contributions of the (strided, as in
     :func:`map_tasks`) chunks are added into a running sum (a ``lax.scan`` carry), so
     memory holds one chunk's intermediates and one contribution, whatever ``T`` is.
+    With the task axis split across ``shards`` devices, each device sums its own
+    chunks (``chunk / shards`` tasks each) and the partial sums are added at the end
+    (see the module docstring).
     """
     t = jax.tree.leaves(xs)[0].shape[0]
-    c = chunk_for(t, chunk)
-    if c == t:
+    shards, c, n_chunks = _chunk_layout(t, chunk, shards)
+    if shards == 1 and c == t:
         return fn(xs)
-    n_chunks = t // c
-    chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-    shape = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], chunks))
+    if shards == 1:
+        chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
+        step_fn = fn
+    else:
+        chunks = jax.tree.map(lambda a: _shard_chunks(a, shards, c, n_chunks), xs)
+        step_fn = jax.vmap(fn)
+    shape = jax.eval_shape(step_fn, jax.tree.map(lambda a: a[0], chunks))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
 
     def add(total, chunk_xs):
-        return jax.tree.map(jnp.add, total, fn(chunk_xs)), None
+        return jax.tree.map(jnp.add, total, step_fn(chunk_xs)), None
 
     total, _ = jax.lax.scan(add, zero, chunks)
-    return total
+    return total if shards == 1 else jax.tree.map(lambda a: jnp.sum(a, axis=0), total)
 
 
-def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int):
+def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int, shards: int = 1):
     """``sum_c fn(shared, per_task_c, consts, xs_c)`` whose gradient is formed chunk by chunk.
 
     Reverse-mode autodiff through a loop over chunks keeps every chunk's residuals
@@ -156,30 +190,43 @@ def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int):
         Data with a leading ``T`` axis, not differentiated.
     chunk : int
         Tasks per chunk (:func:`chunk_for`).
+    shards : int
+        Devices the task axis is split across (:func:`sum_over_chunks`).
     """
     grad_fn = jax.value_and_grad(fn, argnums=(0, 1))
 
     def value_and_grads(shared, per_task, consts, xs):
         t = jax.tree.leaves(xs)[0].shape[0]
-        c = chunk_for(t, chunk)
-        if c == t:
+        n_shards, c, n_chunks = _chunk_layout(t, chunk, shards)
+        if n_shards == 1 and c == t:
             return grad_fn(shared, per_task, consts, xs)
-        n_chunks = t // c
-        chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), (per_task, xs))
+        if n_shards == 1:
+            chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), (per_task, xs))
+            chunk_grad, back = grad_fn, _task_order
+        else:
+            chunks = jax.tree.map(lambda a: _shard_chunks(a, n_shards, c, n_chunks), (per_task, xs))
+            chunk_grad = jax.vmap(grad_fn, in_axes=(None, 0, None, 0))
+            back = _unshard_order
 
         def step(carry, chunk_args):
             value, g_shared = carry
-            v, (gs, gp) = grad_fn(shared, chunk_args[0], consts, chunk_args[1])
+            v, (gs, gp) = chunk_grad(shared, chunk_args[0], consts, chunk_args[1])
             return (value + v, jax.tree.map(jnp.add, g_shared, gs)), gp
 
-        zero = jnp.zeros((), jnp.result_type(*jax.tree.leaves(xs), float))
-        init = (zero, jax.tree.map(jnp.zeros_like, shared))
+        # One partial sum per shard, added after the loop.
+        lead = () if n_shards == 1 else (n_shards,)
+        zero = jnp.zeros(lead, jnp.result_type(*jax.tree.leaves(xs), float))
+        init = (zero, jax.tree.map(lambda a: jnp.zeros(lead + a.shape, a.dtype), shared))
         (value, g_shared), g_per_task = jax.lax.scan(step, init, chunks)
-        return value, (g_shared, jax.tree.map(_task_order, g_per_task))
+        if n_shards > 1:
+            value, g_shared = jax.tree.map(lambda a: jnp.sum(a, axis=0), (value, g_shared))
+        return value, (g_shared, jax.tree.map(back, g_per_task))
 
     @jax.custom_vjp
     def total(shared, per_task, consts, xs):
-        return sum_over_chunks(lambda a: fn(shared, a[0], consts, a[1]), (per_task, xs), chunk)
+        return sum_over_chunks(
+            lambda a: fn(shared, a[0], consts, a[1]), (per_task, xs), chunk, shards
+        )
 
     def fwd(shared, per_task, consts, xs):
         value, grads = value_and_grads(shared, per_task, consts, xs)

@@ -156,6 +156,10 @@ class TaskBatch(eqx.Module):
     task_chunk : int, static
         Tasks per chunk of the per-task ``N x N`` work (:func:`.parallel.map_tasks`);
         0 computes all tasks in one ``vmap``.
+    task_shards : int, static
+        Devices the task axis is split across (:func:`.parallel.shard_tasks`); sums
+        over tasks add each device's chunks locally first
+        (:func:`.parallel.sum_over_chunks`).
     """
 
     x: Float[Array, "T N I"]
@@ -167,6 +171,7 @@ class TaskBatch(eqx.Module):
     task_weight: Float[Array, " T"]
     shared_inputs: bool = eqx.field(static=True, default=False)
     task_chunk: int = eqx.field(static=True, default=0)
+    task_shards: int = eqx.field(static=True, default=1)
 
 
 def shared_fast_path(params: Params, batch: TaskBatch) -> bool:

@@ -252,6 +252,39 @@ def test_streamed_task_objective_equals_the_objective_of_stored_moments(
     assert any(np.any(np.asarray(a) != 0.0) for a in jax.tree.leaves(got_grad))
 
 
+@pytest.mark.parametrize(
+    ("shared_task", "cluster_specific"), [(True, False), (False, True), (False, False)]
+)
+def test_task_objectives_on_a_task_axis_split_in_shards_are_unchanged(
+    problem, shared_task, cluster_specific
+):
+    # task_shards = 2 (two devices' blocks, summed separately and added once): the stored
+    # and the streamed objectives keep the value and gradient of the unsplit stored one.
+    tasks, mean, cov, tau = problem
+    layout = _task_layout(shared_task, cluster_specific)
+    params, _ = ref.random_params(np.random.default_rng(6), layout)
+    whole = dataclasses.replace(ref.to_batch(tasks), task_chunk=2)
+    split = dataclasses.replace(whole, task_shards=2)
+    post, kt, tau_j = _post(mean, cov), layout.task[1], jnp.asarray(tau)
+
+    def stored(p, batch):
+        mom, w = mstep.task_moments(batch, tau_j, post, kt)
+        return mstep.task_objective(p, batch, mom, w, 1e-3)
+
+    def streamed(p, batch):
+        return mstep.streamed_task_objective(p, batch, tau_j, post, 1e-3)
+
+    def value_and_grad(f, batch):
+        return eqx.filter_jit(eqx.filter_value_and_grad(lambda p: f(p, batch)))(params)
+
+    want, want_grad = value_and_grad(stored, whole)
+    for f in (stored, streamed):
+        got, got_grad = value_and_grad(f, split)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("kt", [1, K])
 def test_shared_input_moments_are_sums_over_real_tasks(kt):
     rng = np.random.default_rng(3)
