@@ -131,7 +131,7 @@ def _chunk_layout(t: int, chunk: int, shards: int) -> tuple[int, int, int]:
     one shard when ``shards`` does not divide ``t``."""
     shards = shards if shards > 1 and t % shards == 0 else 1
     per_shard = t // shards
-    c = chunk_for(per_shard, chunk // shards if shards > 1 and chunk > 0 else chunk)
+    c = chunk_for(per_shard, max(1, chunk // shards) if chunk > 0 else chunk)
     return shards, c, per_shard // c
 
 

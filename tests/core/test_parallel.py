@@ -180,11 +180,11 @@ def test_sum_with_gradient_equals_the_plain_sum_and_its_gradient(chunk):
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad[0]), rtol=1e-12)
 
 
-@pytest.mark.parametrize(("shards", "chunk"), [(2, 4), (3, 4), (2, 0), (5, 4)])
+@pytest.mark.parametrize(("shards", "chunk"), [(2, 4), (3, 4), (3, 2), (2, 0), (5, 4)])
 def test_sharded_chunks_stay_inside_each_shards_block(shards, chunk):
-    # 12 tasks: 2 shards of 6 (chunks of 2: tasks j, j + 3 of the block), 3 shards of 4
-    # (one chunk of 4 each... chunk_for(4, 1) = 1), one chunk per shard (chunk 0); 5
-    # does not divide 12: one shard, as without sharding.
+    # 12 tasks in shards of 12 / shards: each shard's block is split into strided chunks
+    # of about chunk / shards tasks (at least one; chunk 0: the whole block); 5 shards do
+    # not divide 12 tasks: one shard, as without sharding.
     n = 12
     together = np.asarray(par.sum_over_chunks(_membership(n), jnp.arange(n), chunk, shards))
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
@@ -192,7 +192,7 @@ def test_sharded_chunks_stay_inside_each_shards_block(shards, chunk):
         want = np.asarray(par.sum_over_chunks(_membership(n), jnp.arange(n), chunk))
     else:
         per = n // shards
-        c = par.chunk_for(per, chunk // shards if chunk else 0)
+        c = par.chunk_for(per, max(1, chunk // shards) if chunk else 0)
         same_shard = i // per == j // per
         want = (same_shard & ((i % per) % (per // c) == (j % per) % (per // c))).astype(float)
     np.testing.assert_array_equal(together, want)
