@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+from scale import _peak_rss_gib  # this folder is on sys.path when run as a script
 
-GIB = 1024.0**3
 POINTS = 30
 
 
@@ -63,14 +62,13 @@ def run_one(n_rows: int) -> dict:
     except _Stop:
         pass
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0**2
     return {
         "rows": n_rows,
         "tasks": n_rows // POINTS,
         "ingest_s": wall,
         "cpu_s": cpu,
         "ns_per_row": 1e9 * wall / n_rows,
-        "peak_rss_gib": peak,
+        "peak_rss_gib": _peak_rss_gib(),
     }
 
 

@@ -105,13 +105,11 @@ def map_chunks(fn: Callable, xs, chunk: int):
     """:func:`map_tasks` for a ``fn`` of a whole chunk: ``fn`` takes every leaf of ``xs``
     with a leading axis of at most ``chunk`` tasks and returns outputs with the same
     leading axis; they are stacked in task order."""
-    t = jax.tree.leaves(xs)[0].shape[0]
-    c = chunk_for(t, chunk)
-    if c == t:
+    laid_out = _loop_chunks(xs, chunk, 1)
+    if laid_out is None:
         return fn(xs)
-    n_chunks = t // c
-    chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-    return jax.tree.map(_task_order, jax.lax.map(fn, chunks))
+    chunks, _, back = laid_out
+    return jax.tree.map(back, jax.lax.map(fn, chunks))
 
 
 def _shard_chunks(a, shards: int, c: int, n_chunks: int):
@@ -135,6 +133,26 @@ def _chunk_layout(t: int, chunk: int, shards: int) -> tuple[int, int, int]:
     return shards, c, per_shard // c
 
 
+def _loop_chunks(xs, chunk: int, shards: int):
+    """``xs`` laid out for a loop over chunks: ``(chunks, shards, back)``, where the leaves
+    of ``chunks`` lead with the loop axis (then, with several shards, a shard axis that
+    the chunk's function is vmapped over) and ``back`` puts per-task outputs of the loop
+    in task order again. None when all tasks make one chunk."""
+    t = jax.tree.leaves(xs)[0].shape[0]
+    shards, c, n_chunks = _chunk_layout(t, chunk, shards)
+    if shards == 1 and c == t:
+        return None
+    if shards == 1:
+        return jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs), 1, _task_order
+    chunks = jax.tree.map(lambda a: _shard_chunks(a, shards, c, n_chunks), xs)
+    return chunks, shards, _unshard_order
+
+
+def _add_shards(tree, shards: int):
+    # The shards' partial sums (leading axis) added: once, after the loop.
+    return tree if shards == 1 else jax.tree.map(lambda a: jnp.sum(a, axis=0), tree)
+
+
 def sum_over_chunks(fn: Callable, xs, chunk: int, shards: int = 1):
     """``sum_c fn(chunk_c of xs)``: a reduction over tasks, ``chunk`` tasks at a time.
 
@@ -146,16 +164,11 @@ def sum_over_chunks(fn: Callable, xs, chunk: int, shards: int = 1):
     chunks (``chunk / shards`` tasks each) and the partial sums are added at the end
     (see the module docstring).
     """
-    t = jax.tree.leaves(xs)[0].shape[0]
-    shards, c, n_chunks = _chunk_layout(t, chunk, shards)
-    if shards == 1 and c == t:
+    laid_out = _loop_chunks(xs, chunk, shards)
+    if laid_out is None:
         return fn(xs)
-    if shards == 1:
-        chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), xs)
-        step_fn = fn
-    else:
-        chunks = jax.tree.map(lambda a: _shard_chunks(a, shards, c, n_chunks), xs)
-        step_fn = jax.vmap(fn)
+    chunks, shards, _ = laid_out
+    step_fn = fn if shards == 1 else jax.vmap(fn)
     shape = jax.eval_shape(step_fn, jax.tree.map(lambda a: a[0], chunks))
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
 
@@ -163,7 +176,7 @@ def sum_over_chunks(fn: Callable, xs, chunk: int, shards: int = 1):
         return jax.tree.map(jnp.add, total, step_fn(chunk_xs)), None
 
     total, _ = jax.lax.scan(add, zero, chunks)
-    return total if shards == 1 else jax.tree.map(lambda a: jnp.sum(a, axis=0), total)
+    return _add_shards(total, shards)
 
 
 def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int, shards: int = 1):
@@ -196,17 +209,13 @@ def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int, sh
     grad_fn = jax.value_and_grad(fn, argnums=(0, 1))
 
     def value_and_grads(shared, per_task, consts, xs):
-        t = jax.tree.leaves(xs)[0].shape[0]
-        n_shards, c, n_chunks = _chunk_layout(t, chunk, shards)
-        if n_shards == 1 and c == t:
+        laid_out = _loop_chunks((per_task, xs), chunk, shards)
+        if laid_out is None:
             return grad_fn(shared, per_task, consts, xs)
-        if n_shards == 1:
-            chunks = jax.tree.map(lambda a: _strided_chunks(a, c, n_chunks), (per_task, xs))
-            chunk_grad, back = grad_fn, _task_order
-        else:
-            chunks = jax.tree.map(lambda a: _shard_chunks(a, n_shards, c, n_chunks), (per_task, xs))
+        chunks, n_shards, back = laid_out
+        chunk_grad = grad_fn
+        if n_shards > 1:
             chunk_grad = jax.vmap(grad_fn, in_axes=(None, 0, None, 0))
-            back = _unshard_order
 
         def step(carry, chunk_args):
             value, g_shared = carry
@@ -218,8 +227,7 @@ def sum_with_gradient(fn: Callable, shared, per_task, consts, xs, chunk: int, sh
         zero = jnp.zeros(lead, jnp.result_type(*jax.tree.leaves(xs), float))
         init = (zero, jax.tree.map(lambda a: jnp.zeros(lead + a.shape, a.dtype), shared))
         (value, g_shared), g_per_task = jax.lax.scan(step, init, chunks)
-        if n_shards > 1:
-            value, g_shared = jax.tree.map(lambda a: jnp.sum(a, axis=0), (value, g_shared))
+        value, g_shared = _add_shards((value, g_shared), n_shards)
         return value, (g_shared, jax.tree.map(back, g_per_task))
 
     @jax.custom_vjp
