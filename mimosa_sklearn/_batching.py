@@ -7,27 +7,37 @@ and the arrays move to the device as a :class:`.core.params.TaskBatch`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._padded import Padded, grid_bucket, take
 from .core.compile import to_device
 from .core.params import TaskBatch
 
-__all__ = ["GRID_REUSE_WORK", "make_batch", "padded_grid_size", "shared_inputs"]
+__all__ = ["GRID_HEADROOM", "GRID_REUSE_WORK", "make_batch", "padded_grid_size", "shared_inputs"]
 
 #: How much more ``G^3`` work a fit may take on to reuse a padded grid size that an
 #: earlier fit of this process used: compiling an EM program costs seconds, while
 #: grids small enough for this to matter factorise in milliseconds.
 GRID_REUSE_WORK = 2.0
 
+#: Spare room a small fit's padded grid keeps (``headroom=True``): its bucket is that
+#: of ``(1 + GRID_HEADROOM) g`` points. Cross-validation folds on shared inputs have
+#: grids a few points apart (synth_dev's three folds and refit: 189, 192, 194 and 199
+#: points); without room the first fold's 192-point program fits no later one.
+GRID_HEADROOM = 0.05
+
 # Padded grid sizes used by this process's fits, by the shapes of their tasks.
 _grid_sizes: dict[tuple, set[int]] = {}
 
 
-def padded_grid_size(g: int, shapes: tuple) -> int:
+def padded_grid_size(g: int, shapes: tuple, headroom: bool = False) -> int:
     """The padded size of a grid of ``g`` points for tasks of ``shapes``.
 
-    Its bucket (:func:`._padded.grid_bucket`), unless an earlier fit in this process
+    Its bucket (:func:`._padded.grid_bucket`; with ``headroom``, that of
+    :data:`GRID_HEADROOM` more points, for small fits whose compilation costs more than
+    their grid work), unless an earlier fit in this process
     padded tasks of the same ``shapes`` (slots, rows, inputs, outputs...) to a larger
     size whose cubic work is at most :data:`GRID_REUSE_WORK` times that of ``g``
     points: then the largest such size, and the programs compiled for it. The folds of
@@ -36,7 +46,7 @@ def padded_grid_size(g: int, shapes: tuple) -> int:
     boundaries and compile the EM program again. Padded grid points are masked, so the
     model is the same; only the rounding of sums may differ (last bits).
     """
-    own = grid_bucket(g)
+    own = grid_bucket(math.ceil(g * (1.0 + GRID_HEADROOM)) if headroom else g)
     used = _grid_sizes.setdefault(shapes, set())
     limit = g * GRID_REUSE_WORK ** (1 / 3)
     size = max((s for s in used if own <= s <= limit), default=own)

@@ -28,6 +28,7 @@ from ._outputs import stack_observed
 from ._padded import Padded, row_bucket, take
 from .core import approx as core_approx
 from .core import runtime
+from .core.clusters import cluster_bucket, drop_padded_clusters, pad_clusters
 from .core.compile import jit, to_device
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.init import init_responsibilities
@@ -177,10 +178,13 @@ def make_parts(
     config: FitConfig,
     max_parts: int,
     grid_size: int | None = None,
+    run_clusters: int | None = None,
 ) -> tuple[tuple[TaskBatch, ...], np.ndarray] | None:
     """A batch in parts (:mod:`.core.parts`) of tasks grouped by length, or None when one
     part is best (:func:`._parts.length_parts`). All parts pad the grid to
-    ``grid_size`` (see :func:`._batching.make_batch`).
+    ``grid_size`` (see :func:`._batching.make_batch`); ``run_clusters``: the clusters
+    the EM runs with, padded ones included (default ``config.n_clusters``), which set
+    the chunk sizes.
 
     Returns the parts and ``src``: the index in ``tasks`` of every stacked task slot (-1
     on empty slots).
@@ -194,7 +198,8 @@ def make_parts(
     for part, index in _parts.split_by_length(tasks, sizes):
         chunk = config.task_chunk
         if chunk is None:
-            chunk = auto_task_chunk(part.n_rows, config.n_clusters, part.y.shape[-1])
+            k = run_clusters or config.n_clusters
+            chunk = auto_task_chunk(part.n_rows, k, part.y.shape[-1])
         parts.append(make_batch(part, grid, task_chunk=chunk, grid_size=grid_size))
         slots = np.full(part.n_slots, -1, dtype=np.int64)
         slots[: index.size] = index
@@ -322,8 +327,32 @@ def _layout(config: FitConfig, n_rows: int, n_outputs: int) -> SharingLayout:
     )
 
 
-def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
-    """The EM's view of ``tasks`` on ``grid``."""
+#: A fit with at most this much per-task work ``T N^2 O`` (task slots x padded points
+#: per task squared x outputs) and at most ``SMALL_FIT_GRID`` grid points is *small*:
+#: one compilation of its EM (seconds) costs more than many fits, so its shapes are
+#: coarsened to share programs with nearby fits. Its clusters are padded
+#: (:mod:`.core.clusters`; 2-4 clusters run as 4, 5-8 as 8), so a search over
+#: ``n_clusters`` compiles once per bucket instead of once per value, and its grid
+#: keeps some spare room (:data:`._batching.GRID_HEADROOM`), so the folds of a
+#: cross-validation share one program. Larger fits run with exact shapes.
+SMALL_FIT_WORK = 1 << 19
+SMALL_FIT_GRID = 256
+
+
+def _small_fit(config: FitConfig, tasks: Padded, grid: np.ndarray) -> bool:
+    """Whether shapes are coarsened for this fit (see :data:`SMALL_FIT_WORK`)."""
+    work = tasks.n_slots * tasks.n_rows**2 * tasks.y.shape[-1]
+    small = work <= SMALL_FIT_WORK and grid.shape[0] <= SMALL_FIT_GRID
+    # A task axis split across devices keeps exact shapes (large fits, and the
+    # multi-process gather of the result would see padded clusters).
+    return small and (not config.shard_tasks or jax.device_count() < 2)
+
+
+def _lay_out(
+    tasks: Padded, grid: np.ndarray, config: FitConfig, run_clusters: int, small: bool = False
+) -> _Problem:
+    """The EM's view of ``tasks`` on ``grid``; the EM runs with ``run_clusters``, and
+    a ``small`` fit's grid keeps spare room (:func:`._batching.padded_grid_size`)."""
     t, o = tasks.n_tasks, tasks.y.shape[-1]
     kernels = {
         "mean_kernel": config.mean_kernel,
@@ -340,7 +369,7 @@ def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
         batch = make_batch(
             dataclasses.replace(stacked, mappings=maps),
             grid_s,
-            grid_size=padded_grid_size(grid_s.shape[0], shapes),
+            grid_size=padded_grid_size(grid_s.shape[0], shapes, small),
         )
         layout = _layout(config, batch.x.shape[0], 1)
         return _Problem(
@@ -358,9 +387,9 @@ def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
     mesh = _device_mesh(config.shard_tasks)
     chunk = config.task_chunk
     if chunk is None:
-        chunk = auto_task_chunk(tasks.n_rows, config.n_clusters, o)
+        chunk = auto_task_chunk(tasks.n_rows, run_clusters, o)
     shapes = (tasks.n_slots, tasks.n_rows, tasks.x.shape[-1], o, tasks.mappings is None)
-    grid_size = padded_grid_size(grid.shape[0], shapes)
+    grid_size = padded_grid_size(grid.shape[0], shapes, small)
     batch = make_batch(
         tasks,
         grid,
@@ -371,7 +400,7 @@ def _lay_out(tasks: Padded, grid: np.ndarray, config: FitConfig) -> _Problem:
     tb = batch.x.shape[0]
     split = None
     if mesh is None:
-        split = make_parts(tasks, grid, config, _max_parts(config, t), grid_size)
+        split = make_parts(tasks, grid, config, _max_parts(config, t), grid_size, run_clusters)
     em_batch, src = (batch, None) if split is None else split
     # Task-specific hyperparameters: one row per stacked task during the EM, one per
     # task slot of the one-part batch afterwards.
@@ -432,7 +461,11 @@ def fit_magma(
     rng = np.random.default_rng(config.seed)
     best: FittedMagma | None = None
     with runtime.jax_scope():
-        problem = _lay_out(tasks, grid, config)
+        small = _small_fit(config, tasks, grid)
+        # Padded clusters (None: exactly n_clusters). Every count of a bucket runs
+        # masked, the bucket's own size too: the mask is part of the program.
+        k_run = cluster_bucket(config.n_clusters) if small else None
+        problem = _lay_out(tasks, grid, config, k_run or config.n_clusters, small)
         batch, tb = problem.batch, problem.batch.x.shape[0]
         # k-means on the caller's outputs, each separately (with correlated outputs the
         # stacked channel would pool them), one row per task slot of the batch.
@@ -475,6 +508,8 @@ def fit_magma(
                 src = problem.src
                 uniform = np.full((src.size, config.n_clusters), 1.0 / config.n_clusters)
                 tau0 = np.where((src >= 0)[:, None], tau0[np.maximum(src, 0)], uniform)
+            if k_run is not None:
+                params, tau0 = pad_clusters(params, tau0, k_run)
             if problem.mesh is not None:
                 tau0 = shard_tasks(tau0, problem.mesh, tb)
                 params = shard_tasks(params, problem.mesh, -1)
@@ -492,6 +527,8 @@ def fit_magma(
                 refresh=refresh,
                 accelerate=config.accelerate,
             )
+            if k_run is not None:
+                result = drop_padded_clusters(result, config.n_clusters)
             if problem.src is not None:
                 # Predictions use the one-part batch, in the caller's task order.
                 result = _unstack_result(result, problem.src, tb)
@@ -506,6 +543,9 @@ def fit_magma(
                 config,
                 joint_outputs=problem.joint_outputs,
                 input_grid=problem.input_grid,
+                # New tasks' own hyperparameters would carry the padded clusters when
+                # they are cluster-specific: those predict with exactly n_clusters.
+                padded_clusters=k_run if problem.layout.task[1] == 1 else None,
             )
             if best is None or fitted.elbo > best.elbo:
                 best = fitted

@@ -25,6 +25,7 @@ from ._outputs import FullCov, stack_inputs, stack_observed, stack_rows, unstack
 from ._padded import Padded, concat, empty, take, task_bucket
 from .core import predict as core_predict
 from .core import runtime
+from .core.clusters import pad_model
 from .core.compile import to_device
 from .core.em import EMResult
 from .core.model import Model
@@ -38,6 +39,8 @@ __all__ = ["Context", "FittedMagma"]
 _EXTENSIONS: weakref.WeakKeyDictionary[FittedMagma, core_predict.GridExtension] = (
     weakref.WeakKeyDictionary()
 )
+# Likewise the view of each fitted model that programs on new tasks take.
+_NEW_TASK_MODELS: weakref.WeakKeyDictionary[FittedMagma, Model] = weakref.WeakKeyDictionary()
 # Fewest distinct inputs a group of tasks may hold (_distinct.group_by_inputs); the cap
 # is otherwise the padded grid size, so that a group's arrays are no larger than the
 # extension's.
@@ -140,6 +143,11 @@ class FittedMagma:
     input_grid : array of shape (G, I), optional
         With ``joint_outputs > 1``: the training inputs (the model's own grid holds
         stacked pairs).
+    padded_clusters : int, optional
+        Clusters, padded ones included, that programs on new tasks run with
+        (:func:`.core.clusters.pad_model`): the bucket the EM of a small fit ran with
+        (:mod:`.core.clusters`), so that fits of nearby ``n_clusters`` share those
+        programs too. None: exactly ``n_clusters``.
     """
 
     def __init__(
@@ -153,6 +161,7 @@ class FittedMagma:
         *,
         joint_outputs: int = 1,
         input_grid: np.ndarray | None = None,
+        padded_clusters: int | None = None,
     ):
         self.model = Model(
             params=result.params,
@@ -179,6 +188,7 @@ class FittedMagma:
         self.n_joint_outputs = int(joint_outputs)
         self.input_grid = None if input_grid is None else np.asarray(input_grid, np.float64)
         self.n_outputs = int(tasks.y.shape[-1])
+        self.padded_clusters = padded_clusters
 
     # -- views
     @property
@@ -205,12 +215,33 @@ class FittedMagma:
 
     def _typical_task_params(self, n: int):
         """Task hyperparameters for ``n`` new tasks (:func:`.core.predict.typical_task_params`)."""
-        real = np.arange(self.model.params.log_noise.shape[0]) < self.n_tasks
-        return core_predict.typical_task_params(self.model.params, to_device(real), n)
+        params = self._new_task_model().params
+        real = np.arange(params.log_noise.shape[0]) < self.n_tasks
+        return core_predict.typical_task_params(params, to_device(real), n)
 
     def _new_task_model(self) -> Model:
-        # Without the training tasks: programs on new tasks do not depend on their shapes.
-        return dataclasses.replace(self.model, tasks=None, tau=None)
+        """The model as programs on new tasks take it: without the training tasks, so
+        that they do not depend on their shapes, and with the padded clusters of a small
+        fit (``padded_clusters``), so that they do not depend on ``n_clusters``."""
+        model = _NEW_TASK_MODELS.get(self)
+        if model is None:
+            model = dataclasses.replace(self.model, tasks=None, tau=None)
+            # Saved before padded_clusters existed: exactly n_clusters.
+            k_b = getattr(self, "padded_clusters", None)
+            if k_b is not None:
+                with runtime.jax_scope():  # float64 on the device
+                    model = pad_model(model, k_b)
+            _NEW_TASK_MODELS[self] = model
+        return model
+
+    def _training_model(self) -> Model:
+        """The model with its training tasks, in the clusters of :meth:`_new_task_model`
+        (whose grid extension the programs on training tasks take too)."""
+        model, tau = self._new_task_model(), self.model.tau
+        extra = model.weights.shape[0] - tau.shape[1]
+        if extra:
+            tau = to_device(np.pad(np.asarray(tau), ((0, 0), (0, extra))))
+        return dataclasses.replace(model, tasks=self.model.tasks, tau=tau)
 
     def _extension(self) -> core_predict.GridExtension:
         """The hyperposterior's grid extension, computed once per fitted model."""
@@ -248,7 +279,9 @@ class FittedMagma:
         o, m = self.n_joint_outputs, x.shape[0]
         xs = stack_inputs(x, o) if o > 1 else x
         with runtime.jax_scope():
-            mean, cov = core_predict.mean_processes(self._new_task_model(), to_device(xs))
+            # Exactly n_clusters: one mean process per real cluster.
+            model = dataclasses.replace(self.model, tasks=None, tau=None)
+            mean, cov = core_predict.mean_processes(model, to_device(xs))
             mean = np.asarray(mean)
             var = np.maximum(np.asarray(jnp.diagonal(cov, axis1=-2, axis2=-1)), 0.0)
         if o == 1:
@@ -336,7 +369,7 @@ class FittedMagma:
         mean = np.where(real[..., None], mean, 0.0)
         both = real[:, None, :, None] & real[:, None, None, :]
         cov = np.where(both, cov, 0.0)
-        tau = np.asarray(tau)[:p]
+        tau = np.asarray(tau)[:p, : self.n_clusters]  # padded clusters dropped
         if full_cov:
             spread = cov
         else:
@@ -370,11 +403,12 @@ class FittedMagma:
             idx[: task_index.size] = task_index
             xo = np.asarray(self.model.tasks.x)[idx]
             extension = self._extension()
+            model = self._training_model()
 
             def run(group: InputGroup, slots: np.ndarray):
                 io, ip = group.index
                 return core_predict.predict_training_tasks(
-                    self.model,
+                    model,
                     extension,
                     to_device(group.inputs),
                     group.shared,
@@ -420,7 +454,7 @@ class FittedMagma:
             for i, leaf in zip(rows, fitted, strict=True):
                 leaves[i] = leaf[:p]
             params_np = jax.tree.unflatten(treedef, leaves)
-            return Context(tasks=obs, tau=tau[:p], task_params=params_np)
+            return Context(tasks=obs, tau=tau[:p, : self.n_clusters], task_params=params_np)
 
     def predict_new_tasks(
         self,

@@ -117,3 +117,21 @@ def test_padded_grid_size_reuses_a_larger_size_within_the_work_bound(monkeypatch
     with pytest.raises(ValueError, match="smaller than the grid"):
         x, y, maps = _shared_data(2)
         _batching.make_batch(from_nan(x, y, maps), np.arange(6.0)[:, None], grid_size=4)
+
+
+def test_a_small_fit_grid_keeps_room_for_the_next_fold(monkeypatch):
+    # synth_dev's GroupKFold(3) folds and refit have 189, 192, 194 and 199 grid points:
+    # with 5% spare room the first fold takes 224 points, and every later fit reuses it
+    # (without room: 192, then 224 from the third fold on, two EM programs).
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    shapes = (64, 32, 1, 1, False)
+    assert [_batching.padded_grid_size(g, shapes, True) for g in (189, 192, 194, 199)] == [224] * 4
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    assert [_batching.padded_grid_size(g, shapes) for g in (189, 192, 194, 199)] == [
+        192,
+        192,
+        224,
+        224,
+    ]
+    # Small grids: the spare room stays within the grid's own power-of-two bucket.
+    assert _batching.padded_grid_size(11, (16, 8, 1, 1, False), True) == 16

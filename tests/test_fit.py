@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import kernax
 import numpy as np
 import pytest
@@ -104,7 +105,9 @@ def test_fit_keeps_the_best_of_n_init_runs(monkeypatch):
     chosen = runs[int(np.argmax(elbos))]
     assert best.elbo == max(elbos)
     np.testing.assert_array_equal(best.elbo_history, chosen.elbo_history)
-    np.testing.assert_array_equal(best.tau, chosen.tau[:5])
+    # run_em ran with 4 clusters, the last 2 padded (core.clusters); the fit keeps 2.
+    assert chosen.tau.shape[1] == 4 and not chosen.tau[:, 2:].any()
+    np.testing.assert_array_equal(best.tau, chosen.tau[:5, :2])
     # The callback hears every kept iteration of every run.
     assert [i for i, _ in seen] == [i for run in runs for i in range(1, run.n_iter + 1)]
     np.testing.assert_array_equal(
@@ -180,6 +183,7 @@ def test_a_fold_reuses_the_larger_grid_of_an_earlier_fit(monkeypatch):
         return est.fit(np.c_[ids[keep], xs[keep]], ys[keep])
 
     monkeypatch.setattr(_batching, "_grid_sizes", {})
+    monkeypatch.setattr(_batching, "GRID_HEADROOM", 0.0)  # the reuse rule alone
     core_compile.forget_compiled()
     fit(big)
     before = _compiled_em_programs()
@@ -197,3 +201,89 @@ def test_a_fold_reuses_the_larger_grid_of_an_earlier_fit(monkeypatch):
         rtol=1e-9,
         atol=1e-10,
     )
+
+
+# ---------------------------------------------------------------------- padded clusters
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {},
+        {"shared_cluster_hps": False},
+        {"cluster_specific_task_hps": True},
+        {"correlated_outputs": True, "shared_cluster_hps": False},
+    ],
+)
+def test_padded_clusters_fit_the_model_of_exact_clusters(monkeypatch, layout):
+    # A small fit of 3 clusters runs with 4, the fourth padded (core.clusters): it must
+    # be the fit with exactly 3 clusters, cut back to them.
+    from mimosa_sklearn import _batching
+
+    # Both on the grid's own bucket (a small fit's spare grid room is tested apart).
+    monkeypatch.setattr(_batching, "GRID_HEADROOM", 0.0)
+    monkeypatch.setattr(_batching, "_grid_sizes", {})
+    o = 2 if layout.get("correlated_outputs") else 1
+    x, y, _ = _tasks(8, o, seed=3)
+    config = FitConfig(n_clusters=3, max_iter=4, seed=0, **layout)
+    padded_to = []
+    pad = _fit.pad_clusters
+    monkeypatch.setattr(_fit, "pad_clusters", lambda p, t, k: padded_to.append(k) or pad(p, t, k))
+    padded = _fit.fit_magma(from_nan(x, y), GRID, config)
+    monkeypatch.setattr(_fit, "SMALL_FIT_WORK", -1)
+    exact = _fit.fit_magma(from_nan(x, y), GRID, config)
+    assert padded_to == [4]
+    assert padded.n_clusters == 3 and padded.tau.shape == exact.tau.shape == (8, 3)
+    assert padded.params.cluster_mask is None
+    np.testing.assert_allclose(padded.elbo_history, exact.elbo_history, rtol=1e-8)
+    np.testing.assert_allclose(padded.tau, exact.tau, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(padded.weights, exact.weights, rtol=1e-8, atol=1e-12)
+    # Rounding differs (sums over 4 clusters instead of 3) and the optimiser carries it
+    # on: 4e-7 relative on a flat direction of the correlated layout.
+    for a, b in zip(jax.tree.leaves(padded.params), jax.tree.leaves(exact.params), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(padded.post), jax.tree.leaves(exact.post), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # Predictions run with the padded clusters too (one program for the bucket), unless
+    # new tasks' own hyperparameters would carry them (cluster-specific ones).
+    cluster_specific = layout.get("cluster_specific_task_hps", False)
+    assert padded.padded_clusters == (None if cluster_specific else 4)
+    x_pred = from_nan(np.repeat(GRID[None, ::3], 2, axis=0))
+    pairs = [
+        (
+            padded.predict_training_tasks(np.arange(2), x_pred),
+            exact.predict_training_tasks(np.arange(2), x_pred),
+        ),
+    ]
+    new = from_nan(x[:3], y[:3])  # the first tasks again, as new tasks
+    contexts = padded.condition(new), exact.condition(new)
+    pairs.append(((contexts[0].tau,), (contexts[1].tau,)))
+    x_new = from_nan(np.repeat(GRID[None, ::3], 3, axis=0))
+    pairs.append(
+        (padded.predict_new_tasks(contexts[0], x_new), exact.predict_new_tasks(contexts[1], x_new))
+    )
+    for got, expected in pairs:
+        for a, b in zip(got, expected, strict=True):
+            assert a.shape == b.shape  # memberships: 3 clusters
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_cluster_counts_of_one_bucket_share_the_em_program(monkeypatch):
+    # 2, 3 and 4 clusters run as 4 on small data: one EM program for a search over
+    # n_clusters. Past the size limit each count compiles its own.
+    from mimosa_sklearn.core import compile as core_compile
+
+    x, y, _ = _tasks(6, 1, seed=4)
+    tasks = from_nan(x, y)
+    core_compile.forget_compiled()
+    for k in (3, 2, 4):
+        _fit.fit_magma(tasks, GRID, FitConfig(n_clusters=k, max_iter=2, seed=0))
+    assert _compiled_em_programs() == 1
+    monkeypatch.setattr(_fit, "SMALL_FIT_WORK", -1)
+    for k in (2, 3):
+        _fit.fit_magma(tasks, GRID, FitConfig(n_clusters=k, max_iter=2, seed=0))
+    assert _compiled_em_programs() == 3

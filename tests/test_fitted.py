@@ -241,7 +241,10 @@ def _per_task_reference(fitted, context, x_pred):
     out = []
     with runtime.jax_scope():  # the core itself, not the facade
         for i in range(context.tasks.n_tasks):
-            out.append(_one_task(model, predict_new, context, x_pred, i))
+            mean, cov, tau = _one_task(model, predict_new, context, x_pred, i)
+            # The view runs with the padded clusters of a small fit: they hold nothing.
+            assert not tau[fitted.n_clusters :].any()
+            out.append((mean, cov, tau[: fitted.n_clusters]))
     return out
 
 

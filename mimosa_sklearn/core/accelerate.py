@@ -60,6 +60,9 @@ def squarem_point(
     step = -jnp.sqrt(rr / jnp.maximum(vv, _TINY))
     step = jnp.clip(jnp.where(jnp.isfinite(step), step, -1.0), -max_step, -1.0)
     dyn, log_tau = jax.tree.map(lambda a, dr, dv: a - 2.0 * step * dr + step**2 * dv, x0, r, v)
+    if p2.cluster_mask is not None:
+        # Padded clusters stay empty (their log tau is the floor, not -inf, above).
+        log_tau = jnp.where(p2.cluster_mask[None, :], log_tau, -jnp.inf)
     tau = jax.nn.softmax(log_tau, axis=-1)
     params = eqx.combine(dyn, eqx.filter(p2, eqx.is_inexact_array, inverse=True))
     return params, mixture_weights(tau, task_weight), tau, step

@@ -47,6 +47,7 @@ from .params import (
     TaskBatch,
     per_task_params,
     prior_on_grid,
+    real_clusters_only,
     shared_fast_path,
     task_covariance_one,
     task_covariances,
@@ -245,7 +246,7 @@ def e_step(
     if update_tau is False:
         return post, tau, None
     nll = cluster_task_nll(params, post, parts, jitter, precisions=tuple(pairs))
-    new_tau = responsibilities(weights, nll)
+    new_tau = responsibilities(weights, nll, params.cluster_mask)
     return post, jnp.where(update_tau, new_tau, tau), nll
 
 
@@ -266,7 +267,7 @@ def elbo(
     # The prior covariances already carry their jitter: do not add it twice.
     c_nll = cluster_nlls(post.mean, post.cov, prior_mean, prior_cov, 0.0, True)  # (K, O)
     kl = c_nll - 0.5 * g * LOG_2PI - 0.5 * g - 0.5 * post.logdet
-    return _data_term(nll, weights, tau, batch) - jnp.sum(kl)
+    return _data_term(nll, weights, tau, batch) - jnp.sum(real_clusters_only(kl, params))
 
 
 def elbo_from_nll(
@@ -275,12 +276,15 @@ def elbo_from_nll(
     tau: Float[Array, "T K"],
     post: Hyperposterior,
     batch: Batch,
+    params: Params,
 ) -> Float[Array, ""]:
     """:func:`elbo` given the task NLLs ``-l_ik`` under ``post``, when ``post`` was
     computed at the same hyperparameters (the VE-step computes the NLLs for the
     responsibilities, and the mean processes' KL comes from ``post``'s own factors,
-    :func:`.hyperposterior.prior_kl`: no prior is factorised again)."""
-    return _data_term(nll, weights, tau, batch) - jnp.sum(prior_kl(post))
+    :func:`.hyperposterior.prior_kl`: no prior is factorised again). ``params`` only
+    says which clusters are padded (:attr:`.params.Params.cluster_mask`)."""
+    kl = real_clusters_only(prior_kl(post), params)
+    return _data_term(nll, weights, tau, batch) - jnp.sum(kl)
 
 
 def _data_term(nll, weights, tau, batch):
@@ -294,6 +298,7 @@ def elbo_from_objective(
     tau: Float[Array, "T K"],
     post: Hyperposterior,
     batch: Batch,
+    params: Params,
 ) -> Float[Array, ""]:
     """The ELBO from the VM-step objective at the same parameters and ``q``.
 
@@ -301,10 +306,15 @@ def elbo_from_objective(
     only adds ``E_q[log p(Z)]``, the entropy of ``q(Z)`` and the Gaussian entropy of
     ``q(mu)``. Equal to :func:`elbo` (tested), but free after an M-step: the optimiser
     already evaluated the objective, and one less copy of the NLLs gets compiled.
+    ``params`` only says which clusters are padded (:attr:`.params.Params.cluster_mask`).
     """
     w = task_weights(batch)[:, None]
     g = first(batch).grid.shape[0]
-    entropy_mu = 0.5 * g * (LOG_2PI + 1.0) * post.logdet.size + 0.5 * jnp.sum(post.logdet)
+    n_mu = post.logdet.size  # mean processes
+    if params.cluster_mask is not None:
+        n_mu = jnp.sum(params.cluster_mask) * post.logdet.shape[1]
+    logdet = real_clusters_only(post.logdet, params)
+    entropy_mu = 0.5 * g * (LOG_2PI + 1.0) * n_mu + 0.5 * jnp.sum(logdet)
     return -objective + entropy_term(w * tau, weights) + entropy_mu
 
 
@@ -346,7 +356,7 @@ def em_iteration(
             eqx.combine(dyn, static), tau, post, batch, jitter, max_steps, tol
         )
         if not is_projection(first(batch).mappings):
-            value = elbo_from_objective(objective, w, tau, post, batch)
+            value = elbo_from_objective(objective, w, tau, post, batch, new)
         else:
             # The approximate grid's M-step holds the prior offsets fixed, so its
             # objective is not the ELBO at the new parameters: evaluate it directly.
@@ -354,7 +364,7 @@ def em_iteration(
         return eqx.filter(new, eqx.is_inexact_array), w, steps.astype(jnp.int32), value
 
     def hold(dyn):
-        value = elbo_from_nll(nll, weights, tau, post, batch)
+        value = elbo_from_nll(nll, weights, tau, post, batch, params)
         return dyn, weights, jnp.zeros((), jnp.int32), value
 
     dynamic, weights, steps, value = jax.lax.cond(

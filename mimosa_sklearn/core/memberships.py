@@ -13,26 +13,33 @@ __all__ = ["log_weights", "responsibilities", "log_responsibilities", "entropy_t
 _MIN_WEIGHT = 1e-12
 
 
-def log_weights(weights: Float[Array, " K"]) -> Float[Array, " K"]:
-    """``log(pi)`` with a floor so an empty cluster stays finite."""
-    return jnp.log(jnp.maximum(weights, _MIN_WEIGHT))
+def log_weights(weights: Float[Array, " K"], mask: Array | None = None) -> Float[Array, " K"]:
+    """``log(pi)`` with a floor so an empty cluster stays finite, and ``-inf`` on padded
+    clusters (``mask`` False, :attr:`.params.Params.cluster_mask`): the floor alone
+    would leave them a share of every task."""
+    logw = jnp.log(jnp.maximum(weights, _MIN_WEIGHT))
+    return logw if mask is None else jnp.where(mask, logw, -jnp.inf)
 
 
 def log_responsibilities(
-    weights: Float[Array, " K"], nll: Float[Array, "T K"]
+    weights: Float[Array, " K"], nll: Float[Array, "T K"], mask: Array | None = None
 ) -> Float[Array, "T K"]:
     """``log tau_ik = log pi_k - nll_ik - logsumexp_l(log pi_l - nll_il)``.
 
     ``nll`` is a per-(task, cluster) negative log-likelihood (already summed over
-    outputs, since every output of a task shares its cluster).
+    outputs, since every output of a task shares its cluster). ``mask`` (K,) is False
+    on padded clusters, whose ``log tau`` is ``-inf`` (:func:`log_weights`).
     """
-    logits = log_weights(weights)[None, :] - nll
+    logits = log_weights(weights, mask)[None, :] - nll
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def responsibilities(weights: Float[Array, " K"], nll: Float[Array, "T K"]) -> Float[Array, "T K"]:
-    """Responsibilities ``tau`` (rows sum to one) from per-cluster NLLs."""
-    tau = jnp.exp(log_responsibilities(weights, nll))
+def responsibilities(
+    weights: Float[Array, " K"], nll: Float[Array, "T K"], mask: Array | None = None
+) -> Float[Array, "T K"]:
+    """Responsibilities ``tau`` (rows sum to one) from per-cluster NLLs, 0 on padded
+    clusters (``mask``, see :func:`log_responsibilities`)."""
+    tau = jnp.exp(log_responsibilities(weights, nll, mask))
     # Renormalise so rows sum to one to machine precision after exponentiation.
     return tau / jnp.sum(tau, axis=-1, keepdims=True)
 

@@ -60,9 +60,12 @@ def mixture_weights(
     return (task_weight[:, None] * tau).sum(axis=0) / task_weight.sum()
 
 
-def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc Oc G G"]:
+def posterior_factor(
+    post: Hyperposterior, kc: int, oc: int, mask: Array | None = None
+) -> Float[Array, "Kc Oc G G"]:
     """Lower factors of the hyperposterior covariances summed over the axes the prior
-    covariances share (``kc``/``oc`` = 1: shared across clusters/outputs).
+    covariances share (``kc``/``oc`` = 1: shared across clusters/outputs), padded
+    clusters (``mask`` False, :attr:`.params.Params.cluster_mask`) left out of the sums.
 
     The VM-step holds ``q`` fixed, so :func:`cluster_objective` takes these once per
     VM-step instead of factorising in every L-BFGS evaluation. The sums are symmetric
@@ -71,6 +74,8 @@ def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc
     """
     cov = post.cov
     if kc == 1:
+        if mask is not None:
+            cov = jnp.where(mask[:, None, None, None], cov, 0.0)
         cov = jnp.sum(cov, axis=0, keepdims=True)
     if oc == 1:
         cov = jnp.sum(cov, axis=1, keepdims=True)
@@ -84,12 +89,20 @@ def posterior_factor(post: Hyperposterior, kc: int, oc: int) -> Float[Array, "Kc
 
 
 def _residual_columns(
-    post_mean: Float[Array, "K O G"], prior_mean: Float[Array, "K Om G"], kc: int, oc: int
+    post_mean: Float[Array, "K O G"],
+    prior_mean: Float[Array, "K Om G"],
+    kc: int,
+    oc: int,
+    mask: Array | None = None,
 ) -> Array:
     """Residuals ``mu_hat_k - m_k`` as ``(Kc, Oc, G, R)`` columns, one group per distinct
-    prior covariance (``R = K/Kc * O/Oc`` mean processes share it)."""
+    prior covariance (``R = K/Kc * O/Oc`` mean processes share it); 0 for padded
+    clusters (``mask`` False)."""
     k, o, g = post_mean.shape
-    r = (post_mean - jnp.broadcast_to(prior_mean, (k, o, g))).reshape(kc, k // kc, oc, o // oc, g)
+    r = post_mean - jnp.broadcast_to(prior_mean, (k, o, g))
+    if mask is not None:
+        r = jnp.where(mask[:, None, None], r, 0.0)
+    r = r.reshape(kc, k // kc, oc, o // oc, g)
     return r.transpose(0, 2, 4, 1, 3).reshape(kc, oc, g, (k // kc) * (o // oc))
 
 
@@ -106,16 +119,23 @@ def cluster_objective(
     ``E_q[(mu_k - m_k)(mu_k - m_k)^T] = C_hat_k + r_k r_k^T`` enters through the factor
     of the summed ``C_hat_k`` (:func:`posterior_factor`, computed here when ``factor`` is
     None) and the residual columns ``r_k`` (:func:`.likelihood.logdet_and_factored_trace`).
+    Padded clusters (:attr:`.params.Params.cluster_mask`) add nothing.
     """
     # The factor that prior_on_grid also returns is unused here, so XLA drops it.
     cov, mean, _ = prior_on_grid(params, grid, grid_mask, jitter)
     kc, oc, g, _ = cov.shape
     k, o, _ = post.mean.shape
+    mask = params.cluster_mask
     if factor is None:
-        factor = posterior_factor(post, kc, oc)
-    columns = _residual_columns(post.mean, mean, kc, oc)
+        factor = posterior_factor(post, kc, oc, mask)
+    columns = _residual_columns(post.mean, mean, kc, oc, mask)
     logdet, trace = logdet_and_factored_trace(cov, factor, columns)
     count = (k // kc) * (o // oc)
+    if mask is not None:
+        # Real mean processes per prior covariance; a covariance of padded ones only
+        # (cluster-specific kernels) drops out, its trace too.
+        count = jnp.sum(mask.reshape(kc, k // kc), axis=1)[:, None] * (o // oc)
+        trace = jnp.where(count > 0, trace, 0.0)
     return 0.5 * jnp.sum(count * (logdet + g * LOG_2PI) + trace)
 
 
@@ -366,6 +386,8 @@ def prior_mean_step(
     if flat.size == 0:
         return params
 
+    # Padded clusters (Params.cluster_mask) need no mask here: no task is theirs, so
+    # their posterior mean is their prior mean and their residual and step are 0.
     def q(v):
         mean = prior_means_on_grid(eqx.combine(unravel(v), static), grid, grid_mask)
         return 0.5 * jnp.sum(solve_lower(chol, _residual_columns(post.mean, mean, kc, oc)) ** 2)
@@ -470,9 +492,11 @@ def m_step(
     # units long and the line search would spend most of the budget halving it.
     # Per value, the first step is of the right size.
     k, o, _ = post.mean.shape
+    if params.cluster_mask is not None:
+        k = jnp.sum(params.cluster_mask)  # real clusters
     n_mean = jnp.maximum(k * o * jnp.sum(g0.grid_mask), 1).astype(tau.dtype)
     n_obs = jnp.maximum(sum(jnp.sum(b.mask) for b in parts), 1).astype(tau.dtype)
-    factor = posterior_factor(post, *batch_shape(params.mean_kernel, 2))
+    factor = posterior_factor(post, *batch_shape(params.mean_kernel, 2), params.cluster_mask)
 
     def cluster_fn(cluster):
         p = rebuild(cluster, task_dyn)

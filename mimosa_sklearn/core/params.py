@@ -36,6 +36,7 @@ __all__ = [
     "task_covariances",
     "prior_on_grid",
     "prior_means_on_grid",
+    "real_clusters_only",
 ]
 
 
@@ -52,12 +53,28 @@ class Params(eqx.Module):
         kernax kernel of the task deviations, leaves with leading ``(T*, K*, O*)``.
     log_noise : Array
         ``(T*, K*, O*)`` log noise variances of the tasks.
+    cluster_mask : Array or None
+        ``(K,)`` booleans, False on padded clusters (a fit run with more clusters than
+        asked, so that nearby cluster counts share one compiled program; see
+        :mod:`.clusters`). Padded clusters hold no task (zero responsibilities), add
+        nothing to the ELBO or the VM-step objectives, and their hyperparameters get
+        zero gradients. None: every cluster is real.
     """
 
     mean_kernel: eqx.Module
     prior_mean: eqx.Module
     task_kernel: eqx.Module
     log_noise: Float[Array, "Tt Kt Ot"]
+    cluster_mask: Array | None = None
+
+
+def real_clusters_only(values: Array, params: Params) -> Array:
+    """``values`` (leading axis ``K``) with the entries of padded clusters set to 0
+    (:attr:`Params.cluster_mask`); unchanged when every cluster is real."""
+    mask = params.cluster_mask
+    if mask is None:
+        return values
+    return jnp.where(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values, 0.0)
 
 
 def to_float64(module):

@@ -245,13 +245,14 @@ def _new_task_terms(
 
 
 def new_task_log_marginal(
-    params_task, weights, mu_obs, cov_obs, x_obs, y_obs, mask_obs, jitter
+    params_task, weights, mu_obs, cov_obs, x_obs, y_obs, mask_obs, jitter, cluster_mask=None
 ) -> tuple[Float[Array, ""], Float[Array, " K"]]:
-    """``log sum_k pi_k N(y*; m_hat_k(t*), Gamma_k)`` and the memberships ``tau*``."""
+    """``log sum_k pi_k N(y*; m_hat_k(t*), Gamma_k)`` and the memberships ``tau*``
+    (padded clusters, ``cluster_mask`` False, left out)."""
     _, _, logml, _ = _new_task_terms(
         params_task, mu_obs, cov_obs, x_obs, y_obs, mask_obs, 0, jitter
     )
-    logits = log_weights(weights) + jnp.sum(logml, axis=-1)
+    logits = log_weights(weights, cluster_mask) + jnp.sum(logml, axis=-1)
     total = jax.nn.logsumexp(logits)
     tau = jnp.exp(logits - total)
     return total, tau / jnp.sum(tau)
@@ -280,7 +281,7 @@ def predict_new_task(
     means, covs, logml, noise = _new_task_terms(
         params_task, mu, cov, x_all, y_obs, mask_obs, p, model.jitter
     )
-    logits = log_weights(model.weights) + jnp.sum(logml, axis=-1)
+    logits = log_weights(model.weights, model.params.cluster_mask) + jnp.sum(logml, axis=-1)
     tau = jax.nn.softmax(logits)
     if include_noise:
         covs = covs + noise[..., None, None] * jnp.eye(p)
@@ -307,11 +308,12 @@ def fit_new_task_params(
     """
     mu, cov = extend_hyperposterior(model, x_obs) if moments is None else moments
     dynamic, static = eqx.partition(params_task0, eqx.is_inexact_array)
+    mask = model.params.cluster_mask
 
     def fn(dyn, args):
         pt = eqx.combine(dyn, static)
         total, _ = new_task_log_marginal(
-            pt, model.weights, mu, cov, x_obs, y_obs, mask_obs, model.jitter
+            pt, model.weights, mu, cov, x_obs, y_obs, mask_obs, model.jitter, mask
         )
         return -total
 
@@ -408,7 +410,10 @@ def new_task_memberships(
 
     def one(moments_at, pt, io, yo, mo):
         mu, cov = moments_at(io)
-        return new_task_log_marginal(pt, model.weights, mu, cov, u[io], yo, mo, model.jitter)[1]
+        mask = model.params.cluster_mask
+        return new_task_log_marginal(pt, model.weights, mu, cov, u[io], yo, mo, model.jitter, mask)[
+            1
+        ]
 
     return _over_tasks(model, extension, u, shared, one, task_params, obs_index, y_obs, mask_obs)
 

@@ -14,7 +14,8 @@ from padded_tasks import from_nan
 
 from mimosa_sklearn import _fit
 from mimosa_sklearn._kernels import SharingLayout
-from mimosa_sklearn.core import em, mstep
+from mimosa_sklearn.core import em, memberships, mstep
+from mimosa_sklearn.core.clusters import pad_clusters
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 
 e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
@@ -71,6 +72,66 @@ def test_k1_elbo_equals_exact_magma_log_marginal_likelihood():
 
 
 # --------------------------------------------------------------------------- K = 2
+
+
+@pytest.mark.parametrize("shared_cluster_hps", [False, True])
+@pytest.mark.parametrize("cluster_specific", [False, True])
+def test_padded_clusters_leave_the_e_step_elbo_and_objective_of_the_real_ones(
+    cluster_specific, shared_cluster_hps
+):
+    # Two real clusters run as four (core.clusters): the real clusters' hyperposteriors
+    # and responsibilities are the numpy reference's, the padded ones get exactly zero
+    # responsibility however badly the real ones fit, and every form of the ELBO and
+    # the VM-step objective are those of the two clusters alone.
+    rng, tasks, batch, params, vals = _setup(
+        2,
+        2,
+        shared_task_hps=False,
+        shared_cluster_hps=shared_cluster_hps,
+        cluster_specific_task_hps=cluster_specific,
+        shared_output_hps=False,
+    )
+    tau = rng.dirichlet(np.ones(2), size=T)
+    weights = np.array([0.4, 0.6])
+    padded, tau_p = pad_clusters(params, tau, 4)
+    weights_p = jnp.asarray(np.r_[weights, 0.0, 0.0])
+    assert np.asarray(padded.cluster_mask).tolist() == [True, True, False, False]
+    full_e_step = eqx.filter_jit(em.e_step)
+    post, new_tau, nll = full_e_step(padded, weights_p, jnp.asarray(tau_p), batch, 0.0)
+    mean, cov = ref.hyperposterior(vals, tasks, tau)
+    np.testing.assert_allclose(np.asarray(post.mean)[:2], mean, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(post.cov)[:2], cov, rtol=1e-8, atol=1e-10)
+    ell = ref.expected_loglik(vals, tasks, mean, cov)
+    logits = np.log(weights)[None] + ell
+    expected_tau = np.exp(logits - logits.max(1, keepdims=True))
+    expected_tau /= expected_tau.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(new_tau)[:, :2], expected_tau, rtol=1e-7, atol=1e-12)
+    assert not np.asarray(new_tau)[:, 2:].any()
+    far = jnp.asarray(nll).at[:, :2].add(1e4)  # every task far from both real clusters
+    assert not np.asarray(memberships.responsibilities(weights_p, far, padded.cluster_mask))[
+        :, 2:
+    ].any()
+    expected = ref.elbo(vals, tasks, weights, tau, mean, cov)
+    tau_p = jnp.asarray(tau_p)
+    np.testing.assert_allclose(
+        float(elbo(padded, weights_p, tau_p, post, batch, 0.0)), expected, rtol=1e-9
+    )
+    _, _, nll_at_tau = full_e_step(padded, weights_p, tau_p, batch, 0.0, False)
+    assert nll_at_tau is None  # the constant False skips the NLLs: compute them directly
+    nll_at_tau = eqx.filter_jit(em.cluster_task_nll)(padded, post, batch, 0.0)
+    from_nll = eqx.filter_jit(em.elbo_from_nll)(nll_at_tau, weights_p, tau_p, post, batch, padded)
+    np.testing.assert_allclose(float(from_nll), expected, rtol=1e-9)
+    objective = _m_objective(padded, tau_p, post, batch, 0.0)
+    exact_post, _ = e_step(params, jnp.asarray(weights), jnp.asarray(tau), batch, 0.0)
+    np.testing.assert_allclose(
+        float(objective),
+        float(_m_objective(params, jnp.asarray(tau), exact_post, batch, 0.0)),
+        rtol=1e-10,
+    )
+    from_objective = eqx.filter_jit(em.elbo_from_objective)(
+        objective, weights_p, tau_p, post, batch, padded
+    )
+    np.testing.assert_allclose(float(from_objective), expected, rtol=1e-9)
 
 
 @pytest.mark.parametrize("cluster_specific", [False, True])
