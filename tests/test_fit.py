@@ -211,7 +211,6 @@ def test_a_fold_reuses_the_larger_grid_of_an_earlier_fit(monkeypatch):
     "layout",
     [
         {},
-        {"shared_cluster_hps": False},
         {"cluster_specific_task_hps": True},
         {"correlated_outputs": True, "shared_cluster_hps": False},
     ],
