@@ -25,7 +25,7 @@ from ._outputs import FullCov, stack_inputs, stack_observed, stack_rows, unstack
 from ._padded import Padded, concat, empty, take, task_bucket
 from .core import predict as core_predict
 from .core import runtime
-from .core.clusters import pad_model
+from .core.clusters import pad_memberships, pad_model
 from .core.compile import to_device
 from .core.em import EMResult
 from .core.model import Model
@@ -238,9 +238,8 @@ class FittedMagma:
         """The model with its training tasks, in the clusters of :meth:`_new_task_model`
         (whose grid extension the programs on training tasks take too)."""
         model, tau = self._new_task_model(), self.model.tau
-        extra = model.weights.shape[0] - tau.shape[1]
-        if extra:
-            tau = to_device(np.pad(np.asarray(tau), ((0, 0), (0, extra))))
+        if model.weights.shape[0] != tau.shape[1]:
+            tau = to_device(pad_memberships(tau, model.weights.shape[0]))
         return dataclasses.replace(model, tasks=self.model.tasks, tau=tau)
 
     def _extension(self) -> core_predict.GridExtension:

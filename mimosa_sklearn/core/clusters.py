@@ -25,10 +25,17 @@ import numpy as np
 
 from .compile import to_device
 from .em import EMResult
+from .hyperposterior import Hyperposterior
 from .model import Model
 from .params import Params
 
-__all__ = ["cluster_bucket", "pad_clusters", "pad_model", "drop_padded_clusters"]
+__all__ = [
+    "cluster_bucket",
+    "pad_clusters",
+    "pad_memberships",
+    "pad_model",
+    "drop_padded_clusters",
+]
 
 # Axis of the cluster dimension in the leaves of each group of Params (see its docs):
 # mean kernel (K*, O*), prior mean (K, O*), task kernel and noise (T*, K*, O*).
@@ -57,6 +64,13 @@ def _map_cluster_leaves(params: Params, fn) -> Params:
     return dataclasses.replace(params, **groups)
 
 
+def _map_post(post: Hyperposterior, fn) -> Hyperposterior:
+    """``fn(leaf, 0)`` on every field of a hyperposterior (all lead with ``K``)."""
+    return dataclasses.replace(
+        post, **{f.name: fn(getattr(post, f.name), 0) for f in dataclasses.fields(post)}
+    )
+
+
 def _padder(k: int, k_b: int):
     """``pad(leaf, axis)``: a leaf of size ``k`` on ``axis`` with ``k_b - k`` copies of
     its entry 0 appended (other leaves as they are). On the host: an eager ``jnp``
@@ -82,9 +96,13 @@ def pad_clusters(params: Params, tau: np.ndarray, k_b: int) -> tuple[Params, np.
     Cluster-specific leaves (size ``K`` on their cluster axis) get copies of cluster
     0's values; shared ones (size 1) are left as they are; ``tau`` gets zero columns.
     """
-    k = tau.shape[1]
-    tau = np.concatenate([np.asarray(tau), np.zeros((tau.shape[0], k_b - k), tau.dtype)], axis=1)
-    return _pad_params(params, k, k_b), tau
+    return _pad_params(params, tau.shape[1], k_b), pad_memberships(tau, k_b)
+
+
+def pad_memberships(tau, k_b: int) -> np.ndarray:
+    """Memberships ``tau`` (T, K) with ``k_b - K`` zero columns appended (host array)."""
+    tau = np.asarray(tau)
+    return np.concatenate([tau, np.zeros((tau.shape[0], k_b - tau.shape[1]), tau.dtype)], axis=1)
 
 
 def pad_model(model: Model, k_b: int) -> Model:
@@ -94,10 +112,7 @@ def pad_model(model: Model, k_b: int) -> Model:
     programs, compiled once, serve every ``K`` of a bucket. Their membership outputs
     have ``k_b`` columns, the padded ones exactly 0."""
     k = model.weights.shape[0]
-    pad, post = _padder(k, k_b), model.post
-    post = dataclasses.replace(
-        post, **{f.name: pad(getattr(post, f.name), 0) for f in dataclasses.fields(post)}
-    )
+    post = _map_post(model.post, _padder(k, k_b))
     weights = to_device(np.r_[np.asarray(model.weights), np.zeros(k_b - k)])
     return dataclasses.replace(
         model, params=_pad_params(model.params, k, k_b), post=post, weights=weights
@@ -115,14 +130,10 @@ def drop_padded_clusters(result: EMResult, k: int) -> EMResult:
         return to_device(np.asarray(leaf).take(np.arange(k), axis))
 
     params = dataclasses.replace(_map_cluster_leaves(result.params, cut), cluster_mask=None)
-    post = result.post
-    post = dataclasses.replace(
-        post, **{f.name: cut(getattr(post, f.name), 0) for f in dataclasses.fields(post)}
-    )
     return dataclasses.replace(
         result,
         params=params,
         weights=np.asarray(result.weights)[:k],
         tau=np.asarray(result.tau)[:, :k],
-        post=post,
+        post=_map_post(result.post, cut),
     )

@@ -267,7 +267,8 @@ def elbo(
     # The prior covariances already carry their jitter: do not add it twice.
     c_nll = cluster_nlls(post.mean, post.cov, prior_mean, prior_cov, 0.0, True)  # (K, O)
     kl = c_nll - 0.5 * g * LOG_2PI - 0.5 * g - 0.5 * post.logdet
-    return _data_term(nll, weights, tau, batch) - jnp.sum(real_clusters_only(kl, params))
+    kl = real_clusters_only(kl, params.cluster_mask)
+    return _data_term(nll, weights, tau, batch) - jnp.sum(kl)
 
 
 def elbo_from_nll(
@@ -283,7 +284,7 @@ def elbo_from_nll(
     responsibilities, and the mean processes' KL comes from ``post``'s own factors,
     :func:`.hyperposterior.prior_kl`: no prior is factorised again). ``params`` only
     says which clusters are padded (:attr:`.params.Params.cluster_mask`)."""
-    kl = real_clusters_only(prior_kl(post), params)
+    kl = real_clusters_only(prior_kl(post), params.cluster_mask)
     return _data_term(nll, weights, tau, batch) - jnp.sum(kl)
 
 
@@ -313,7 +314,7 @@ def elbo_from_objective(
     n_mu = post.logdet.size  # mean processes
     if params.cluster_mask is not None:
         n_mu = jnp.sum(params.cluster_mask) * post.logdet.shape[1]
-    logdet = real_clusters_only(post.logdet, params)
+    logdet = real_clusters_only(post.logdet, params.cluster_mask)
     entropy_mu = 0.5 * g * (LOG_2PI + 1.0) * n_mu + 0.5 * jnp.sum(logdet)
     return -objective + entropy_term(w * tau, weights) + entropy_mu
 

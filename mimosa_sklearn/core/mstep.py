@@ -30,6 +30,7 @@ from .params import (
     per_task_params,
     prior_means_on_grid,
     prior_on_grid,
+    real_clusters_only,
     shared_fast_path,
     task_covariance_one,
 )
@@ -74,9 +75,7 @@ def posterior_factor(
     """
     cov = post.cov
     if kc == 1:
-        if mask is not None:
-            cov = jnp.where(mask[:, None, None, None], cov, 0.0)
-        cov = jnp.sum(cov, axis=0, keepdims=True)
+        cov = jnp.sum(real_clusters_only(cov, mask), axis=0, keepdims=True)
     if oc == 1:
         cov = jnp.sum(cov, axis=1, keepdims=True)
     chol = cholesky(cov)
@@ -99,9 +98,7 @@ def _residual_columns(
     prior covariance (``R = K/Kc * O/Oc`` mean processes share it); 0 for padded
     clusters (``mask`` False)."""
     k, o, g = post_mean.shape
-    r = post_mean - jnp.broadcast_to(prior_mean, (k, o, g))
-    if mask is not None:
-        r = jnp.where(mask[:, None, None], r, 0.0)
+    r = real_clusters_only(post_mean - jnp.broadcast_to(prior_mean, (k, o, g)), mask)
     r = r.reshape(kc, k // kc, oc, o // oc, g)
     return r.transpose(0, 2, 4, 1, 3).reshape(kc, oc, g, (k // kc) * (o // oc))
 

@@ -68,10 +68,9 @@ class Params(eqx.Module):
     cluster_mask: Array | None = None
 
 
-def real_clusters_only(values: Array, params: Params) -> Array:
-    """``values`` (leading axis ``K``) with the entries of padded clusters set to 0
-    (:attr:`Params.cluster_mask`); unchanged when every cluster is real."""
-    mask = params.cluster_mask
+def real_clusters_only(values: Array, mask: Array | None) -> Array:
+    """``values`` (leading axis ``K``) with the entries of padded clusters (``mask``
+    False, :attr:`Params.cluster_mask`) set to 0; unchanged when ``mask`` is None."""
     if mask is None:
         return values
     return jnp.where(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values, 0.0)

@@ -411,9 +411,10 @@ def new_task_memberships(
     def one(moments_at, pt, io, yo, mo):
         mu, cov = moments_at(io)
         mask = model.params.cluster_mask
-        return new_task_log_marginal(pt, model.weights, mu, cov, u[io], yo, mo, model.jitter, mask)[
-            1
-        ]
+        _, tau = new_task_log_marginal(
+            pt, model.weights, mu, cov, u[io], yo, mo, model.jitter, mask
+        )
+        return tau
 
     return _over_tasks(model, extension, u, shared, one, task_params, obs_index, y_obs, mask_obs)
 
