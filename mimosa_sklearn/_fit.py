@@ -526,6 +526,7 @@ def fit_magma(
                 callback=callback,
                 refresh=refresh,
                 accelerate=config.accelerate,
+                subsample=start is None,
             )
             if k_run is not None:
                 result = drop_padded_clusters(result, config.n_clusters)

@@ -19,7 +19,9 @@ def share(ids: np.ndarray, n: int, pid: int, split: str) -> np.ndarray:
     ``split``: ``"even"`` deals tasks round-robin; ``"uneven"`` gives process ``p`` a
     block of ``p + 1`` parts of ``n (n + 1) / 2`` (different task counts, so different
     local padding); ``"overlap"`` is ``"even"`` plus the first task on every process;
-    ``"bad"`` is ``"even"`` with a NaN input on the last process.
+    ``"bad"`` is ``"even"`` with a NaN input on the last process; ``"subsample"`` is
+    ``"even"``, and the fit starts from a subsample of 16 tasks
+    (:func:`mimosa_sklearn.core.em.subsample_start`, on from 32 task slots).
     """
     ids = np.sort(np.asarray(ids))
     if split == "uneven":
@@ -37,6 +39,11 @@ def main(port: str, n: int, pid: int, split: str, out: str, k: int = 3) -> None:
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid)
     from mimosa_sklearn import MagmaClusterRegressor
     from mimosa_sklearn.datasets import load_synth_dev
+
+    if split == "subsample":
+        from mimosa_sklearn.core import em
+
+        em.SUBSAMPLE_TASKS, em.SUBSAMPLE_MIN_TASKS = 16, 32
 
     X, y = load_synth_dev()
     sel = X["ID"].isin(share(X["ID"].unique(), n, pid, split)).to_numpy()

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mimosa_sklearn import MagmaClusterRegressor
+from mimosa_sklearn.core import em
 from mimosa_sklearn.datasets import load_synth_dev
 
 pytestmark = pytest.mark.slow
@@ -85,6 +86,18 @@ def _assert_same_as_one_process(results: list[dict], k: int = 3) -> None:
 
 def test_two_processes_fit_the_one_process_model(tmp_path):
     _assert_same_as_one_process(_run(2, "even", tmp_path))
+
+
+def test_two_processes_start_from_the_one_process_subsample(tmp_path, monkeypatch):
+    results = _run(2, "subsample", tmp_path)
+    plain = _one_process()[0].elbo_
+    # The subsample is spread over the global task slots, so both layouts gather the
+    # same tasks and start from the same hyperparameters.
+    monkeypatch.setattr(em, "SUBSAMPLE_TASKS", 16)
+    monkeypatch.setattr(em, "SUBSAMPLE_MIN_TASKS", 32)
+    _assert_same_as_one_process(results)
+    # ... which are not the plain start's: the first iteration differs.
+    assert abs(results[0]["elbo"][0] - plain[0]) > 1e-6 * abs(plain[0])
 
 
 def test_three_processes_with_different_task_counts(tmp_path):

@@ -52,7 +52,16 @@ from .params import (
     task_covariance_one,
     task_covariances,
 )
-from .parts import Batch, as_parts, first, part_params, split_tasks, task_weights
+from .parts import (
+    Batch,
+    as_parts,
+    first,
+    part_params,
+    part_sizes,
+    split_tasks,
+    subsample_tasks,
+    task_weights,
+)
 
 __all__ = [
     "EMResult",
@@ -64,6 +73,9 @@ __all__ = [
     "elbo_from_objective",
     "em_iteration",
     "run_em",
+    "subsample_start",
+    "SUBSAMPLE_TASKS",
+    "SUBSAMPLE_MIN_TASKS",
     "NumericalFailure",
 ]
 
@@ -376,6 +388,58 @@ def em_iteration(
     return new_params, weights, tau, post, value, steps, finite
 
 
+#: Tasks of the start iteration on a subsample (:func:`subsample_start`) ...
+SUBSAMPLE_TASKS = 2048
+#: ... which runs on fits of at least this many task slots: below, its own compiled
+#: program would cost more than the L-BFGS steps it saves.
+SUBSAMPLE_MIN_TASKS = 16 * SUBSAMPLE_TASKS
+
+
+def subsample_start(
+    params: Params,
+    weights: Float[Array, " K"],
+    tau: Float[Array, "T K"],
+    batch: Batch,
+    jitter: float,
+    max_steps: int,
+    tol: float,
+) -> Params:
+    """Hyperparameters to start a large fit from: one EM iteration on a subsample.
+
+    The first VM-step moves the hyperparameters from their defaults to the optimum
+    given the initial responsibilities, and takes most of a large fit's time: 14-25
+    L-BFGS steps over all tasks (a million tasks: 65% of a five-iteration fit), where
+    later VM-steps take about 2. The same iteration on :data:`SUBSAMPLE_TASKS` tasks
+    spread over the batch (:func:`.parts.subsample_tasks`) costs a small fraction of
+    one full evaluation and lands close to that optimum: the shared task
+    hyperparameters are estimated from some 10^4-10^5 observations, the mean processes
+    from hundreds of tasks per cluster. The full first VM-step then starts there, and
+    its own optimum is the same as without the start (only the path to it changes).
+
+    With the tasks split across devices or processes, every device gathers the
+    subsample and runs the iteration whole (it is small); the new hyperparameters are
+    placed as the old ones were.
+
+    Returns ``params`` unchanged when the start does not apply: fewer than
+    :data:`SUBSAMPLE_MIN_TASKS` task slots, task-specific hyperparameters (their
+    leaves have a task axis), or a non-finite result on the subsample (the full
+    iteration then handles the failure as usual).
+    """
+    if sum(part_sizes(batch)) < SUBSAMPLE_MIN_TASKS or params.log_noise.shape[0] != 1:
+        return params
+    sub_batch, sub_tau = subsample_tasks(batch, tau, SUBSAMPLE_TASKS)
+    no, yes = to_device(False), to_device(True)
+    args = (to_device(jitter), no, max_steps, tol, yes)
+    new_params, *_, finite = em_iteration(params, weights, sub_tau, sub_batch, *args)
+    if not bool(finite):
+        return params
+    return jax.tree.map(
+        lambda new, old: jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new,
+        new_params,
+        params,
+    )
+
+
 @dataclasses.dataclass
 class EMResult:
     """Outcome of :func:`run_em`."""
@@ -406,6 +470,7 @@ def run_em(
     max_jitter: float = 1e-1,
     refresh: Callable[[Params, TaskBatch, Array], TaskBatch] | None = None,
     accelerate: bool = True,
+    subsample: bool = True,
 ) -> EMResult:
     """Run variational EM until the relative ELBO change is below ``tol``.
 
@@ -429,10 +494,16 @@ def run_em(
     dropped, uncounted, and the next extrapolation steps less far). ``n_iter`` counts
     the kept iterations, so at most ``max_iter`` of them, plus at most one dropped
     call per two kept ones.
+
+    ``subsample``: on large exact-grid fits, start from one EM iteration on a
+    subsample of the tasks (:func:`subsample_start`). Off for warm starts, which
+    already start near an optimum.
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
     host_weight = np.concatenate([to_host(b.task_weight) for b in as_parts(batch)])
     weights = to_device(mixture_weights(to_host(tau), host_weight))
+    if subsample and refresh is None:
+        params = subsample_start(params, weights, tau, batch, jitter, max_steps, optimiser_tol)
     history: list[float] = []
     converged = False
     n_iter = 0

@@ -14,11 +14,23 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
+import numpy as np
+from jaxtyping import Array, Float, Int
 
+from .compile import jit, to_device
 from .params import Params, TaskBatch
 
-__all__ = ["Batch", "as_parts", "part_sizes", "split_tasks", "part_params", "task_weights", "first"]
+__all__ = [
+    "Batch",
+    "as_parts",
+    "part_sizes",
+    "split_tasks",
+    "part_params",
+    "task_weights",
+    "first",
+    "spread_tasks",
+    "subsample_tasks",
+]
 
 
 # A one-part batch or the parts of a ragged one.
@@ -70,3 +82,51 @@ def task_weights(batch: Batch) -> Array:
     if len(parts) == 1:
         return parts[0].task_weight
     return jnp.concatenate([b.task_weight for b in parts])
+
+
+def spread_tasks(batch: Batch, n: int) -> tuple[np.ndarray, ...]:
+    """About ``n`` task indices spread evenly over every part, for :func:`subsample_tasks`.
+
+    Each part gets its share of ``n`` (by its task count) rounded up to a multiple of 8,
+    so that the subsample's chunks stay even (:func:`.parallel.chunk_for`), at most all
+    of its tasks; the indices are evenly spaced over the part's task axis.
+    """
+    sizes = part_sizes(batch)
+    total = sum(sizes)
+    out = []
+    for size in sizes:
+        m = min(size, -(-n * size // (8 * total)) * 8)
+        out.append((np.arange(m) * size) // m)
+    return tuple(out)
+
+
+@jit
+def _take_tasks(batch: Batch, tau: Float[Array, "T K"], index: tuple[Int[Array, " S"], ...]):
+    parts, taus = [], []
+    for b, tau_p, idx in zip(as_parts(batch), split_tasks(tau, batch), index, strict=True):
+        parts.append(
+            TaskBatch(
+                x=b.x[idx],
+                y=b.y[idx],
+                mask=b.mask[idx],
+                mappings=b.mappings[idx],
+                grid=b.grid,
+                grid_mask=b.grid_mask,
+                task_weight=b.task_weight[idx],
+                shared_inputs=b.shared_inputs,
+                task_chunk=b.task_chunk,
+            )
+        )
+        taus.append(tau_p[idx])
+    sub = parts[0] if isinstance(batch, TaskBatch) else tuple(parts)
+    return sub, jnp.concatenate(taus)
+
+
+def subsample_tasks(batch: Batch, tau: Float[Array, "T K"], n: int) -> tuple[Batch, Array]:
+    """A batch of about ``n`` of the tasks (:func:`spread_tasks`) and their rows of ``tau``.
+
+    The grid, the layout in parts and the chunk size are kept; the subsample's task
+    axis is not split across devices (``task_shards`` = 1).
+    """
+    index = tuple(to_device(i, np.int32) for i in spread_tasks(batch, n))
+    return _take_tasks(batch, tau, index)
