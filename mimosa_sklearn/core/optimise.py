@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import optimistix as optx
 from jax.flatten_util import ravel_pytree
 
 __all__ = ["minimise"]
@@ -21,6 +20,10 @@ def minimise(fn, dynamic, args, max_steps: int, tol: float):
     when it fell back, so that callers can detect the failure) and the number of
     steps taken.
     """
+    # Imported when a program is traced, not when the package is: a process whose
+    # programs all come from the cache never pays its import (0.2 s).
+    import optimistix as optx
+
     flat, unravel = ravel_pytree(dynamic)
     solver = optx.LBFGS(rtol=tol, atol=tol)
     sol = optx.minimise(

@@ -45,9 +45,7 @@ import equinox
 import jax
 import jaxlib
 import kernax
-import lineax
 import numpy as np
-import optimistix
 
 __all__ = ["UNKEYED_SETTINGS", "Uncacheable", "dumps", "loads", "environment", "program_key"]
 
@@ -56,7 +54,10 @@ _SOURCES = {  # source files hashed
     "mimosa_sklearn": Path(__file__).resolve().parents[1],
     "kernax": Path(kernax.__file__).resolve().parent,
 }
-_VERSIONED = {m.__name__: m.__version__ for m in (jax, jaxlib, equinox, optimistix, lineax, np)}
+_VERSIONED = {m.__name__: m.__version__ for m in (jax, jaxlib, equinox, np)}
+# Read from the installed metadata: importing them costs a process loading its programs
+# from the cache 0.2 s, and only tracing needs them.
+_VERSIONED |= {name: importlib.metadata.version(name) for name in ("optimistix", "lineax")}
 _STANDARD = ("builtins", "copyreg", "collections", "functools", "operator", "_operator", "enum")
 _NAMEABLE = frozenset((*_SOURCES, *_VERSIONED, *_STANDARD))
 _PROTOCOL = 5
