@@ -403,6 +403,7 @@ def subsample_start(
     jitter: float,
     max_steps: int,
     tol: float,
+    refresh: Callable[[Params, TaskBatch, Array], TaskBatch] | None = None,
 ) -> Params:
     """Hyperparameters to start a large fit from: one EM iteration on a subsample.
 
@@ -418,7 +419,8 @@ def subsample_start(
 
     With the tasks split across devices or processes, every device gathers the
     subsample and runs the iteration whole (it is small); the new hyperparameters are
-    placed as the old ones were.
+    placed as the old ones were. ``refresh`` (the approximate grid, see
+    :func:`run_em`) rebuilds the batch at ``params`` before the subsample is taken.
 
     Returns ``params`` unchanged when the start does not apply: fewer than
     :data:`SUBSAMPLE_MIN_TASKS` task slots, task-specific hyperparameters (their
@@ -427,6 +429,8 @@ def subsample_start(
     """
     if sum(part_sizes(batch)) < SUBSAMPLE_MIN_TASKS or params.log_noise.shape[0] != 1:
         return params
+    if refresh is not None:
+        batch = refresh(params, batch, to_device(jitter))
     sub_batch, sub_tau = subsample_tasks(batch, tau, SUBSAMPLE_TASKS)
     no, yes = to_device(False), to_device(True)
     args = (to_device(jitter), no, max_steps, tol, yes)
@@ -495,15 +499,17 @@ def run_em(
     the kept iterations, so at most ``max_iter`` of them, plus at most one dropped
     call per two kept ones.
 
-    ``subsample``: on large exact-grid fits, start from one EM iteration on a
+    ``subsample``: on large fits, start from one EM iteration on a
     subsample of the tasks (:func:`subsample_start`). Off for warm starts, which
     already start near an optimum.
     """
     # On the host: eager jnp calls here would each compile a small program per shape.
     host_weight = np.concatenate([to_host(b.task_weight) for b in as_parts(batch)])
     weights = to_device(mixture_weights(to_host(tau), host_weight))
-    if subsample and refresh is None:
-        params = subsample_start(params, weights, tau, batch, jitter, max_steps, optimiser_tol)
+    if subsample:
+        params = subsample_start(
+            params, weights, tau, batch, jitter, max_steps, optimiser_tol, refresh
+        )
     history: list[float] = []
     converged = False
     n_iter = 0

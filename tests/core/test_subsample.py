@@ -123,3 +123,28 @@ def test_run_em_from_the_subsample_start_reaches_the_same_fit(small_threshold):
     np.testing.assert_allclose(started.elbo, full.elbo, rtol=1e-6)
     np.testing.assert_allclose(started.tau, full.tau, atol=1e-6)
     np.testing.assert_allclose(np.asarray(started.post.mean), np.asarray(full.post.mean), atol=1e-4)
+
+
+def _fit_history(X, y, **kwargs):
+    from mimosa_sklearn import MagmaClusterRegressor
+
+    model = MagmaClusterRegressor(n_clusters=2, random_state=0, tol=1e-9, max_iter=300, **kwargs)
+    return model.fit(X, y)
+
+
+def test_the_approximate_grid_starts_from_the_subsample_too(small_threshold, monkeypatch):
+    from mimosa_sklearn.datasets import make_magma_data
+
+    X, y, _ = make_magma_data(n_tasks=T, n_points=6, n_clusters=2, random_state=0)
+    started = _fit_history(X, y, grid=12)
+    monkeypatch.setattr(em, "SUBSAMPLE_MIN_TASKS", 10**9)
+    plain = _fit_history(X, y, grid=12)
+    assert started.grid_choice_.kind == plain.grid_choice_.kind == "inducing"
+    assert abs(started.elbo_[0] - plain.elbo_[0]) > 1e-6 * abs(plain.elbo_[-1])
+    np.testing.assert_allclose(started.elbo_[-1], plain.elbo_[-1], rtol=1e-6)
+    # A warm start already starts near the optimum: no subsample.
+    monkeypatch.setattr(em, "SUBSAMPLE_MIN_TASKS", 32)
+    calls = []
+    monkeypatch.setattr(em, "subsample_tasks", lambda *a: calls.append(1) or ())
+    started.set_params(warm_start=True).fit(X, y)
+    assert not calls
