@@ -132,6 +132,7 @@ def _fit_history(X, y, **kwargs):
     return model.fit(X, y)
 
 
+@pytest.mark.slow  # three whole fits to tol=1e-9 (9 s)
 def test_the_approximate_grid_starts_from_the_subsample_too(small_threshold, monkeypatch):
     from mimosa_sklearn.datasets import make_magma_data
 
