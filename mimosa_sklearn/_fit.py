@@ -33,7 +33,7 @@ from .core.compile import jit, to_device
 from .core.em import EMResult, NumericalFailure, run_em
 from .core.init import init_responsibilities
 from .core.parallel import auto_task_chunk, shard_tasks, task_mesh, to_host
-from .core.params import Params, TaskBatch
+from .core.params import TASK_AXIS_FIELDS, Params, TaskBatch
 
 __all__ = ["FitConfig", "NumericalFailure", "Start", "fit_magma", "make_parts", "warm_start"]
 
@@ -131,12 +131,11 @@ def _device_mesh(shard: bool | str):
 def _shard_batch(batch: TaskBatch, mesh) -> TaskBatch:
     """Split the task-axis arrays of ``batch`` across ``mesh``; replicate the grid."""
     tb = batch.x.shape[0]
-    split = ("x", "y", "mask", "mappings", "task_weight")
-    tasks = shard_tasks(tuple(getattr(batch, f) for f in split), mesh, tb)
+    tasks = shard_tasks(tuple(getattr(batch, f) for f in TASK_AXIS_FIELDS), mesh, tb)
     grid = shard_tasks((batch.grid, batch.grid_mask), mesh, -1)
     batch = dataclasses.replace(batch, task_shards=mesh.size)
     return eqx.tree_at(
-        lambda b: tuple(getattr(b, f) for f in split) + (b.grid, b.grid_mask),
+        lambda b: tuple(getattr(b, f) for f in TASK_AXIS_FIELDS) + (b.grid, b.grid_mask),
         batch,
         tasks + grid,
     )

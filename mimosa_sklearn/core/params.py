@@ -37,6 +37,7 @@ __all__ = [
     "prior_on_grid",
     "prior_means_on_grid",
     "real_clusters_only",
+    "TASK_AXIS_FIELDS",
 ]
 
 
@@ -188,6 +189,10 @@ class TaskBatch(eqx.Module):
     shared_inputs: bool = eqx.field(static=True, default=False)
     task_chunk: int = eqx.field(static=True, default=0)
     task_shards: int = eqx.field(static=True, default=1)
+
+
+#: The fields of :class:`TaskBatch` that lead with the task axis (the grid does not).
+TASK_AXIS_FIELDS = ("x", "y", "mask", "mappings", "task_weight")
 
 
 def shared_fast_path(params: Params, batch: TaskBatch) -> bool:

@@ -11,6 +11,8 @@ one-part case.
 
 from __future__ import annotations
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .compile import jit, to_device
-from .params import Params, TaskBatch
+from .params import TASK_AXIS_FIELDS, Params, TaskBatch
 
 __all__ = [
     "Batch",
@@ -104,19 +106,8 @@ def spread_tasks(batch: Batch, n: int) -> tuple[np.ndarray, ...]:
 def _take_tasks(batch: Batch, tau: Float[Array, "T K"], index: tuple[Int[Array, " S"], ...]):
     parts, taus = [], []
     for b, tau_p, idx in zip(as_parts(batch), split_tasks(tau, batch), index, strict=True):
-        parts.append(
-            TaskBatch(
-                x=b.x[idx],
-                y=b.y[idx],
-                mask=b.mask[idx],
-                mappings=b.mappings[idx],
-                grid=b.grid,
-                grid_mask=b.grid_mask,
-                task_weight=b.task_weight[idx],
-                shared_inputs=b.shared_inputs,
-                task_chunk=b.task_chunk,
-            )
-        )
+        rows = {f: getattr(b, f)[idx] for f in TASK_AXIS_FIELDS}
+        parts.append(dataclasses.replace(b, task_shards=1, **rows))
         taus.append(tau_p[idx])
     sub = parts[0] if isinstance(batch, TaskBatch) else tuple(parts)
     return sub, jnp.concatenate(taus)
