@@ -22,6 +22,7 @@ from padded_tasks import from_nan
 from mimosa_sklearn import _batching, _fit, _fitted
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, mstep, runtime
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.parallel import chunk_for, map_tasks
 from mimosa_sklearn.core.params import TaskBatch
 
@@ -38,7 +39,7 @@ def _float64():
         yield
 
 
-@eqx.filter_jit
+@jit
 def _core(params, weights, tau, batch, jitter):
     """E-step, ELBO, VM-step objective and its gradient: everything the fast paths touch."""
     post, new_tau, _ = em.e_step(params, weights, tau, batch, jitter, True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pickle
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +32,7 @@ from mimosa_sklearn._padded import take
 from mimosa_sklearn._spec import decode, encode
 from mimosa_sklearn.core import predict as pr
 from mimosa_sklearn.core import runtime
+from mimosa_sklearn.core.compile import jit
 
 GRID = np.linspace(0.0, 5.0, 8)[:, None]
 
@@ -237,7 +237,7 @@ def _per_task_reference(fitted, context, x_pred):
     """Every new task alone through the per-task formulas (its own extension of the
     hyperposterior, no grouping, no gathering)."""
     model = fitted._new_task_model()
-    predict_new = eqx.filter_jit(pr.predict_new_task)
+    predict_new = jit(pr.predict_new_task)
     out = []
     with runtime.jax_scope():  # the core itself, not the facade
         for i in range(context.tasks.n_tasks):

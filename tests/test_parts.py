@@ -17,6 +17,7 @@ from mimosa_sklearn import _batching, _fit, _kernels, _parts
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn._padded import row_bucket, task_bucket
 from mimosa_sklearn.core import approx, em, mstep, runtime
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.parts import as_parts
 
 
@@ -87,7 +88,7 @@ def _stacked_rows(src: np.ndarray, n_tasks: int) -> np.ndarray:
     return rows
 
 
-@eqx.filter_jit
+@jit
 def _core(params, weights, tau, batch, jitter):
     """E-step, ELBO, VM-step objective and gradient on a one-part or batch in parts."""
     post, new_tau, _ = em.e_step(params, weights, tau, batch, jitter, True)

@@ -26,6 +26,7 @@ import pytest
 
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import approx, runtime
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.params import TaskBatch, stack_module
 
 T, N, NOUT, K = 3, 5, 2, 2
@@ -33,8 +34,8 @@ INDUCING = np.linspace(0.0, 4.0, 5)[:, None]
 M = INDUCING.shape[0]
 PAD = 2  # padded inducing inputs
 
-projection_matrix = eqx.filter_jit(approx.projection_matrix)
-prior_offsets = eqx.filter_jit(approx.prior_offsets)
+projection_matrix = jit(approx.projection_matrix)
+prior_offsets = jit(approx.prior_offsets)
 
 # Mean-kernel values per cluster (not shared): the projection uses their geometric mean.
 MEAN_VAR = np.array([[0.5], [2.0]])

@@ -16,13 +16,14 @@ from mimosa_sklearn import _fit
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, memberships, mstep
 from mimosa_sklearn.core.clusters import pad_clusters
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 
-e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
-elbo = eqx.filter_jit(em.elbo)
+e_step = jit(lambda *args: em.e_step(*args)[:2])
+elbo = jit(em.elbo)
 
 
-@eqx.filter_jit
+@jit
 def _m_objective(params, tau, post, batch, jitter):
     """The VM-step objective ``sum_k J^mu_k + sum_i J^f_i`` at fixed q."""
     moments, mweights = mstep.task_moments(batch, tau, post, params.log_noise.shape[1])
@@ -104,7 +105,7 @@ def test_padded_clusters_leave_the_e_step_elbo_and_objective_of_the_real_ones(
     padded, tau_p = pad_clusters(params, tau, 4)
     weights_p = jnp.asarray(np.r_[weights, 0.0, 0.0])
     assert np.asarray(padded.cluster_mask).tolist() == [True, True, False, False]
-    full_e_step = eqx.filter_jit(em.e_step)
+    full_e_step = jit(em.e_step)
     post, new_tau, nll = full_e_step(padded, weights_p, jnp.asarray(tau_p), batch, 0.0)
     mean, cov, expected_tau = _reference_e_step(vals, tasks, weights, tau)
     np.testing.assert_allclose(np.asarray(post.mean)[:2], mean, rtol=1e-8, atol=1e-10)
@@ -122,8 +123,8 @@ def test_padded_clusters_leave_the_e_step_elbo_and_objective_of_the_real_ones(
     )
     _, _, nll_at_tau = full_e_step(padded, weights_p, tau_p, batch, 0.0, False)
     assert nll_at_tau is None  # the constant False skips the NLLs: compute them directly
-    nll_at_tau = eqx.filter_jit(em.cluster_task_nll)(padded, post, batch, 0.0)
-    from_nll = eqx.filter_jit(em.elbo_from_nll)(nll_at_tau, weights_p, tau_p, post, batch, padded)
+    nll_at_tau = jit(em.cluster_task_nll)(padded, post, batch, 0.0)
+    from_nll = jit(em.elbo_from_nll)(nll_at_tau, weights_p, tau_p, post, batch, padded)
     np.testing.assert_allclose(float(from_nll), expected, rtol=1e-9)
     objective = _m_objective(padded, tau_p, post, batch, 0.0)
     exact_post, _ = e_step(params, jnp.asarray(weights), jnp.asarray(tau), batch, 0.0)
@@ -132,9 +133,7 @@ def test_padded_clusters_leave_the_e_step_elbo_and_objective_of_the_real_ones(
         float(_m_objective(params, jnp.asarray(tau), exact_post, batch, 0.0)),
         rtol=1e-10,
     )
-    from_objective = eqx.filter_jit(em.elbo_from_objective)(
-        objective, weights_p, tau_p, post, batch, padded
-    )
+    from_objective = jit(em.elbo_from_objective)(objective, weights_p, tau_p, post, batch, padded)
     np.testing.assert_allclose(float(from_objective), expected, rtol=1e-9)
 
 
@@ -354,9 +353,7 @@ def test_cluster_objective_equals_its_explicit_second_moments(shared_cluster, sh
     batch = ref.to_batch(tasks, grid_pad=3)
     tau = jnp.asarray(rng.dirichlet(np.ones(3), size=T))
     post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, 1e-6, False)
-    got = float(
-        eqx.filter_jit(mstep.cluster_objective)(params, post, batch.grid, batch.grid_mask, 1e-6)
-    )
+    got = float(jit(mstep.cluster_objective)(params, post, batch.grid, batch.grid_mask, 1e-6))
     cov, mean, _ = (np.asarray(a) for a in prior_on_grid(params, batch.grid, batch.grid_mask, 1e-6))
     pm, pc = np.asarray(post.mean), np.asarray(post.cov)
     k, o, g = pm.shape
@@ -382,13 +379,13 @@ def test_posterior_factor_survives_a_singular_sum():
     g = post.cov.shape[-1]
     low = rng.standard_normal((2, NOUT, g, 1))  # four rank-1 terms, G = 8
     singular = _with_post(post, cov=low @ np.swapaxes(low, -1, -2))
-    factor = np.asarray(eqx.filter_jit(mstep.posterior_factor)(singular, 1, 1))
+    factor = np.asarray(jit(mstep.posterior_factor)(singular, 1, 1))
     summed = np.asarray(singular.cov).sum(axis=(0, 1))
     assert np.linalg.matrix_rank(summed) == 4
     assert np.isnan(np.asarray(jnp.linalg.cholesky(jnp.asarray(summed)))).any()
     assert np.all(np.isfinite(factor))
     np.testing.assert_allclose(factor[0, 0] @ factor[0, 0].T, summed, atol=1e-9 * summed.max())
-    regular = np.asarray(eqx.filter_jit(mstep.posterior_factor)(post, 2, NOUT))
+    regular = np.asarray(jit(mstep.posterior_factor)(post, 2, NOUT))
     np.testing.assert_allclose(
         regular, np.linalg.cholesky(np.asarray(post.cov)), rtol=1e-10, atol=1e-12
     )
@@ -408,7 +405,7 @@ def test_prior_mean_step_is_the_closed_form_optimum(shared_cluster, shared_outpu
     g = GRID.shape[0]
     mean = rng.normal(size=post.mean.shape)  # any q(mu) will do
     post = _with_post(post, mean=mean)
-    step = eqx.filter_jit(mstep.prior_mean_step)
+    step = jit(mstep.prior_mean_step)
     new = step(params, post, batch.grid, batch.grid_mask, 0.0)
     num, den = np.zeros((3, NOUT)), np.zeros((3, NOUT))
     for k in range(3):
@@ -447,17 +444,15 @@ def test_m_step_reaches_the_optimum_of_the_whole_objective():
     tau = jnp.asarray(rng.dirichlet(np.ones(2), size=T))
     jitter = 1e-6
     post, _ = e_step(params, jnp.mean(tau, axis=0), tau, batch, jitter, False)
-    new, _, steps, value = eqx.filter_jit(mstep.m_step)(
-        params, tau, post, batch, jitter, 500, 1e-10
-    )
+    new, _, steps, value = jit(mstep.m_step)(params, tau, post, batch, jitter, 500, 1e-10)
     dyn, static = eqx.partition(params, eqx.is_inexact_array)
     flat, unravel = ravel_pytree(dyn)
 
-    @jax.jit
+    @jit
     def f(v):
         return _m_objective(eqx.combine(unravel(v), static), tau, post, batch, jitter)
 
-    grad = jax.jit(jax.grad(f))
+    grad = jit(jax.grad(f))
     with jax.enable_x64(True):
         ref_opt = minimize(
             lambda v: float(f(jnp.asarray(v))),

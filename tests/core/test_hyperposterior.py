@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import core_reference as ref
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,17 +10,18 @@ import pytest
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em
 from mimosa_sklearn.core import hyperposterior as hp
+from mimosa_sklearn.core.compile import jit
 
 
-@eqx.filter_jit
+@jit
 def hyperposterior(tau, precisions, weighted_y, mappings, prior_chol, prior_mean):
     """The VE-step's hyperposterior of all tasks at once: sums, then posterior."""
     w, b = hp.precision_sums(tau, precisions, weighted_y, mappings, prior_chol.shape[-1])
     return hp.posterior_from_sums(w, b, prior_chol, prior_mean)
 
 
-e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
-elbo = eqx.filter_jit(em.elbo)
+e_step = jit(lambda *args: em.e_step(*args)[:2])
+elbo = jit(em.elbo)
 
 T, N, NOUT, K = 5, 6, 2, 2
 GRID = np.linspace(0.0, 7.0, 8)[:, None]

@@ -14,17 +14,18 @@ from jax.test_util import check_grads
 from scipy.stats import multivariate_normal
 
 from mimosa_sklearn.core import likelihood as lk
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.linalg import logdet_from_chol, masked_inverse
 
 N = 7
 
 # Compiled once per shape: far cheaper than eager op-by-op dispatch of the vmapped code.
-masked_nll = eqx.filter_jit(lk.masked_nll)
-trace_correction = eqx.filter_jit(lk.trace_correction)
-full_nll = eqx.filter_jit(lk.full_nll)
-moment_nll = eqx.filter_jit(lk.moment_nll)
-cluster_nlls = eqx.filter_jit(lk.cluster_nlls)
-task_nlls = eqx.filter_jit(lk.task_nlls)
+masked_nll = jit(lk.masked_nll)
+trace_correction = jit(lk.trace_correction)
+full_nll = jit(lk.full_nll)
+moment_nll = jit(lk.moment_nll)
+cluster_nlls = jit(lk.cluster_nlls)
+task_nlls = jit(lk.task_nlls)
 
 
 def _padded_problem(seed: int, n_real: int, scale: float = 1.0):
@@ -126,7 +127,7 @@ def test_masked_nll_gradient_wrt_kernel_hyperparameters_equals_unpadded():
         kern, ln = hps
         return _kernel_nll(kern, ln, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
 
-    g_kernel, g_noise = eqx.filter_jit(eqx.filter_grad(loss))((kernel, log_noise))
+    g_kernel, g_noise = jit(eqx.filter_grad(loss))((kernel, log_noise))
     got = np.array(
         [float(g_kernel.left._variance), float(g_kernel.right._length_scale), float(g_noise)]
     )
@@ -141,8 +142,8 @@ def test_masked_nll_gradient_wrt_kernel_hyperparameters_equals_unpadded():
         cov = kern(xx, xx) + 0.1 * jnp.eye(N)
         return masked_nll(jnp.asarray(y), jnp.zeros(N), cov, jnp.asarray(mask))
 
-    assert np.isfinite(float(eqx.filter_jit(unsafe)(kernel)))
-    assert np.isnan(float(eqx.filter_jit(eqx.filter_grad(unsafe))(kernel).left._variance))
+    assert np.isfinite(float(jit(unsafe)(kernel)))
+    assert np.isnan(float(jit(eqx.filter_grad(unsafe))(kernel).left._variance))
 
 
 # --------------------------------------------------------------------------- trace term

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import softmax
 
 from mimosa_sklearn.core import memberships as mb
+from mimosa_sklearn.core.compile import jit
 
-responsibilities = eqx.filter_jit(mb.responsibilities)
-log_responsibilities = eqx.filter_jit(mb.log_responsibilities)
-entropy_term = eqx.filter_jit(mb.entropy_term)
+responsibilities = jit(mb.responsibilities)
+log_responsibilities = jit(mb.log_responsibilities)
+entropy_term = jit(mb.entropy_term)
 
 T, K = 6, 3
 

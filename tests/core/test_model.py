@@ -24,10 +24,11 @@ import pytest
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, runtime
 from mimosa_sklearn.core import predict as pr
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.model import Model
 
 GRID = np.linspace(0.0, 7.0, 8)[:, None]
-e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
+e_step = jit(lambda *args: em.e_step(*args)[:2])
 
 
 def _model(n_tasks: int, seed: int) -> Model:

@@ -34,6 +34,7 @@ import pytest
 
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import mstep, runtime
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 from mimosa_sklearn.core.params import TaskBatch, stack_module
 
@@ -42,12 +43,12 @@ GRID = np.linspace(0.0, 5.0, 6)[:, None]
 G = GRID.shape[0]
 
 # Compiled once per shape: eager dispatch of the vmapped code costs more.
-task_moments = eqx.filter_jit(mstep.task_moments)
-task_objective = eqx.filter_jit(mstep.task_objective)
-part_moments = eqx.filter_jit(mstep.part_moments)
-prior_mean_step = eqx.filter_jit(mstep.prior_mean_step)
-cluster_objective = eqx.filter_jit(mstep.cluster_objective)
-posterior_factor = eqx.filter_jit(mstep.posterior_factor)
+task_moments = jit(mstep.task_moments)
+task_objective = jit(mstep.task_objective)
+part_moments = jit(mstep.part_moments)
+prior_mean_step = jit(mstep.prior_mean_step)
+cluster_objective = jit(mstep.cluster_objective)
+posterior_factor = jit(mstep.posterior_factor)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -244,8 +245,8 @@ def test_streamed_task_objective_equals_the_objective_of_stored_moments(
     def streamed(p):
         return mstep.streamed_task_objective(p, batch, tau_j, post, 1e-3, off)
 
-    want, want_grad = eqx.filter_jit(eqx.filter_value_and_grad(stored))(params)
-    got, got_grad = eqx.filter_jit(eqx.filter_value_and_grad(streamed))(params)
+    want, want_grad = jit(eqx.filter_value_and_grad(stored))(params)
+    got, got_grad = jit(eqx.filter_value_and_grad(streamed))(params)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
     for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
@@ -275,7 +276,7 @@ def test_task_objectives_on_a_task_axis_split_in_shards_are_unchanged(
         return mstep.streamed_task_objective(p, batch, tau_j, post, 1e-3)
 
     def value_and_grad(f, batch):
-        return eqx.filter_jit(eqx.filter_value_and_grad(lambda p: f(p, batch)))(params)
+        return jit(eqx.filter_value_and_grad(lambda p: f(p, batch)))(params)
 
     want, want_grad = value_and_grad(stored, whole)
     for f in (stored, streamed):
@@ -500,7 +501,7 @@ def test_m_step_streams_the_moments_only_past_the_memory_bound(problem, monkeypa
 
     def run():
         # A new function each time: the bound is read when the VM-step is traced.
-        step = eqx.filter_jit(lambda p: mstep.m_step(p, tau_j, post, batch, 1e-3, 10, 1e-3))
+        step = jit(lambda p: mstep.m_step(p, tau_j, post, batch, 1e-3, 10, 1e-3))
         return step(params)
 
     want = run()

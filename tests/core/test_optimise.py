@@ -12,15 +12,15 @@ Proven here:
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.optimise import minimise
 
-minimise_jit = eqx.filter_jit(minimise)
+minimise_jit = jit(minimise)
 
 # A coupled quadratic on 5 variables, condition number ~100: 0.5 (v - c)^T A (v - c) + 3.
 _RNG = np.random.default_rng(0)

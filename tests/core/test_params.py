@@ -28,14 +28,15 @@ import pytest
 
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import params as pm
+from mimosa_sklearn.core.compile import jit
 
 T, N, K, NOUT = 3, 4, 2, 2
 
-eval_kernel = eqx.filter_jit(pm.eval_kernel)
-eval_mean = eqx.filter_jit(pm.eval_mean)
-task_covariances = eqx.filter_jit(pm.task_covariances)
-task_covariance_one = eqx.filter_jit(pm.task_covariance_one)
-prior_on_grid = eqx.filter_jit(pm.prior_on_grid)
+eval_kernel = jit(pm.eval_kernel)
+eval_mean = jit(pm.eval_mean)
+task_covariances = jit(pm.task_covariances)
+task_covariance_one = jit(pm.task_covariance_one)
+prior_on_grid = jit(pm.prior_on_grid)
 
 
 class _Mixed(eqx.Module):

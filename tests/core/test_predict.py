@@ -16,17 +16,18 @@ from mimosa_sklearn import _fit, _fitted
 from mimosa_sklearn._kernels import SharingLayout
 from mimosa_sklearn.core import em, mstep
 from mimosa_sklearn.core import predict as pr
+from mimosa_sklearn.core.compile import jit
 from mimosa_sklearn.core.hyperposterior import Hyperposterior
 from mimosa_sklearn.core.model import Model
 
-e_step = eqx.filter_jit(lambda *args: em.e_step(*args)[:2])
-extend = eqx.filter_jit(pr.extend_hyperposterior)
-predict_new = eqx.filter_jit(pr.predict_new_task)
-predict_train = eqx.filter_jit(pr.predict_training_task)
-mixture_moments = eqx.filter_jit(pr.mixture_moments)
+e_step = jit(lambda *args: em.e_step(*args)[:2])
+extend = jit(pr.extend_hyperposterior)
+predict_new = jit(pr.predict_new_task)
+predict_train = jit(pr.predict_training_task)
+mixture_moments = jit(pr.mixture_moments)
 
 
-@eqx.filter_jit
+@jit
 def _task_objective(params, tau, post, batch, jitter):
     moments, weights = mstep.task_moments(batch, tau, post, params.log_noise.shape[1])
     return mstep.task_objective(params, batch, moments, weights, jitter)
