@@ -19,6 +19,16 @@ Entries
     :func:`os.replace`, so readers see a whole entry or none, and two processes writing
     the same entry both succeed (the last rename wins; both files are equal).
 
+One build per entry
+    A process that misses an entry builds it under a lock of its own key (an advisory
+    ``fcntl.flock`` on ``<key>.lock``, :func:`building`). Another process that misses
+    the same key meanwhile (the workers of a ``GridSearchCV`` with ``n_jobs=2``, which
+    fit the same shapes at the same moment) waits for that lock, then reads the entry
+    instead of compiling the program a second time. The operating system releases the
+    lock of a process that dies; a process that waits more than
+    :data:`LOCK_WAIT_SECONDS` builds the entry itself. Where ``fcntl`` does not exist
+    (Windows), every process builds its own entries, as before.
+
 Size
     At most ``MIMOSA_SKLEARN_CACHE_MAX_MB`` megabytes (default 1024, i.e. 1 GiB). Every
     write evicts the least recently used entries (file modification time, refreshed on
@@ -33,11 +43,22 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["DIR_ENV", "MAX_MB_ENV", "DEFAULT_MAX_MB", "FORMAT", "directory", "read", "write"]
+__all__ = [
+    "DIR_ENV",
+    "MAX_MB_ENV",
+    "DEFAULT_MAX_MB",
+    "FORMAT",
+    "LOCK_WAIT_SECONDS",
+    "directory",
+    "read",
+    "write",
+    "building",
+]
 
 DIR_ENV = "MIMOSA_SKLEARN_CACHE_DIR"
 MAX_MB_ENV = "MIMOSA_SKLEARN_CACHE_MAX_MB"
@@ -48,8 +69,13 @@ _MAGIC = b"mimosa_sklearn compiled program\n"
 _DIGEST = 32
 _SUFFIX = ".bin"
 _TMP_PREFIX = ".tmp-"
-# A temporary file this old was left by a process that died while writing it.
+_LOCK_SUFFIX = ".lock"
+# A temporary or lock file this old was left by a process that died while writing it.
 _STALE_TMP_SECONDS = 3600
+#: How long a process waits for another one building the same entry before it builds
+#: the entry itself (the largest programs compile in under a minute).
+LOCK_WAIT_SECONDS = 600.0
+_POLL_SECONDS = 0.02
 _log = logging.getLogger(__name__)
 
 
@@ -128,6 +154,70 @@ def write(key: str, payload: bytes) -> None:
                 os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def building(key: str) -> Iterator[None]:
+    """Hold ``key``'s build lock for the body: other processes entering
+    ``building(key)`` wait until it ends (or :data:`LOCK_WAIT_SECONDS`).
+
+    The caller reads the entry again inside the body: another process may have
+    written it while this one waited. Without a cache, a lock file or ``fcntl``, the
+    body runs unlocked.
+    """
+    folder = directory()
+    fd = None if folder is None else _acquire(folder / f"{key}{_LOCK_SUFFIX}")
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _release(fd, folder / f"{key}{_LOCK_SUFFIX}")
+
+
+def _acquire(path: Path) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive lock, or None."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        _log.info("Building %s without its lock: %s", path.stem, err)
+        return None
+    start = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() - start > LOCK_WAIT_SECONDS:
+                _log.warning(
+                    "Another process has been building the compiled program %s for %.0f s;"
+                    " compiling it here too.",
+                    path.stem,
+                    LOCK_WAIT_SECONDS,
+                )
+                os.close(fd)
+                return None
+            time.sleep(_POLL_SECONDS)
+        except OSError as err:  # a file system without locks
+            _log.info("Building %s without its lock: %s", path.stem, err)
+            os.close(fd)
+            return None
+        else:
+            waited = time.monotonic() - start
+            if waited > 10 * _POLL_SECONDS:
+                _log.debug("Waited %.2f s for another process building %s.", waited, path.stem)
+            return fd
+
+
+def _release(fd: int, path: Path) -> None:
+    """Remove the lock file (unless another process has made a new one), then unlock."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    os.close(fd)
+
+
 def _evict(folder: Path, max_bytes: int) -> None:
     """Delete the least recently used entries until the folder holds ``max_bytes``."""
     entries = []
@@ -137,7 +227,7 @@ def _evict(folder: Path, max_bytes: int) -> None:
             stat = item.stat()
         except OSError:  # deleted meanwhile by another process
             continue
-        if item.name.startswith(_TMP_PREFIX):
+        if item.name.startswith(_TMP_PREFIX) or item.name.endswith(_LOCK_SUFFIX):
             if now - stat.st_mtime > _STALE_TMP_SECONDS:
                 with contextlib.suppress(OSError):
                     os.unlink(item.path)

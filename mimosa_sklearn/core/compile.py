@@ -55,7 +55,9 @@ Compiled programs on disk
     traced, other leaves static): per call signature (structure, static leaves, array
     shapes, dtypes and shardings, JAX settings) it keeps the compiled program of this
     process, else loads it from disk, else lowers and compiles it with
-    :func:`jax.jit` and writes it to disk.
+    :func:`jax.jit` and writes it to disk. A process compiles a program under the
+    entry's lock (:func:`mimosa_sklearn.core.cache.building`), so that another process
+    missing the same entry at the same moment waits and loads it.
 """
 
 from __future__ import annotations
@@ -214,22 +216,34 @@ class _Program:
 
     def load_or_compile(self, tuned: bool, dynamic: tuple, static: tuple) -> jax.stages.Compiled:
         key = self.key(tuned, dynamic, static)
-        payload = None if key is None else cache.read(key)
-        if payload is not None:
-            try:
-                compiled = executable.load(payload, dynamic)
-            except Exception as err:  # an entry from a broken write: rebuild it
-                _log.info("Ignoring the cache entry %s of %s: %s", key, self.name, err)
-            else:
-                _log.debug("Loaded %s from the cache (%s).", self.name, key)
-                return compiled
-        lowered = self.jitted[tuned].lower(dynamic, static)
-        compiled = lowered.compile()
-        if key is not None:
-            try:
-                cache.write(key, executable.dump(compiled, lowered))
-            except (program_key.Uncacheable, ValueError, NotImplementedError) as err:
-                _log.debug("%s cannot be written to the cache: %s", self.name, err)
+        if key is None:
+            return self.jitted[tuned].lower(dynamic, static).compile()
+        compiled = self.load(key, dynamic)
+        if compiled is None:
+            # One process compiles a program at a time: another one that is compiling
+            # it (a GridSearchCV worker on the same shapes) is waited for, then loaded.
+            with cache.building(key):
+                compiled = self.load(key, dynamic)
+                if compiled is None:
+                    lowered = self.jitted[tuned].lower(dynamic, static)
+                    compiled = lowered.compile()
+                    try:
+                        cache.write(key, executable.dump(compiled, lowered))
+                    except (program_key.Uncacheable, ValueError, NotImplementedError) as err:
+                        _log.debug("%s cannot be written to the cache: %s", self.name, err)
+        return compiled
+
+    def load(self, key: str, dynamic: tuple) -> jax.stages.Compiled | None:
+        """The program stored under ``key``, or None (missing, damaged, unloadable)."""
+        payload = cache.read(key)
+        if payload is None:
+            return None
+        try:
+            compiled = executable.load(payload, dynamic)
+        except Exception as err:  # an entry from a broken write: rebuild it
+            _log.info("Ignoring the cache entry %s of %s: %s", key, self.name, err)
+            return None
+        _log.debug("Loaded %s from the cache (%s).", self.name, key)
         return compiled
 
 

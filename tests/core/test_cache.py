@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import platformdirs
@@ -43,6 +45,8 @@ def test_an_empty_variable_reads_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.DIR_ENV, "")
     cache.write(KEY, b"payload")
     assert cache.read(KEY) is None
+    with cache.building(KEY):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 
@@ -97,11 +101,56 @@ def test_eviction_drops_the_least_recently_used_entries(folder, monkeypatch):
 def test_temporary_files_of_dead_writers_are_removed(folder):
     cache.write(KEY, b"payload")
     stale, fresh = folder / ".tmp-stale", folder / ".tmp-fresh"
+    stale_lock = folder / f"{'ef' * 32}.lock"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"being written")
+    stale_lock.touch()
     os.utime(stale, (0, 0))
+    os.utime(stale_lock, (0, 0))
     cache.write("cd" * 32, b"payload")
-    assert not stale.exists() and fresh.exists()
+    assert not stale.exists() and fresh.exists() and not stale_lock.exists()
+
+
+def _hold(key: str, entered: threading.Event, seconds: float) -> threading.Thread:
+    """A thread that holds ``key``'s build lock for ``seconds`` (its own open file, so
+    the lock excludes this thread's as it excludes another process's)."""
+
+    def run():
+        with cache.building(key):
+            entered.set()
+            time.sleep(seconds)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(30)
+    return thread
+
+
+def test_a_build_waits_for_the_build_of_the_same_entry(folder):
+    holder = _hold(KEY, threading.Event(), 0.5)
+    start = time.monotonic()
+    with cache.building(KEY):
+        waited = time.monotonic() - start
+    holder.join()
+    assert waited > 0.3
+    # Another entry's build does not wait; no lock file outlives its build.
+    holder = _hold(KEY, threading.Event(), 0.5)
+    start = time.monotonic()
+    with cache.building("cd" * 32):
+        assert time.monotonic() - start < 0.3
+    holder.join()
+    assert not list(folder.glob("*.lock"))
+
+
+def test_a_build_that_waits_too_long_goes_ahead_with_a_warning(folder, monkeypatch, caplog):
+    monkeypatch.setattr(cache, "LOCK_WAIT_SECONDS", 0.2)
+    holder = _hold(KEY, threading.Event(), 1.5)
+    start = time.monotonic()
+    with cache.building(KEY):
+        waited = time.monotonic() - start
+    holder.join()
+    assert 0.2 < waited < 1.2
+    assert "compiling it here too" in caplog.text
 
 
 # Loads the module from its file: importing the package would import JAX (seconds).

@@ -290,6 +290,81 @@ def _fit_in_new_processes(tmp_path, cache_value: str, n: int = 1) -> list[tuple[
     return results
 
 
+# Two processes need the same program at the same moment (both pass a barrier first):
+# prints whether this one compiled it or loaded it from the other's entry.
+_SNIPPET_RACE = textwrap.dedent(
+    """
+    import json, logging, os, sys, time
+    from pathlib import Path
+    sys.path.insert(0, "tests/core")
+    from mimosa_sklearn.core import runtime
+    runtime.ensure_safe_cpu_backend()
+    import jax.numpy as jnp
+    import numpy as np
+    from jax._src import monitoring
+    import core_reference as ref
+    from mimosa_sklearn._kernels import SharingLayout
+    from mimosa_sklearn.core import predict
+
+    compiled = []
+    def on_duration(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kw.get("fun_name", ""))
+    monitoring.register_event_duration_secs_listener(on_duration)
+    loaded = []
+    class Loads(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Loaded"):
+                loaded.append(record.getMessage())
+    log = logging.getLogger("mimosa_sklearn.core.compile")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Loads())
+
+    barrier, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    with runtime.jax_scope():
+        params, _ = ref.random_params(np.random.default_rng(0), SharingLayout.from_flags(5, 2, 1))
+        real = jnp.asarray(np.arange(5) < 4)
+        (barrier / me).touch()
+        while len(list(barrier.iterdir())) < n:
+            time.sleep(0.001)
+        out = predict.typical_task_params(params, real, 3)
+    print(json.dumps({
+        "compiled": sum("typical_task_params" in c for c in compiled),
+        "loaded": len(loaded),
+    }))
+    """
+)
+
+
+def test_processes_missing_the_same_program_at_once_compile_it_once(tmp_path):
+    """The second process waits for the first one's compilation (the entry's build
+    lock), then loads its entry: a GridSearchCV with n_jobs=2 compiles each program
+    once. Without the lock both compile (they pass a barrier together)."""
+    root = Path(core_compile.__file__).parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), **{cache.DIR_ENV: str(tmp_path / "cache")})
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SNIPPET_RACE, str(barrier), str(i), "2"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    counts = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        counts.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sorted((c["compiled"], c["loaded"]) for c in counts) == [(0, 1), (1, 0)]
+    # The lock file went with the build.
+    assert not list((tmp_path / "cache").rglob("*.lock"))
+
+
 @pytest.mark.slow
 def test_new_processes_share_the_cache_and_get_the_same_results(tmp_path):
     folder = tmp_path / "cache"
