@@ -231,15 +231,12 @@ def test_the_users_jax_config_is_left_alone(cache_dir, monkeypatch):
     assert snapshot() == before
 
 
-# A fit, condition and predict on synth_dev in a new process: prints how many of the
-# package's programs were loaded and which were compiled; saves the predictions.
-_SNIPPET_FIT = textwrap.dedent(
+# Records in a new process which programs JAX compiled (``compiled``) and how many of
+# the package's programs were loaded from the cache (``loaded``).
+_COUNTING = textwrap.dedent(
     """
-    import json, logging, sys
-    import numpy as np
+    import logging
     from jax._src import monitoring
-    sys.path.insert(0, "tests")
-    from estimator_data import fit, subset
 
     compiled = []
     def on_duration(event, duration, **kw):
@@ -254,6 +251,17 @@ _SNIPPET_FIT = textwrap.dedent(
     log = logging.getLogger("mimosa_sklearn.core.compile")
     log.setLevel(logging.DEBUG)
     log.addHandler(Loads())
+    """
+)
+
+# A fit, condition and predict on synth_dev in a new process: prints how many of the
+# package's programs were loaded and which were compiled; saves the predictions.
+_SNIPPET_FIT = _COUNTING + textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    sys.path.insert(0, "tests")
+    from estimator_data import fit, subset
 
     X, y = subset("train", 12)
     X_obs, y_obs = subset("test_observed", 4)
@@ -292,33 +300,18 @@ def _fit_in_new_processes(tmp_path, cache_value: str, n: int = 1) -> list[tuple[
 
 # Two processes need the same program at the same moment (both pass a barrier first):
 # prints whether this one compiled it or loaded it from the other's entry.
-_SNIPPET_RACE = textwrap.dedent(
+_SNIPPET_RACE = _COUNTING + textwrap.dedent(
     """
-    import json, logging, os, sys, time
+    import json, sys, time
     from pathlib import Path
     sys.path.insert(0, "tests/core")
     from mimosa_sklearn.core import runtime
     runtime.ensure_safe_cpu_backend()
     import jax.numpy as jnp
     import numpy as np
-    from jax._src import monitoring
     import core_reference as ref
     from mimosa_sklearn._kernels import SharingLayout
     from mimosa_sklearn.core import predict
-
-    compiled = []
-    def on_duration(event, duration, **kw):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kw.get("fun_name", ""))
-    monitoring.register_event_duration_secs_listener(on_duration)
-    loaded = []
-    class Loads(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Loaded"):
-                loaded.append(record.getMessage())
-    log = logging.getLogger("mimosa_sklearn.core.compile")
-    log.setLevel(logging.DEBUG)
-    log.addHandler(Loads())
 
     barrier, me, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     with runtime.jax_scope():
