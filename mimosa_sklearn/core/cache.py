@@ -185,29 +185,30 @@ def _acquire(path: Path) -> int | None:
         _log.info("Building %s without its lock: %s", path.stem, err)
         return None
     start = time.monotonic()
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if time.monotonic() - start > LOCK_WAIT_SECONDS:
-                _log.warning(
-                    "Another process has been building the compiled program %s for %.0f s;"
-                    " compiling it here too.",
-                    path.stem,
-                    LOCK_WAIT_SECONDS,
-                )
-                os.close(fd)
-                return None
-            time.sleep(_POLL_SECONDS)
-        except OSError as err:  # a file system without locks
-            _log.info("Building %s without its lock: %s", path.stem, err)
-            os.close(fd)
-            return None
-        else:
-            waited = time.monotonic() - start
-            if waited > 10 * _POLL_SECONDS:
-                _log.debug("Waited %.2f s for another process building %s.", waited, path.stem)
-            return fd
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() - start > LOCK_WAIT_SECONDS:
+                    _log.warning(
+                        "Another process has been building the compiled program %s for"
+                        " %.0f s; compiling it here too.",
+                        path.stem,
+                        LOCK_WAIT_SECONDS,
+                    )
+                    break
+                time.sleep(_POLL_SECONDS)
+            else:
+                _log.debug("Waited %.2f s for the lock of %s.", time.monotonic() - start, path.stem)
+                return fd
+    except OSError as err:  # a file system without locks
+        _log.info("Building %s without its lock: %s", path.stem, err)
+    except BaseException:  # interrupted while waiting (Ctrl-C)
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 def _release(fd: int, path: Path) -> None:

@@ -186,3 +186,18 @@ def test_processes_writing_one_entry_at_once_all_succeed(folder):
         assert out.strip() == "ok"
     assert cache.read(KEY) == bytes(range(256)) * 4000
     assert _entries(folder) == [f"{KEY}.bin"]  # no temporary file left behind
+
+
+def test_a_file_system_without_locks_builds_unlocked(folder, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    caplog.set_level("INFO", logger=cache.__name__)
+    with cache.building(KEY):
+        cache.write(KEY, b"payload")
+    assert cache.read(KEY) == b"payload"
+    assert "without its lock" in caplog.text
