@@ -164,12 +164,13 @@ def building(key: str) -> Iterator[None]:
     body runs unlocked.
     """
     folder = directory()
-    fd = None if folder is None else _acquire(folder / f"{key}{_LOCK_SUFFIX}")
+    path = None if folder is None else folder / f"{key}{_LOCK_SUFFIX}"
+    fd = None if path is None else _acquire(path)
     try:
         yield
     finally:
         if fd is not None:
-            _release(fd, folder / f"{key}{_LOCK_SUFFIX}")
+            _release(fd, path)
 
 
 def _acquire(path: Path) -> int | None:

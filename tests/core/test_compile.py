@@ -275,27 +275,36 @@ _SNIPPET_FIT = _COUNTING + textwrap.dedent(
 _PACKAGE_PROGRAMS = ("em_iteration", "squarem_point", "predict_new_tasks", "new_task_memberships")
 
 
-def _fit_in_new_processes(tmp_path, cache_value: str, n: int = 1) -> list[tuple[np.ndarray, dict]]:
+def _in_new_processes(
+    snippet: str, argvs: list[list[str]], cache_value: str, timeout: float = 600
+) -> list[dict]:
+    """Run ``snippet`` in one new process per argument list, all at once, with the
+    cache folder ``cache_value``; the JSON each printed last."""
     root = Path(core_compile.__file__).parents[2]
     env = dict(os.environ, PYTHONPATH=str(root), **{cache.DIR_ENV: cache_value})
-    outs = [tmp_path / f"out-{i}-{os.urandom(4).hex()}.npy" for i in range(n)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _SNIPPET_FIT, str(out)],
+            [sys.executable, "-c", snippet, *argv],
             cwd=root,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for out in outs
+        for argv in argvs
     ]
     results = []
-    for proc, out in zip(procs, outs, strict=True):
-        stdout, stderr = proc.communicate(timeout=600)
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, stderr[-3000:]
-        results.append((np.load(out), json.loads(stdout.strip().splitlines()[-1])))
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
+
+
+def _fit_in_new_processes(tmp_path, cache_value: str, n: int = 1) -> list[tuple[np.ndarray, dict]]:
+    outs = [tmp_path / f"out-{i}-{os.urandom(4).hex()}.npy" for i in range(n)]
+    counts = _in_new_processes(_SNIPPET_FIT, [[str(out)] for out in outs], cache_value)
+    return [(np.load(out), c) for out, c in zip(outs, counts, strict=True)]
 
 
 # Two processes need the same program at the same moment (both pass a barrier first):
@@ -333,26 +342,10 @@ def test_processes_missing_the_same_program_at_once_compile_it_once(tmp_path):
     """The second process waits for the first one's compilation (the entry's build
     lock), then loads its entry: a GridSearchCV with n_jobs=2 compiles each program
     once. Without the lock both compile (they pass a barrier together)."""
-    root = Path(core_compile.__file__).parents[2]
-    env = dict(os.environ, PYTHONPATH=str(root), **{cache.DIR_ENV: str(tmp_path / "cache")})
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _SNIPPET_RACE, str(barrier), str(i), "2"],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    counts = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
-        counts.append(json.loads(stdout.strip().splitlines()[-1]))
+    argvs = [[str(barrier), str(i), "2"] for i in range(2)]
+    counts = _in_new_processes(_SNIPPET_RACE, argvs, str(tmp_path / "cache"), timeout=300)
     assert sorted((c["compiled"], c["loaded"]) for c in counts) == [(0, 1), (1, 0)]
     # The lock file went with the build.
     assert not list((tmp_path / "cache").rglob("*.lock"))
